@@ -1,0 +1,43 @@
+"""`ffaudit` command line: one group, one error handler."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from audit import __version__
+from audit.cli.integrity import keygen, keys, seal, verify
+from audit.errors import FFAuditError
+
+
+@click.group()
+@click.version_option(__version__, prog_name="ffaudit")
+def cli() -> None:
+    """Compliance audit trail and log integrity for face-swap engines."""
+
+
+cli.add_command(keygen)
+cli.add_command(keys)
+cli.add_command(seal)
+cli.add_command(verify)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: maps every ffaudit error to its message and exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="ffaudit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("ffaudit: aborted", err=True)
+        sys.exit(130)
+    except FFAuditError as exc:
+        click.echo(f"ffaudit: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

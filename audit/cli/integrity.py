@@ -1,0 +1,192 @@
+"""keygen, keys rotate, seal and verify: the integrity tools a third party can run alone."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import orjson
+from tqdm import tqdm
+
+from audit.errors import InvalidInputError, UsageError
+from audit.integrity.canonical import canonicalize
+from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.keys import KeySet, Verifier
+from audit.integrity.keys import keygen as make_keys
+from audit.integrity.keys import rotate_pseudonym_key
+from audit.integrity.plain import parse_plain_event
+from audit.integrity.pseudonym import Pseudonymizer
+from audit.integrity.ratelimit import SessionRateLimiter
+from audit.integrity.seal import Sealer
+from audit.integrity.verify import ChainVerifier, Failure
+from audit.settings import AuditSettings
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--out", "out", type=_DIR, required=True, help="Directory for the key files.")
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+def keygen(out: Path, force: bool) -> None:
+    """Create signing.key, signing.pub (Ed25519, PEM) and pii.key (pseudonym keyring)."""
+    keys = make_keys(out, force=force)
+    click.echo(f"wrote {out}/signing.key, signing.pub, pii.key", err=True)
+    click.echo(f"signing key fingerprint: {keys.signer.verifier.fingerprint}", err=True)
+
+
+@click.group()
+def keys() -> None:
+    """Manage key directories."""
+
+
+@keys.command("rotate")
+@click.option("--keys", "directory", type=_DIR, required=True)
+def rotate(directory: Path) -> None:
+    """Add a new pseudonym key and make it current; old keys stay active for queries."""
+    keyring = rotate_pseudonym_key(directory)
+    click.echo(f"current pseudonym key: {keyring.current}", err=True)
+
+
+@click.command()
+@click.option("--stream", required=True, help="Stream id the records belong to.")
+@click.option("--keys", "directory", type=_DIR, required=True, help="Directory from keygen.")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=2), default=None,
+              help="Records per signed checkpoint [default: FFAUDIT_CHECKPOINT_EVERY or 1000].")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of event time between checkpoints.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Records per second per session [default: 10].")
+@click.option("--burst", type=click.IntRange(min=1), default=None)
+def seal(stream: str, directory: Path, tenant: str, checkpoint_every: int | None,
+         checkpoint_interval: float | None, rate: float | None, burst: int | None) -> None:
+    """Read plain events (JSON lines) on stdin; write sealed records (NDJSON) on stdout.
+
+    Records are pseudonymised, rate-limited per session on event time, hash-chained and
+    signed, ending with a closing checkpoint. A bad line stops the run with an error naming
+    it, and no closing checkpoint is written, so `verify --strict` flags the output.
+    """
+    settings = AuditSettings()
+    keyset = KeySet.load(directory)
+    policy = CheckpointPolicy(
+        every=checkpoint_every or settings.checkpoint_every,
+        interval_s=checkpoint_interval or settings.checkpoint_interval_s,
+    )
+    sealer = Sealer(
+        ChainWriter(stream, tenant, keyset.signer, policy=policy),
+        Pseudonymizer(keyset.keyring, tenant),
+        SessionRateLimiter(rate or settings.rate_limit_per_s, burst or settings.rate_limit_burst,
+                           max_sessions=settings.rate_limit_max_sessions),
+    )
+    out = sys.stdout.buffer
+    last_ts: datetime | None = None
+    sealed = 0
+    for number, line in enumerate(sys.stdin.buffer, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = parse_plain_event(line)
+            records = sealer.seal(event)
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"line {number}: {exc.message} ({sealed} events sealed before it; "
+                "the stream was not closed)"
+            ) from None
+        _write(out, records)
+        last_ts = event.timestamp
+        sealed += 1
+    _write(out, sealer.close(last_ts or datetime.now(UTC)))
+    out.flush()
+    click.echo(f"sealed {sealed} events into stream {stream!r} "
+               f"({sealer.writer.head.sequence} records)", err=True)
+
+
+def _write(out: IO[bytes], records: list[dict[str, Any]]) -> None:
+    for record in records:
+        out.write(canonicalize(record) + b"\n")
+
+
+@click.command()
+@click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--strict", is_flag=True,
+              help="Also fail when a stream lacks its closing checkpoint (truncation).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Records of reordering tolerated per stream.")
+@click.argument("records", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+def verify(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path) -> int:
+    """Verify RECORDS.ndjson. Exit 0 intact, 1 integrity failure, 2 usage or unreadable input."""
+    verifier = ChainVerifier(Verifier.load(pubkey), strict=strict, window=window)
+    failures: list[Failure] = []
+
+    def report(found: list[Failure]) -> None:
+        if as_json:
+            failures.extend(found)
+        else:
+            for failure in found:
+                click.echo(_describe(failure))
+
+    try:
+        stream = sys.stdin.buffer if str(records) == "-" else records.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {records}: {exc.strerror}") from None
+    size = None if str(records) == "-" else records.stat().st_size
+    with stream, tqdm(total=size, unit="B", unit_scale=True, desc="verify", leave=False,
+                      disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        pending = 0
+        try:
+            for number, line in enumerate(stream, start=1):
+                pending += len(line)
+                if line.strip():
+                    found = verifier.feed(number, line)
+                    if found:
+                        report(found)
+                if pending > 1 << 20:
+                    bar.update(pending)
+                    pending = 0
+        except OSError as exc:
+            raise UsageError(f"cannot read {records}: {exc.strerror}") from None
+        bar.update(pending)
+    report(verifier.finish())
+    if strict and not verifier.streams:
+        verifier.counts["truncated"] += 1  # type: ignore[index]
+        report([])
+    summary = {
+        "ok": verifier.ok,
+        "lines": verifier.lines,
+        "strict": strict,
+        "counts": dict(verifier.counts),
+        "streams": [s.summary() for s in verifier.streams.values()],
+    }
+    if as_json:
+        summary["failures"] = [f.as_dict() for f in failures]
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_summary(verifier, strict)
+    return 0 if verifier.ok else 1
+
+
+def _describe(failure: Failure) -> str:
+    where = [f"line {failure.line}" if failure.line is not None else "end of input"]
+    if failure.sequence is not None:
+        where.append(f"seq {failure.sequence}")
+    if failure.stream is not None:
+        where.append(f"stream {failure.stream}")
+    return f"FAIL {failure.kind.value}: {', '.join(where)}: {failure.detail}"
+
+
+def _print_summary(verifier: ChainVerifier, strict: bool) -> None:
+    for s in verifier.streams.values():
+        click.echo(f"stream {s.stream}: {s.records} records, last sequence {s.expected - 1}, "
+                   f"signed through {s.signed_through}, "
+                   f"{'closed' if s.closed else 'not closed'}")
+    if verifier.ok:
+        click.echo(f"OK: {verifier.lines} records verified")
+    else:
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(verifier.counts.items()))
+        click.echo(f"FAILED: {counts}")
+    if strict and not verifier.streams:
+        click.echo("FAILED: no records at all (strict)")

@@ -1,0 +1,52 @@
+"""The one error hierarchy of the audit package.
+
+Every error carries the exit code the CLI returns and the HTTP status the service answers
+with, so one handler per front end turns any of them into a clear message (sigstore's
+`Error`, polar's `PolarError`). Messages never include raw PII: callers pass pseudonyms or
+positions (line, sequence), not values.
+"""
+
+from __future__ import annotations
+
+
+class FFAuditError(Exception):
+    """Base class: anything ffaudit raises on purpose."""
+
+    exit_code: int = 2
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(FFAuditError):
+    """The caller asked for something that cannot work (bad option, missing file)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class InvalidInputError(FFAuditError):
+    """Input data is malformed; the message names where (line, field)."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class CanonicalizationError(InvalidInputError):
+    """A value has no exact RFC 8785 representation (NaN, out-of-range number, bytes...)."""
+
+
+class KeyMaterialError(FFAuditError):
+    """Key files are missing, unreadable, of the wrong type or unsafe."""
+
+    exit_code = 2
+    http_status = 500
+
+
+class IntegrityError(FFAuditError):
+    """Records failed verification: something was modified, dropped, forged or reordered."""
+
+    exit_code = 1
+    http_status = 409

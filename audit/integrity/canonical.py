@@ -1,0 +1,100 @@
+"""RFC 8785 (JSON Canonicalization Scheme) bytes, fast.
+
+`event.hash` is defined over JCS bytes, so any JCS library must reproduce our hashes. The
+pure-Python `rfc8785` package is the reference, but at ~30 µs a record it would dominate
+sealing and verification. orjson with sorted keys already produces JCS bytes for almost
+every value; this module proves, with a few cheap byte checks on orjson's output, that the
+value is one where the two agree, and falls back to `rfc8785` otherwise. No hand-written
+serializer is involved: the fast path is orjson, the exact path is the reference.
+
+Where orjson's output differs from JCS (established by the property tests in
+tests/integrity/test_canonical.py against `rfc8785`):
+
+* Integral floats: orjson writes ``100.0``, ``-0.0`` and ``1e+16``; JCS (ECMAScript
+  Number-to-String) writes ``100``, ``0`` and ``10000000000000000``. Every such float ends
+  its token with ``.0`` or carries an ``e+`` exponent, so ``.0`` before a delimiter or any
+  ``e+`` sends the value to the exact path. For 1e-6 <= |x| < 1e-5 orjson already uses an
+  exponent (``1e-6``) where ECMAScript still writes ``0.000001``, so ``e-6`` does too. All
+  other floats are printed identically.
+* NaN and infinities: orjson writes ``null``; JCS cannot represent them. Any ``null`` in the
+  output sends the value to the exact path, which raises. (Records never contain null: an
+  absent field is omitted, so this costs nothing on real records.)
+* Key order: JCS sorts keys by UTF-16 code units, orjson by code points. They disagree only
+  between a key with a character in U+E000..U+FFFF and one with a non-BMP character, whose
+  UTF-8 lead bytes are 0xEE-0xF4; any such byte sends the value to the exact path.
+* Integers: JCS numbers are IEEE doubles, so `rfc8785` rejects |n| > 2**53 - 1. orjson's
+  OPT_STRICT_INTEGER enforces the same bound.
+* Types: bytes, non-str keys, sets and other objects are not JSON; both reject them.
+  orjson's own extensions (datetime, dataclass, str/int/dict/list subclasses) are refused
+  through the passthrough options and `default`. orjson still writes `uuid.UUID` and
+  `enum.Enum` members natively; callers convert those to plain values first.
+
+Checks can fire on string contents too (``"v1.0]"``); that only costs a trip through the
+exact path, never a wrong byte.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NoReturn
+
+import orjson
+import rfc8785
+
+from audit.errors import CanonicalizationError
+
+_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_STRICT_INTEGER
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+# UTF-8 lead bytes of U+E000..U+FFFF (0xEE, 0xEF) and of non-BMP characters (0xF0-0xF4).
+_KEY_ORDER_HAZARD = re.compile(rb"[\xee-\xf4]")
+
+
+def _refuse(value: object) -> NoReturn:
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def canonicalize(value: Any) -> bytes:
+    """Return the RFC 8785 canonical bytes of `value` (JSON data model types only).
+
+    Raises CanonicalizationError for values JCS cannot represent exactly.
+    """
+    try:
+        out = orjson.dumps(value, default=_refuse, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        # Let the reference decide, so errors read the same whichever path met the value.
+        return canonicalize_reference(value)
+    if (
+        b"e+" in out
+        or b"e-6" in out
+        or b".0," in out
+        or b".0}" in out
+        or b".0]" in out
+        or b"null" in out
+        or out.endswith(b".0")
+        or (not out.isascii() and _KEY_ORDER_HAZARD.search(out) is not None)
+    ):
+        return canonicalize_reference(value)
+    return out
+
+
+def canonicalize_reference(value: Any) -> bytes:
+    """The reference implementation (`rfc8785`), with its errors made ours."""
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.FloatDomainError as exc:
+        raise CanonicalizationError(f"cannot canonicalize float: {exc}") from exc
+    except rfc8785.IntegerDomainError as exc:
+        raise CanonicalizationError(
+            f"integer outside the exact JSON range ±(2**53-1): {exc}"
+        ) from exc
+    except rfc8785.CanonicalizationError as exc:
+        raise CanonicalizationError(f"not representable in RFC 8785 JSON: {exc}") from exc
+    except (TypeError, ValueError, UnicodeError) as exc:
+        raise CanonicalizationError(f"not representable in RFC 8785 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise CanonicalizationError("value nested too deeply") from exc

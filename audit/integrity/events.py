@@ -1,0 +1,102 @@
+"""The audit vocabulary: every `event.action` is a member of `EventAction` (`subject.action`).
+
+Each action carries its ECS categorisation and whether it is *critical*: critical records
+are never dropped by the per-session rate limiter (job outcomes, security events, erasure
+evidence, and the integrity machinery's own records).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from audit.errors import InvalidInputError
+
+
+class EventAction(StrEnum):
+    JOB_SUBMITTED = "job.submitted"
+    JOB_STARTED = "job.started"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
+    FACE_DETECTED = "face.detected"
+    FACE_SWAPPED = "face.swapped"
+    FACE_ANONYMIZED = "face.anonymized"
+    FRAME_FAILED = "frame.failed"
+    MODEL_LOADED = "model.loaded"
+    MODEL_REJECTED = "model.rejected"
+    INPUT_ERASED = "input.erased"
+    SESSION_STARTED = "session.started"
+    SESSION_ENDED = "session.ended"
+    AUTH_FAILED = "auth.failed"
+    ACCESS_DENIED = "access.denied"
+    AUDIT_CHECKPOINT = "audit.checkpoint"
+    AUDIT_RATE_LIMITED = "audit.rate_limited"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    category: tuple[str, ...]  # ECS event.category allowed values
+    type: tuple[str, ...]  # ECS event.type allowed values
+    critical: bool
+    kind: str = "event"  # ECS event.kind
+
+
+_P, _F, _L, _A, _D = ("process",), ("file",), ("library",), ("authentication",), ("database",)
+ACTIONS: dict[EventAction, ActionInfo] = {
+    EventAction.JOB_SUBMITTED: ActionInfo(_P, ("creation",), critical=False),
+    EventAction.JOB_STARTED: ActionInfo(_P, ("start",), critical=False),
+    EventAction.JOB_COMPLETED: ActionInfo(_P, ("end",), critical=True),
+    EventAction.JOB_FAILED: ActionInfo(_P, ("end", "error"), critical=True),
+    EventAction.FACE_DETECTED: ActionInfo(_P, ("info",), critical=False),
+    EventAction.FACE_SWAPPED: ActionInfo(_P, ("change",), critical=False),
+    EventAction.FACE_ANONYMIZED: ActionInfo(_P, ("change",), critical=False),
+    EventAction.FRAME_FAILED: ActionInfo(_P, ("error",), critical=False),
+    EventAction.MODEL_LOADED: ActionInfo(_L, ("start",), critical=False),
+    EventAction.MODEL_REJECTED: ActionInfo(_L, ("denied",), critical=True),
+    EventAction.INPUT_ERASED: ActionInfo(_F, ("deletion",), critical=True),
+    EventAction.SESSION_STARTED: ActionInfo(("session",), ("start",), critical=False),
+    EventAction.SESSION_ENDED: ActionInfo(("session",), ("end",), critical=False),
+    EventAction.AUTH_FAILED: ActionInfo(_A, ("denied",), critical=True),
+    EventAction.ACCESS_DENIED: ActionInfo(("iam",), ("denied",), critical=True),
+    EventAction.AUDIT_CHECKPOINT: ActionInfo(_D, ("info",), critical=True, kind="state"),
+    EventAction.AUDIT_RATE_LIMITED: ActionInfo(_D, ("info",), critical=True, kind="metric"),
+}
+
+# Plain event files written to the brief's example use snake_case verbs ("face_swap").
+_ALIASES: dict[str, EventAction] = {
+    "face_swap": EventAction.FACE_SWAPPED,
+    "face_detect": EventAction.FACE_DETECTED,
+    "face_anonymize": EventAction.FACE_ANONYMIZED,
+    "anonymize": EventAction.FACE_ANONYMIZED,
+    "job_submit": EventAction.JOB_SUBMITTED,
+    "job_start": EventAction.JOB_STARTED,
+    "job_complete": EventAction.JOB_COMPLETED,
+    "job_fail": EventAction.JOB_FAILED,
+    "frame_fail": EventAction.FRAME_FAILED,
+    "model_load": EventAction.MODEL_LOADED,
+    "model_reject": EventAction.MODEL_REJECTED,
+    "input_erase": EventAction.INPUT_ERASED,
+    "login_failed": EventAction.AUTH_FAILED,
+}
+# Producers may not write the integrity machinery's own records.
+_RESERVED = frozenset({EventAction.AUDIT_CHECKPOINT, EventAction.AUDIT_RATE_LIMITED})
+
+
+def parse_action(name: str) -> EventAction:
+    """Map a producer's action name (enum value or brief-style alias) to the enum."""
+    action = _ALIASES.get(name)
+    if action is None:
+        try:
+            action = EventAction(name)
+        except ValueError:
+            known = ", ".join(sorted([*(a.value for a in EventAction), *_ALIASES]))
+            raise InvalidInputError(f"unknown action {name!r}; known: {known}") from None
+    if action in _RESERVED:
+        raise InvalidInputError(f"action {action.value!r} is reserved for the audit chain")
+    return action

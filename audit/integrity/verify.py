@@ -1,0 +1,412 @@
+"""Streaming chain verification with located failures.
+
+One pass, constant memory per stream: out-of-order records wait in a bounded window, and
+only (sequence → hash, line) of the last `window` records is kept for duplicate detection.
+
+How evidence becomes a failure kind (docs/record-spec.md, "Verifying"):
+* content that does not hash to its `event.hash`: **modified** at that record;
+* a record whose successor links to a different hash (edited, then re-hashed): **modified**
+  at that record;
+* a sequence that never arrives: **gap**; one that arrives late: **reordered**;
+* the same sequence again with the same hash: **duplicate**; with another hash: **inserted**,
+  blaming whichever of the two the next record does not link to;
+* a checkpoint without `ffaudit.signature`: **missing_signature**; signed under another key:
+  **wrong_key**; a signature that does not verify: **bad_signature** if a later checkpoint
+  does verify (a valid signature commits to the whole prefix, so only the signature was
+  damaged), else **forged_chain** (hashes were recomputed without the key);
+* with `strict`, a stream that does not end in its closing checkpoint: **truncated**.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from audit.integrity import record as f
+from audit.integrity.canonical import canonicalize
+from audit.integrity.chain import checkpoint_message
+from audit.integrity.digest import sha256_hex
+from audit.integrity.keys import Verifier
+
+_CHECKPOINT = "audit.checkpoint"
+_REQUIRED = frozenset(f.REQUIRED)
+
+
+class FailureKind(StrEnum):
+    MALFORMED = "malformed"
+    MODIFIED = "modified"
+    GAP = "gap"
+    REORDERED = "reordered"
+    DUPLICATE = "duplicate"
+    INSERTED = "inserted"
+    FORGED_CHAIN = "forged_chain"
+    BAD_SIGNATURE = "bad_signature"
+    MISSING_SIGNATURE = "missing_signature"
+    WRONG_KEY = "wrong_key"
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    kind: FailureKind
+    stream: str | None
+    line: int | None
+    sequence: int | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "stream": self.stream,
+            "line": self.line,
+            "sequence": self.sequence,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What verification keeps of a record once its content hash was checked."""
+
+    line: int
+    seq: int
+    hash: str
+    prev: str
+    checkpoint: tuple[str | None, str | None, bool] | None  # (signature, signer, closing)
+
+
+@dataclass(slots=True)
+class StreamReport:
+    stream: str
+    records: int = 0
+    expected: int = 1  # next sequence that extends the chain
+    head_hash: str = f.ZERO_HASH
+    head_line: int = 0
+    linked: bool = True  # False right after a gap: the next prev cannot be checked
+    signed_through: int = 0  # last sequence covered by a verified signature
+    last_checkpoint: int = 0
+    closed: bool = False
+    pending: dict[int, _Entry] = field(default_factory=dict)
+    recent: OrderedDict[int, tuple[str, int]] = field(default_factory=OrderedDict)
+    rival: _Entry | None = None  # a second record claiming head's sequence
+    unredeemed: list[_Entry] = field(default_factory=list)  # failing signatures so far
+    wrong_key_reported: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "records": self.records,
+            "last_sequence": self.expected - 1,
+            "signed_through": self.signed_through,
+            "closed": self.closed,
+        }
+
+
+class ChainVerifier:
+    def __init__(self, key: Verifier, *, strict: bool = False, window: int = 1024) -> None:
+        self.key = key
+        self.strict = strict
+        self.window = window
+        self.streams: dict[str, StreamReport] = {}
+        self.counts: Counter[FailureKind] = Counter()
+        self.lines = 0
+        self._out: list[Failure] = []  # failures made certain by the current call
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    def feed(self, line_no: int, line: bytes | str) -> list[Failure]:
+        """Check one NDJSON line; returns the failures this line made certain."""
+        self._out = []
+        self.lines += 1
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self._fail(FailureKind.MALFORMED, None, line_no, None, f"not JSON: {exc}")
+            return self._out
+        if type(rec) is not dict or not rec.keys() >= _REQUIRED:
+            self._malformed(rec, line_no)
+            return self._out
+        seq, stored, prev, stream = (
+            rec[f.EVENT_SEQUENCE],
+            rec.pop(f.EVENT_HASH),
+            rec[f.PREV],
+            rec[f.STREAM],
+        )
+        if (
+            type(seq) is not int
+            or seq < 1
+            or type(stored) is not str
+            or len(stored) != 64
+            or type(prev) is not str
+            or len(prev) != 64
+            or type(stream) is not str
+        ):
+            rec[f.EVENT_HASH] = stored
+            self._malformed(rec, line_no)
+            return self._out
+        signature = rec.pop(f.SIGNATURE, None)
+        try:
+            computed = sha256_hex(canonicalize(rec))
+        except ValueError as exc:
+            self._fail(FailureKind.MALFORMED, stream, line_no, seq, str(exc))
+            return self._out
+        state = self.streams.get(stream)
+        if state is None:
+            state = self.streams[stream] = StreamReport(stream)
+        state.records += 1
+        if computed != stored:
+            self._fail(
+                FailureKind.MODIFIED, stream, line_no, seq, "content does not match its event.hash"
+            )
+        cp = None
+        if rec[f.EVENT_ACTION] == _CHECKPOINT:
+            cp = (signature, rec.get(f.CP_SIGNER), rec.get(f.CP_CLOSING) is True)
+        self._place(state, _Entry(line_no, seq, stored, prev, cp))
+        return self._out
+
+    def finish(self) -> list[Failure]:
+        """End of input: settle pending records, rivals and signatures."""
+        self._out = []
+        for state in self.streams.values():
+            while state.pending:
+                self._skip_gap(state)
+            if state.rival is not None:
+                self._fail(
+                    FailureKind.INSERTED,
+                    state.stream,
+                    state.rival.line,
+                    state.rival.seq,
+                    f"a second record claims sequence {state.rival.seq} "
+                    f"(first at line {state.head_line})",
+                )
+                state.rival = None
+            if state.unredeemed:
+                first = state.unredeemed[0]
+                self._fail(
+                    FailureKind.FORGED_CHAIN,
+                    state.stream,
+                    first.line,
+                    first.seq,
+                    f"checkpoint signature does not verify and no later checkpoint does: "
+                    f"sequences {state.signed_through + 1}..{state.expected - 1} are "
+                    "unproven (hashes recomputed without the signing key, or the "
+                    "signature was damaged)",
+                )
+            if self.strict and not state.closed:
+                tail = (
+                    f"records {state.last_checkpoint + 1}..{state.expected - 1} follow the "
+                    "last checkpoint"
+                    if state.last_checkpoint
+                    else "no checkpoint at all"
+                )
+                self._fail(
+                    FailureKind.TRUNCATED,
+                    state.stream,
+                    None,
+                    state.expected - 1,
+                    f"stream has no closing checkpoint: {tail}",
+                )
+        return self._out
+
+    # -- sequencing ---------------------------------------------------------------------
+
+    def _place(self, state: StreamReport, entry: _Entry) -> None:
+        seq = entry.seq
+        if seq == state.expected:
+            if state.pending:
+                first = min(state.pending)
+                self._fail(
+                    FailureKind.REORDERED,
+                    state.stream,
+                    entry.line,
+                    seq,
+                    f"arrived after sequence {first} (line {state.pending[first].line})",
+                )
+            self._extend_and_drain(state, entry)
+        elif seq > state.expected:
+            if seq in state.pending:
+                self._repeat(state, entry, state.pending[seq].hash, state.pending[seq].line)
+                return
+            state.pending[seq] = entry
+            if len(state.pending) > self.window:
+                self._skip_gap(state)
+        else:
+            seen = state.recent.get(seq)
+            if seen is None:
+                self._fail(
+                    FailureKind.REORDERED,
+                    state.stream,
+                    entry.line,
+                    seq,
+                    f"arrived after sequence {state.expected - 1}, too late to place",
+                )
+            else:
+                self._repeat(state, entry, *seen)
+
+    def _repeat(self, state: StreamReport, entry: _Entry, hash_: str, line: int) -> None:
+        if entry.hash == hash_:
+            self._fail(
+                FailureKind.DUPLICATE, state.stream, entry.line, entry.seq, f"copy of line {line}"
+            )
+        elif entry.seq == state.expected - 1 and state.rival is None:
+            state.rival = entry  # decided by which of the two the next record links to
+        else:
+            self._fail(
+                FailureKind.INSERTED,
+                state.stream,
+                entry.line,
+                entry.seq,
+                f"a second record claims sequence {entry.seq} (first at line {line})",
+            )
+
+    def _skip_gap(self, state: StreamReport) -> None:
+        first = min(state.pending)
+        entry = state.pending[first]
+        missing = (
+            f"sequence {state.expected}"
+            if first == state.expected + 1
+            else f"sequences {state.expected}..{first - 1}"
+        )
+        self._fail(FailureKind.GAP, state.stream, entry.line, first, f"missing {missing}")
+        state.expected = first
+        state.linked = False
+        self._extend_and_drain(state, state.pending.pop(first))
+
+    def _extend_and_drain(self, state: StreamReport, entry: _Entry) -> None:
+        self._extend(state, entry)
+        while state.expected in state.pending:
+            self._extend(state, state.pending.pop(state.expected))
+
+    def _extend(self, state: StreamReport, entry: _Entry) -> None:
+        if state.closed:
+            self._fail(
+                FailureKind.INSERTED,
+                state.stream,
+                entry.line,
+                entry.seq,
+                "record after the stream's closing checkpoint",
+            )
+        rival = state.rival
+        if rival is not None:
+            state.rival = None
+            if entry.prev == rival.hash and entry.prev != state.head_hash:
+                self._fail(
+                    FailureKind.INSERTED,
+                    state.stream,
+                    state.head_line,
+                    rival.seq,
+                    f"the chain continues from line {rival.line} instead",
+                )
+                state.head_hash, state.head_line = rival.hash, rival.line
+            else:
+                self._fail(
+                    FailureKind.INSERTED,
+                    state.stream,
+                    rival.line,
+                    rival.seq,
+                    f"a second record claims sequence {rival.seq} "
+                    f"(the chain continues from line {state.head_line})",
+                )
+        if state.linked and entry.prev != state.head_hash:
+            self._fail(
+                FailureKind.MODIFIED,
+                state.stream,
+                state.head_line,
+                entry.seq - 1,
+                f"event.hash differs from the hash that sequence {entry.seq} "
+                f"(line {entry.line}) links to: edited and re-hashed",
+            )
+        state.linked = True
+        state.expected = entry.seq + 1
+        state.head_hash, state.head_line = entry.hash, entry.line
+        state.recent[entry.seq] = (entry.hash, entry.line)
+        if len(state.recent) > self.window:
+            state.recent.popitem(last=False)
+        if entry.checkpoint is not None:
+            self._check_signature(state, entry, *entry.checkpoint)
+
+    # -- signatures ---------------------------------------------------------------------
+
+    def _check_signature(
+        self,
+        state: StreamReport,
+        entry: _Entry,
+        signature: str | None,
+        signer: str | None,
+        closing: bool,
+    ) -> None:
+        state.last_checkpoint = entry.seq
+        state.closed = closing
+        if signature is None:
+            self._fail(
+                FailureKind.MISSING_SIGNATURE,
+                state.stream,
+                entry.line,
+                entry.seq,
+                "checkpoint has no signature",
+            )
+            return
+        if signer != self.key.fingerprint:
+            if not state.wrong_key_reported:
+                state.wrong_key_reported = True
+                self._fail(
+                    FailureKind.WRONG_KEY,
+                    state.stream,
+                    entry.line,
+                    entry.seq,
+                    f"signed by key {str(signer)[:16]}…, verifying with "
+                    f"{self.key.fingerprint[:16]}…",
+                )
+            return
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raw = b""
+        if len(raw) != 64:
+            self._fail(
+                FailureKind.BAD_SIGNATURE,
+                state.stream,
+                entry.line,
+                entry.seq,
+                "signature is not a base64 Ed25519 signature",
+            )
+            return
+        if not self.key.verify(raw, checkpoint_message(entry.hash)):
+            state.unredeemed.append(entry)
+            return
+        for bad in state.unredeemed:
+            self._fail(
+                FailureKind.BAD_SIGNATURE,
+                state.stream,
+                bad.line,
+                bad.seq,
+                f"signature does not verify; the chain through it is proven by the "
+                f"checkpoint at line {entry.line}",
+            )
+        state.unredeemed.clear()
+        state.signed_through = entry.seq
+
+    def _malformed(self, rec: Any, line_no: int) -> None:
+        stream = rec.get(f.STREAM) if type(rec) is dict else None
+        seq = rec.get(f.EVENT_SEQUENCE) if type(rec) is dict else None
+        self._fail(
+            FailureKind.MALFORMED,
+            stream if isinstance(stream, str) else None,
+            line_no,
+            seq if type(seq) is int else None,
+            f"not an ffaudit record: {f.shape_error(rec)}",
+        )
+
+    def _fail(
+        self, kind: FailureKind, stream: str | None, line: int | None, seq: int | None, detail: str
+    ) -> None:
+        self.counts[kind] += 1
+        self._out.append(Failure(kind, stream, line, seq, detail))

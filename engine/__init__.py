@@ -1,0 +1,1 @@
+"""ffengine: the face-swap engine sidecar that emits hash-chained audit records."""
