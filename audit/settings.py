@@ -12,7 +12,7 @@ class AuditSettings(BaseSettings):
     # SQLite is the embedded default so the main job runs with no server at all.
     database_url: str = "sqlite:///var/ffaudit.db"
 
-    checkpoint_every: int = Field(default=1000, ge=1, description="records per signed checkpoint")
+    checkpoint_every: int = Field(default=1000, ge=2, description="records per signed checkpoint")
     checkpoint_interval_s: float | None = Field(
         default=60.0, gt=0, description="seconds between signed checkpoints (event time)"
     )

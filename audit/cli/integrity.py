@@ -14,14 +14,13 @@ from tqdm import tqdm
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
-from audit.integrity.keys import KeySet, Verifier
+from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
 from audit.integrity.keys import keygen as make_keys
-from audit.integrity.keys import rotate_pseudonym_key
 from audit.integrity.plain import parse_plain_event
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
-from audit.integrity.verify import ChainVerifier, Failure
+from audit.integrity.verify import ChainVerifier, Failure, FailureKind
 from audit.settings import AuditSettings
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -54,15 +53,34 @@ def rotate(directory: Path) -> None:
 @click.option("--stream", required=True, help="Stream id the records belong to.")
 @click.option("--keys", "directory", type=_DIR, required=True, help="Directory from keygen.")
 @click.option("--tenant", default="default", show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=2), default=None,
-              help="Records per signed checkpoint [default: FFAUDIT_CHECKPOINT_EVERY or 1000].")
-@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds of event time between checkpoints.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Records per second per session [default: 10].")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Records per signed checkpoint [default: FFAUDIT_CHECKPOINT_EVERY or 1000].",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds of event time between checkpoints.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Records per second per session [default: 10].",
+)
 @click.option("--burst", type=click.IntRange(min=1), default=None)
-def seal(stream: str, directory: Path, tenant: str, checkpoint_every: int | None,
-         checkpoint_interval: float | None, rate: float | None, burst: int | None) -> None:
+def seal(
+    stream: str,
+    directory: Path,
+    tenant: str,
+    checkpoint_every: int | None,
+    checkpoint_interval: float | None,
+    rate: float | None,
+    burst: int | None,
+) -> None:
     """Read plain events (JSON lines) on stdin; write sealed records (NDJSON) on stdout.
 
     Records are pseudonymised, rate-limited per session on event time, hash-chained and
@@ -78,8 +96,11 @@ def seal(stream: str, directory: Path, tenant: str, checkpoint_every: int | None
     sealer = Sealer(
         ChainWriter(stream, tenant, keyset.signer, policy=policy),
         Pseudonymizer(keyset.keyring, tenant),
-        SessionRateLimiter(rate or settings.rate_limit_per_s, burst or settings.rate_limit_burst,
-                           max_sessions=settings.rate_limit_max_sessions),
+        SessionRateLimiter(
+            rate or settings.rate_limit_per_s,
+            burst or settings.rate_limit_burst,
+            max_sessions=settings.rate_limit_max_sessions,
+        ),
     )
     out = sys.stdout.buffer
     last_ts: datetime | None = None
@@ -100,8 +121,10 @@ def seal(stream: str, directory: Path, tenant: str, checkpoint_every: int | None
         sealed += 1
     _write(out, sealer.close(last_ts or datetime.now(UTC)))
     out.flush()
-    click.echo(f"sealed {sealed} events into stream {stream!r} "
-               f"({sealer.writer.head.sequence} records)", err=True)
+    click.echo(
+        f"sealed {sealed} events into stream {stream!r} ({sealer.writer.head.sequence} records)",
+        err=True,
+    )
 
 
 def _write(out: IO[bytes], records: list[dict[str, Any]]) -> None:
@@ -111,11 +134,19 @@ def _write(out: IO[bytes], records: list[dict[str, Any]]) -> None:
 
 @click.command()
 @click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--strict", is_flag=True,
-              help="Also fail when a stream lacks its closing checkpoint (truncation).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Also fail when a stream lacks its closing checkpoint (truncation).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
-@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Records of reordering tolerated per stream.")
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Records of reordering tolerated per stream.",
+)
 @click.argument("records", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 def verify(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path) -> int:
     """Verify RECORDS.ndjson. Exit 0 intact, 1 integrity failure, 2 usage or unreadable input."""
@@ -134,8 +165,18 @@ def verify(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path
     except OSError as exc:
         raise UsageError(f"cannot read {records}: {exc.strerror}") from None
     size = None if str(records) == "-" else records.stat().st_size
-    with stream, tqdm(total=size, unit="B", unit_scale=True, desc="verify", leave=False,
-                      disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+    with (
+        stream,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc="verify",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+            file=sys.stderr,
+        ) as bar,
+    ):
         pending = 0
         try:
             for number, line in enumerate(stream, start=1):
@@ -152,13 +193,13 @@ def verify(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path
         bar.update(pending)
     report(verifier.finish())
     if strict and not verifier.streams:
-        verifier.counts["truncated"] += 1  # type: ignore[index]
+        verifier.counts[FailureKind.TRUNCATED] += 1
         report([])
     summary = {
         "ok": verifier.ok,
         "lines": verifier.lines,
         "strict": strict,
-        "counts": dict(verifier.counts),
+        "counts": {kind.value: n for kind, n in verifier.counts.items()},
         "streams": [s.summary() for s in verifier.streams.values()],
     }
     if as_json:
@@ -180,13 +221,15 @@ def _describe(failure: Failure) -> str:
 
 def _print_summary(verifier: ChainVerifier, strict: bool) -> None:
     for s in verifier.streams.values():
-        click.echo(f"stream {s.stream}: {s.records} records, last sequence {s.expected - 1}, "
-                   f"signed through {s.signed_through}, "
-                   f"{'closed' if s.closed else 'not closed'}")
+        click.echo(
+            f"stream {s.stream}: {s.records} records, last sequence {s.expected - 1}, "
+            f"signed through {s.signed_through}, "
+            f"{'closed' if s.closed else 'not closed'}"
+        )
     if verifier.ok:
         click.echo(f"OK: {verifier.lines} records verified")
     else:
-        counts = ", ".join(f"{k}: {n}" for k, n in sorted(verifier.counts.items()))
+        counts = ", ".join(f"{k.value}: {n}" for k, n in sorted(verifier.counts.items()))
         click.echo(f"FAILED: {counts}")
     if strict and not verifier.streams:
         click.echo("FAILED: no records at all (strict)")

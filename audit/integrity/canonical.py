@@ -24,6 +24,9 @@ tests/integrity/test_canonical.py against `rfc8785`):
   UTF-8 lead bytes are 0xEE-0xF4; any such byte sends the value to the exact path.
 * Integers: JCS numbers are IEEE doubles, so `rfc8785` rejects |n| > 2**53 - 1. orjson's
   OPT_STRICT_INTEGER enforces the same bound.
+* Round trip: a float in [2**53, 1e21) is written as a bare integer (``9007199254740992``)
+  that any JSON parser reads back as an integer outside the exact range, so a verifier
+  could never recompute the hash. Such floats are refused on the exact path too.
 * Types: bytes, non-str keys, sets and other objects are not JSON; both reject them.
   orjson's own extensions (datetime, dataclass, str/int/dict/list subclasses) are refused
   through the passthrough options and `default`. orjson still writes `uuid.UUID` and
@@ -85,6 +88,7 @@ def canonicalize(value: Any) -> bytes:
 def canonicalize_reference(value: Any) -> bytes:
     """The reference implementation (`rfc8785`), with its errors made ours."""
     try:
+        _refuse_ambiguous_floats(value)
         return rfc8785.dumps(value)
     except rfc8785.FloatDomainError as exc:
         raise CanonicalizationError(f"cannot canonicalize float: {exc}") from exc
@@ -98,3 +102,22 @@ def canonicalize_reference(value: Any) -> bytes:
         raise CanonicalizationError(f"not representable in RFC 8785 JSON: {exc}") from exc
     except RecursionError as exc:
         raise CanonicalizationError("value nested too deeply") from exc
+
+
+_EXACT_INT = 2.0**53
+
+
+def _refuse_ambiguous_floats(value: Any) -> None:
+    # Only reached on the exact path, so the walk costs nothing on ordinary records.
+    if type(value) is float:
+        if _EXACT_INT <= abs(value) < 1e21:
+            raise CanonicalizationError(
+                f"float {value!r} would be written as an integer beyond ±(2**53-1) and "
+                "could not be verified after parsing; send it as a string"
+            )
+    elif isinstance(value, dict):
+        for item in value.values():
+            _refuse_ambiguous_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_ambiguous_floats(item)

@@ -42,7 +42,8 @@ def record_hash(record: Mapping[str, Any]) -> str:
 @dataclass(frozen=True, slots=True)
 class CheckpointPolicy:
     every: int | None = 1000  # records, counting the checkpoint itself
-    interval_s: float | None = 60.0  # seconds of record time since the last checkpoint
+    # seconds of record time from the first record after the last checkpoint
+    interval_s: float | None = 60.0
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class ChainWriter:
         self._head = head or ChainHead()
         self._segment_first = self._head.sequence + 1
         self._segment_started: float | None = None
+        self._last_ts: datetime | None = None
         self._lock = threading.Lock()
         self.closed = False
 
@@ -99,7 +101,10 @@ class ChainWriter:
         with self._lock:
             if self.closed:
                 raise RuntimeError(f"stream {self.stream!r} is closed")
-            record = self._checkpoint(ts or datetime.now(UTC), closing=closing)
+            ts = ts or datetime.now(UTC)
+            if self._last_ts is not None and ts < self._last_ts:
+                ts = self._last_ts  # a checkpoint is never stamped before what it covers
+            record = self._checkpoint(ts, closing=closing)
             self.closed = closing
             return record
 
@@ -151,6 +156,8 @@ class ChainWriter:
         }
         digest = sha256_hex(canonicalize(record))
         record[f.EVENT_HASH] = digest
+        if self._last_ts is None or ts > self._last_ts:
+            self._last_ts = ts
         self._head.sequence = sequence
         self._head.hash = digest
         return record

@@ -171,7 +171,7 @@ class Keyring:
                     key_id=str(k["id"]),
                     secret=base64.b64decode(k["secret"], validate=True),
                     created=str(k["created"]),
-                    active=bool(k["active"]),
+                    active=k["active"] is True,
                 )
                 for k in doc["keys"]
             )

@@ -9,6 +9,7 @@ Unknown fields are an error rather than ignored: a field nobody maps is data sil
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -18,6 +19,7 @@ from audit.errors import InvalidInputError
 from audit.integrity.events import Outcome, parse_action
 from audit.integrity.seal import AuditEvent
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=4096)]
 
@@ -53,8 +55,8 @@ class PlainEvent(BaseModel):
         file_sha256 = self.file_sha256
         # Jobs record their input hash in metadata; ECS has a field for it.
         candidate = metadata.get("input_sha256")
-        if file_sha256 is None and isinstance(candidate, str) and len(candidate) == 64:
-            file_sha256 = candidate.lower()
+        if file_sha256 is None and isinstance(candidate, str) and _HEX64.fullmatch(candidate):
+            file_sha256 = candidate
         return AuditEvent(
             action=parse_action(self.action),
             outcome=Outcome(self.status),

@@ -1,8 +1,9 @@
 """Record field names and shape (docs/record-spec.md is the normative text).
 
 A record is one flat JSON object whose keys are ECS dotted field names where ECS has one and
-`ffaudit.*` otherwise. Flat keys keep "the record with `event.hash` removed" a one-key
-operation for every third-party verifier, and Elasticsearch maps dotted keys as objects.
+`ffaudit.*` otherwise. Flat keys make "the record without `event.hash` and
+`ffaudit.signature`" a removal of two top-level keys for every third-party verifier, and
+Elasticsearch maps dotted keys as objects.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def format_timestamp(ts: datetime) -> str:
     """UTC, RFC 3339, always six fractional digits and `Z` (lexical order = time order)."""
     if ts.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware")
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def shape_error(record: Any) -> str | None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from audit.errors import InvalidInputError
 from audit.integrity.pseudonym import PiiKind
 
 Pseudonym = Callable[[PiiKind, str], str]
@@ -69,7 +70,10 @@ class Scrubber:
             match = _PII_KEY.search(key) if isinstance(key, str) else None
             if match is not None and isinstance(item, str):
                 kind = _KEY_KIND[match.group("kind").lower()]
-                out[f"{key}_hash"] = self._pseudonym(kind, item)
+                try:
+                    out[f"{key}_hash"] = self._pseudonym(kind, item)
+                except InvalidInputError:  # "ip": "unknown" is no address: scrub as text
+                    out[key] = self.text(item)
             else:
                 out[key] = self._value(item)
         return out
@@ -86,7 +90,7 @@ class Scrubber:
     def _token(self, kind: PiiKind, raw: str) -> str:
         try:
             return f"[{kind.value}:{self._pseudonym(kind, raw)[:_TOKEN_HEX]}]"
-        except ValueError:  # e.g. a loose IPv6 match that is no address: hide it anyway
+        except InvalidInputError:  # a loose IPv6 match ("10:30:00") that is no address
             return f"[{kind.value}]"
 
     def _pattern_token(self, match: re.Match[str]) -> str:

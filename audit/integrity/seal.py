@@ -118,8 +118,8 @@ class Sealer:
             if raw is not None:
                 body[name] = pseudonym(kind, raw)
                 known.append((kind, raw))
-        if body:
-            body[f.KEY_ID] = self._pseudonymizer.key_id
+        # Always present: scrubbed free text may carry pseudonyms even without these fields.
+        body[f.KEY_ID] = self._pseudonymizer.key_id
         if event.job_id is not None:
             body[f.TRACE_ID] = event.job_id
         if event.file_sha256 is not None:

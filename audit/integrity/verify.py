@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from audit.errors import CanonicalizationError
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import checkpoint_message
@@ -64,6 +65,7 @@ class Failure:
         return {
             "kind": self.kind.value,
             "stream": self.stream,
+            "tenant": self.tenant,
             "line": self.line,
             "sequence": self.sequence,
             "detail": self.detail,
@@ -84,6 +86,7 @@ class _Entry:
 @dataclass(slots=True)
 class StreamReport:
     stream: str
+    tenant: str
     records: int = 0
     expected: int = 1  # next sequence that extends the chain
     head_hash: str = f.ZERO_HASH
@@ -113,7 +116,7 @@ class ChainVerifier:
         self.key = key
         self.strict = strict
         self.window = window
-        self.streams: dict[str, StreamReport] = {}
+        self.streams: dict[tuple[str, str], StreamReport] = {}
         self.counts: Counter[FailureKind] = Counter()
         self.lines = 0
         self._out: list[Failure] = []  # failures made certain by the current call
@@ -153,18 +156,41 @@ class ChainVerifier:
             self._malformed(rec, line_no)
             return self._out
         signature = rec.pop(f.SIGNATURE, None)
-        try:
-            computed = sha256_hex(canonicalize(rec))
-        except ValueError as exc:
-            self._fail(FailureKind.MALFORMED, stream, line_no, seq, str(exc))
-            return self._out
-        state = self.streams.get(stream)
+        tenant = rec[f.TENANT]
+        key = (tenant if type(tenant) is str else repr(tenant), stream)
+        state = self.streams.get(key)
         if state is None:
-            state = self.streams[stream] = StreamReport(stream)
+            state = self.streams[key] = StreamReport(stream, key[0])
         state.records += 1
-        if computed != stored:
+        try:
+            computed: str | None = sha256_hex(canonicalize(rec))
+        except CanonicalizationError as exc:
+            # Still placed in the chain by its stored hash: one bad value is one failure.
+            computed = None
+            self._fail(FailureKind.MALFORMED, stream, line_no, seq, exc.message)
+        if computed is not None and computed != stored:
             self._fail(
                 FailureKind.MODIFIED, stream, line_no, seq, "content does not match its event.hash"
+            )
+        elif rec[f.SCHEMA] != f.SCHEMA_VERSION:
+            self._fail(
+                FailureKind.MALFORMED,
+                stream,
+                line_no,
+                seq,
+                f"unknown {f.SCHEMA} {rec[f.SCHEMA]!r}; this verifier reads {f.SCHEMA_VERSION}",
+            )
+        elif (
+            self.strict
+            and computed is not None
+            and not _is_canonical_line(rec, stored, signature, line)
+        ):
+            self._fail(
+                FailureKind.MALFORMED,
+                stream,
+                line_no,
+                seq,
+                "line is not the canonical (RFC 8785) form of its record",
             )
         cp = None
         if rec[f.EVENT_ACTION] == _CHECKPOINT:
@@ -410,3 +436,15 @@ class ChainVerifier:
     ) -> None:
         self.counts[kind] += 1
         self._out.append(Failure(kind, stream, line, seq, detail))
+
+
+def _is_canonical_line(rec: dict[str, Any], stored: str, signature: Any, line: bytes | str) -> bool:
+    """`seal` writes each line as the canonical form of the full record. Requiring that in
+    strict mode rules out what JSON parsers disagree on: duplicate keys, numbers one parser
+    reads as integers and another as floats."""
+    full = dict(rec)
+    full[f.EVENT_HASH] = stored
+    if signature is not None:
+        full[f.SIGNATURE] = signature
+    raw = line.encode() if isinstance(line, str) else line
+    return canonicalize(full) == raw.rstrip(b"\r\n")

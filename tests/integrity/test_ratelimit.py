@@ -262,7 +262,8 @@ def test_thread_safety_conserves_records() -> None:
     def worker(k: int) -> None:
         barrier.wait()
         for i in range(per_thread):
-            session = f"s{(k + i) % 6}"  # overlapping sessions, more than max_sessions
+            # One hot session that always drops, plus cold ones cycling through eviction.
+            session = "hot" if i % 2 else f"s{(k + i) % 6}"
             result = limiter.admit(session, f"a{i % 3}", critical=i % 50 == 0, now=i / 1024)
             admitted[k] += result.admitted
             due[k].extend(result.due)
