@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
@@ -40,4 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(1)
+    except Exception:
+        # Never exit 1 by accident: for verify, 1 means "integrity failure".
+        traceback.print_exc()
+        click.echo("ffaudit: internal error (a bug; please report it)", err=True)
+        sys.exit(3)
     sys.exit(result if isinstance(result, int) else 0)

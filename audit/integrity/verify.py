@@ -65,7 +65,6 @@ class Failure:
         return {
             "kind": self.kind.value,
             "stream": self.stream,
-            "tenant": self.tenant,
             "line": self.line,
             "sequence": self.sequence,
             "detail": self.detail,
@@ -104,6 +103,7 @@ class StreamReport:
     def summary(self) -> dict[str, Any]:
         return {
             "stream": self.stream,
+            "tenant": self.tenant,
             "records": self.records,
             "last_sequence": self.expected - 1,
             "signed_through": self.signed_through,

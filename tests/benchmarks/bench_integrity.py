@@ -85,9 +85,10 @@ def make_workload(n: int, seed: int = 1234) -> Workload:
         for action, meta, error in job_steps(rng, target):
             ts = t0 + timedelta(milliseconds=7 * len(out))
             outcome = Outcome.FAILURE if error else Outcome.SUCCESS
-            pii = (user, ip, ids["session_id"], target, ids["job_id"])
-            kind = OOM if error else None
-            event = AuditEvent(action, outcome, ts, *pii, None, kind, error or None, meta)
+            event = AuditEvent(action, outcome, ts, actor=user, client_ip=ip, target=target)
+            event.session, event.job_id, event.metadata = ids["session_id"], ids["job_id"], meta
+            if error:
+                event.error_type, event.error_message = OOM, error
             plain: dict[str, Any] = {"timestamp": ts.isoformat(), "action": action.value}
             plain |= {"user_id": user, "status": outcome.value, "target": target}
             plain |= {"client_ip": ip, **ids, "metadata": meta}
