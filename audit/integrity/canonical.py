@@ -11,29 +11,27 @@ Where orjson's output differs from JCS (established by the property tests in
 tests/integrity/test_canonical.py against `rfc8785`):
 
 * Integral floats: orjson writes ``100.0``, ``-0.0`` and ``1e+16``; JCS (ECMAScript
-  Number-to-String) writes ``100``, ``0`` and ``10000000000000000``. Every such float ends
-  its token with ``.0`` or carries an ``e+`` exponent, so ``.0`` before a delimiter or any
-  ``e+`` sends the value to the exact path. For 1e-6 <= |x| < 1e-5 orjson already uses an
-  exponent (``1e-6``) where ECMAScript still writes ``0.000001``, so ``e-6`` does too. All
-  other floats are printed identically.
-* NaN and infinities: orjson writes ``null``; JCS cannot represent them. Any ``null`` in the
-  output sends the value to the exact path, which raises. (Records never contain null: an
-  absent field is omitted, so this costs nothing on real records.)
+  Number-to-String) writes ``100``, ``0`` and ``10000000000000000``.
+* Floats in [1e-6, 1e-5): orjson already uses an exponent (``1e-6``) where ECMAScript still
+  writes ``0.000001``. Every other finite float is printed identically.
+* NaN and infinities: orjson writes ``null``; JCS cannot represent them.
 * Key order: JCS sorts keys by UTF-16 code units, orjson by code points. They disagree only
   between a key with a character in U+E000..U+FFFF and one with a non-BMP character, whose
-  UTF-8 lead bytes are 0xEE-0xF4; any such byte sends the value to the exact path.
+  UTF-8 lead bytes are 0xEE-0xF4.
 * Integers: JCS numbers are IEEE doubles, so `rfc8785` rejects |n| > 2**53 - 1. orjson's
   OPT_STRICT_INTEGER enforces the same bound.
 * Round trip: a float in [2**53, 1e21) is written as a bare integer (``9007199254740992``)
   that any JSON parser reads back as an integer outside the exact range, so a verifier
-  could never recompute the hash. Such floats are refused on the exact path too.
+  could never recompute the hash. Such floats are refused on the exact path.
 * Types: bytes, non-str keys, sets and other objects are not JSON; both reject them.
   orjson's own extensions (datetime, dataclass, str/int/dict/list subclasses) are refused
-  through the passthrough options and `default`. orjson still writes `uuid.UUID` and
-  `enum.Enum` members natively; callers convert those to plain values first.
+  through the passthrough options and `default`.
 
-Checks can fire on string contents too (``"v1.0]"``); that only costs a trip through the
-exact path, never a wrong byte.
+A walk over the value's types decides the path before serialising: any float that is not
+plainly safe, any None, any type other than str/int/bool/float/dict/list goes to the exact
+path, and so does output with a key-order hazard byte. The walk costs about as much as the
+serialisation; scanning the output bytes for the same hazards cost five times more. Records
+hold no None (absent fields are omitted) and few floats, so the exact path is rare.
 """
 
 from __future__ import annotations
@@ -55,6 +53,7 @@ _OPTIONS = (
 )
 # UTF-8 lead bytes of U+E000..U+FFFF (0xEE, 0xEF) and of non-BMP characters (0xF0-0xF4).
 _KEY_ORDER_HAZARD = re.compile(rb"[\xee-\xf4]")
+_EXACT_INT = 2.0**53
 
 
 def _refuse(value: object) -> NoReturn:
@@ -66,23 +65,49 @@ def canonicalize(value: Any) -> bytes:
 
     Raises CanonicalizationError for values JCS cannot represent exactly.
     """
+    if _hazardous(value):
+        return canonicalize_reference(value)
     try:
         out = orjson.dumps(value, default=_refuse, option=_OPTIONS)
     except (orjson.JSONEncodeError, TypeError):
         # Let the reference decide, so errors read the same whichever path met the value.
         return canonicalize_reference(value)
-    if (
-        b"e+" in out
-        or b"e-6" in out
-        or b".0," in out
-        or b".0}" in out
-        or b".0]" in out
-        or b"null" in out
-        or out.endswith(b".0")
-        or (not out.isascii() and _KEY_ORDER_HAZARD.search(out) is not None)
-    ):
+    if not out.isascii() and _KEY_ORDER_HAZARD.search(out) is not None:
         return canonicalize_reference(value)
     return out
+
+
+def _float_hazard(x: float) -> bool:
+    """True unless orjson prints `x` exactly as ECMAScript does (NaN and inf included)."""
+    return x.is_integer() or not (1e-5 <= abs(x) < _EXACT_INT or abs(x) < 1e-6)
+
+
+def _hazardous(value: Any) -> bool:
+    # Hot: one loop per container, recursion only for nested containers.
+    t = type(value)
+    if t is dict:
+        items = value.values()
+    elif t is list:
+        items = value
+    elif t is str or t is int or t is bool:
+        return False
+    elif t is float:
+        return _float_hazard(value)
+    else:
+        return True  # None, tuples, subclasses, anything orjson might extend JSON with
+    for item in items:
+        t = type(item)
+        if t is str or t is int or t is bool:
+            continue
+        if t is float:
+            if _float_hazard(item):
+                return True
+        elif t is dict or t is list:
+            if _hazardous(item):
+                return True
+        else:
+            return True
+    return False
 
 
 def canonicalize_reference(value: Any) -> bytes:
@@ -102,9 +127,6 @@ def canonicalize_reference(value: Any) -> bytes:
         raise CanonicalizationError(f"not representable in RFC 8785 JSON: {exc}") from exc
     except RecursionError as exc:
         raise CanonicalizationError("value nested too deeply") from exc
-
-
-_EXACT_INT = 2.0**53
 
 
 def _refuse_ambiguous_floats(value: Any) -> None:

@@ -11,8 +11,8 @@ links to every earlier record of the stream, so one signature covers the whole p
 from __future__ import annotations
 
 import base64
+import secrets
 import threading
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +75,9 @@ class ChainWriter:
         self._segment_started: float | None = None
         self._last_ts: datetime | None = None
         self._lock = threading.Lock()
+        # event.id = random per-writer prefix + sequence: unique across writers and restarts
+        # without the cost of a uuid4 per record (a quarter of the sealing time).
+        self._id_prefix = secrets.token_hex(8) + "-"
         self.closed = False
 
     @property
@@ -140,7 +143,7 @@ class ChainWriter:
         sequence = self._head.sequence + 1
         record: dict[str, Any] = {
             f.TIMESTAMP: f.format_timestamp(ts),
-            f.EVENT_ID: str(uuid.uuid4()),
+            f.EVENT_ID: f"{self._id_prefix}{sequence}",
             f.EVENT_ACTION: action.value,
             f.EVENT_KIND: info.kind,
             f.EVENT_CATEGORY: list(info.category),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from audit.errors import InvalidInputError
@@ -46,6 +47,13 @@ _KEY_KIND = {
 _TOKEN_HEX = 16  # enough to correlate two messages; the full pseudonym is in the fields
 
 
+@lru_cache(maxsize=4096)
+def _key_kind(key: str) -> PiiKind | None:
+    # Metadata keys repeat on every record of a job; classify each spelling once.
+    match = _PII_KEY.search(key)
+    return None if match is None else _KEY_KIND[match.group("kind").lower()]
+
+
 class Scrubber:
     """Scrubs one event's free text, knowing that event's raw PII values."""
 
@@ -67,9 +75,8 @@ class Scrubber:
     def metadata(self, value: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, item in value.items():
-            match = _PII_KEY.search(key) if isinstance(key, str) else None
-            if match is not None and isinstance(item, str):
-                kind = _KEY_KIND[match.group("kind").lower()]
+            kind = _key_kind(key) if isinstance(key, str) else None
+            if kind is not None and isinstance(item, str):
                 try:
                     out[f"{key}_hash"] = self._pseudonym(kind, item)
                 except InvalidInputError:  # "ip": "unknown" is no address: scrub as text

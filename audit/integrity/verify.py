@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,7 +95,8 @@ class StreamReport:
     last_checkpoint: int = 0
     closed: bool = False
     pending: dict[int, _Entry] = field(default_factory=dict)
-    recent: OrderedDict[int, tuple[str, int]] = field(default_factory=OrderedDict)
+    # (sequence, hash, line) of the last `window` records, at index sequence % window.
+    recent: list[tuple[int, str, int] | None] = field(default_factory=list)
     rival: _Entry | None = None  # a second record claiming head's sequence
     unredeemed: list[_Entry] = field(default_factory=list)  # failing signatures so far
     wrong_key_reported: bool = False
@@ -160,14 +161,15 @@ class ChainVerifier:
         key = (tenant if type(tenant) is str else repr(tenant), stream)
         state = self.streams.get(key)
         if state is None:
-            state = self.streams[key] = StreamReport(stream, key[0])
+            state = self.streams[key] = StreamReport(stream, key[0], recent=[None] * self.window)
         state.records += 1
         try:
-            computed: str | None = sha256_hex(canonicalize(rec))
+            body: bytes | None = canonicalize(rec)
         except CanonicalizationError as exc:
             # Still placed in the chain by its stored hash: one bad value is one failure.
-            computed = None
+            body = None
             self._fail(FailureKind.MALFORMED, stream, line_no, seq, exc.message)
+        computed = None if body is None else sha256_hex(body)
         if computed is not None and computed != stored:
             self._fail(
                 FailureKind.MODIFIED, stream, line_no, seq, "content does not match its event.hash"
@@ -182,8 +184,8 @@ class ChainVerifier:
             )
         elif (
             self.strict
-            and computed is not None
-            and not _is_canonical_line(rec, stored, signature, line)
+            and body is not None
+            and not _is_canonical_line(body, rec, stored, signature, line)
         ):
             self._fail(
                 FailureKind.MALFORMED,
@@ -192,10 +194,23 @@ class ChainVerifier:
                 seq,
                 "line is not the canonical (RFC 8785) form of its record",
             )
-        cp = None
         if rec[f.EVENT_ACTION] == _CHECKPOINT:
             cp = (signature, rec.get(f.CP_SIGNER), rec.get(f.CP_CLOSING) is True)
-        self._place(state, _Entry(line_no, seq, stored, prev, cp))
+            self._place(state, _Entry(line_no, seq, stored, prev, cp))
+        elif (
+            seq == state.expected
+            and prev == state.head_hash
+            and state.linked
+            and not state.pending
+            and state.rival is None
+            and not state.closed
+        ):
+            # The common case, inlined: the next record, linking to the head.
+            state.expected = seq + 1
+            state.head_hash, state.head_line = stored, line_no
+            state.recent[seq % self.window] = (seq, stored, line_no)
+        else:
+            self._place(state, _Entry(line_no, seq, stored, prev, None))
         return self._out
 
     def finish(self) -> list[Failure]:
@@ -265,8 +280,8 @@ class ChainVerifier:
             if len(state.pending) > self.window:
                 self._skip_gap(state)
         else:
-            seen = state.recent.get(seq)
-            if seen is None:
+            seen = state.recent[seq % self.window]
+            if seen is None or seen[0] != seq:
                 self._fail(
                     FailureKind.REORDERED,
                     state.stream,
@@ -275,7 +290,7 @@ class ChainVerifier:
                     f"arrived after sequence {state.expected - 1}, too late to place",
                 )
             else:
-                self._repeat(state, entry, *seen)
+                self._repeat(state, entry, seen[1], seen[2])
 
     def _repeat(self, state: StreamReport, entry: _Entry, hash_: str, line: int) -> None:
         if entry.hash == hash_:
@@ -353,9 +368,7 @@ class ChainVerifier:
         state.linked = True
         state.expected = entry.seq + 1
         state.head_hash, state.head_line = entry.hash, entry.line
-        state.recent[entry.seq] = (entry.hash, entry.line)
-        if len(state.recent) > self.window:
-            state.recent.popitem(last=False)
+        state.recent[entry.seq % self.window] = (entry.seq, entry.hash, entry.line)
         if entry.checkpoint is not None:
             self._check_signature(state, entry, *entry.checkpoint)
 
@@ -438,13 +451,24 @@ class ChainVerifier:
         self._out.append(Failure(kind, stream, line, seq, detail))
 
 
-def _is_canonical_line(rec: dict[str, Any], stored: str, signature: Any, line: bytes | str) -> bool:
+def _is_canonical_line(
+    body: bytes, rec: dict[str, Any], stored: str, signature: Any, line: bytes | str
+) -> bool:
     """`seal` writes each line as the canonical form of the full record. Requiring that in
     strict mode rules out what JSON parsers disagree on: duplicate keys, numbers one parser
     reads as integers and another as floats."""
+    raw = (line.encode() if isinstance(line, str) else line).rstrip(b"\r\n")
+    if signature is None:
+        # `body` is the canonical record without event.hash, which sorts right before
+        # event.id: splice it in rather than serialising the whole record again.
+        at = body.find(b',"event.id":')
+        if (
+            at > 0
+            and raw == body[: at + 1] + b'"event.hash":"' + stored.encode() + b'",' + body[at + 1 :]
+        ):
+            return True
     full = dict(rec)
     full[f.EVENT_HASH] = stored
     if signature is not None:
         full[f.SIGNATURE] = signature
-    raw = line.encode() if isinstance(line, str) else line
-    return canonicalize(full) == raw.rstrip(b"\r\n")
+    return canonicalize(full) == raw
