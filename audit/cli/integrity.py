@@ -5,15 +5,14 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import click
 import orjson
 from tqdm import tqdm
 
 from audit.errors import InvalidInputError, UsageError
-from audit.integrity.canonical import canonicalize
-from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord
 from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
 from audit.integrity.keys import keygen as make_keys
 from audit.integrity.plain import parse_plain_event
@@ -127,9 +126,9 @@ def seal(
     )
 
 
-def _write(out: IO[bytes], records: list[dict[str, Any]]) -> None:
-    for record in records:
-        out.write(canonicalize(record) + b"\n")
+def _write(out: IO[bytes], records: list[SealedRecord]) -> None:
+    for sealed in records:
+        out.write(sealed.line + b"\n")
 
 
 @click.command()

@@ -40,6 +40,12 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedRecord:
+    record: dict[str, Any]
+    line: bytes  # RFC 8785 form of the full record (what `seal` writes), no newline
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointPolicy:
     every: int | None = 1000  # records, counting the checkpoint itself
     # seconds of record time from the first record after the last checkpoint
@@ -86,8 +92,14 @@ class ChainWriter:
 
     def append(
         self, action: EventAction, outcome: Outcome, body: dict[str, Any], ts: datetime
-    ) -> list[dict[str, Any]]:
-        """Chain one record; returns it and, when the policy says so, a checkpoint after it."""
+    ) -> list[SealedRecord]:
+        """Chain one record; returns it and, when the policy says so, a checkpoint after it.
+
+        `body` holds the record's own fields; the chain fields (@timestamp, event.*,
+        ffaudit.stream/tenant/prev/schema) are the writer's, and event.* keys are refused.
+        """
+        if any(key.startswith("event.") for key in body):
+            raise ValueError("record bodies may not set event.* fields")
         with self._lock:
             if self.closed:
                 raise RuntimeError(f"stream {self.stream!r} is closed")
@@ -99,7 +111,7 @@ class ChainWriter:
                 records.append(self._checkpoint(ts, closing=False))
             return records
 
-    def checkpoint(self, ts: datetime | None = None, *, closing: bool = False) -> dict[str, Any]:
+    def checkpoint(self, ts: datetime | None = None, *, closing: bool = False) -> SealedRecord:
         """A signed checkpoint now; with closing=True the stream accepts nothing after it."""
         with self._lock:
             if self.closed:
@@ -107,9 +119,9 @@ class ChainWriter:
             ts = ts or datetime.now(UTC)
             if self._last_ts is not None and ts < self._last_ts:
                 ts = self._last_ts  # a checkpoint is never stamped before what it covers
-            record = self._checkpoint(ts, closing=closing)
+            sealed = self._checkpoint(ts, closing=closing)
             self.closed = closing
-            return record
+            return sealed
 
     def _due(self, now: float) -> bool:
         records = self._head.sequence - self._segment_first + 2  # + the checkpoint itself
@@ -122,26 +134,27 @@ class ChainWriter:
             and now - self._segment_started >= policy.interval_s
         )
 
-    def _checkpoint(self, ts: datetime, *, closing: bool) -> dict[str, Any]:
+    def _checkpoint(self, ts: datetime, *, closing: bool) -> SealedRecord:
         body = {
             f.CP_FIRST: self._segment_first,
             f.CP_RECORDS: self._head.sequence + 2 - self._segment_first,
             f.CP_CLOSING: closing,
             f.CP_SIGNER: self._signer.verifier.fingerprint,
         }
-        record = self._link(EventAction.AUDIT_CHECKPOINT, Outcome.SUCCESS, body, ts)
+        record = self._link(EventAction.AUDIT_CHECKPOINT, Outcome.SUCCESS, body, ts).record
         signature = self._signer.sign(checkpoint_message(record[f.EVENT_HASH]))
         record[f.SIGNATURE] = base64.b64encode(signature).decode("ascii")
         self._segment_first = self._head.sequence + 1
         self._segment_started = None
-        return record
+        return SealedRecord(record, canonicalize(record))
 
     def _link(
         self, action: EventAction, outcome: Outcome, body: dict[str, Any], ts: datetime
-    ) -> dict[str, Any]:
+    ) -> SealedRecord:
         info = ACTIONS[action]
         sequence = self._head.sequence + 1
         record: dict[str, Any] = {
+            **body,
             f.TIMESTAMP: f.format_timestamp(ts),
             f.EVENT_ID: f"{self._id_prefix}{sequence}",
             f.EVENT_ACTION: action.value,
@@ -155,12 +168,22 @@ class ChainWriter:
             f.STREAM: self.stream,
             f.TENANT: self.tenant,
             f.PREV: self._head.hash,
-            **body,
         }
-        digest = sha256_hex(canonicalize(record))
+        hashed = canonicalize(record)
+        digest = sha256_hex(hashed)
         record[f.EVENT_HASH] = digest
         if self._last_ts is None or ts > self._last_ts:
             self._last_ts = ts
         self._head.sequence = sequence
         self._head.hash = digest
-        return record
+        return SealedRecord(record, splice_hash(hashed, digest))
+
+
+def splice_hash(hashed: bytes, digest: str) -> bytes:
+    """Canonical bytes of the full record from those of the record without event.hash.
+
+    event.hash sorts right before event.id, and no other key can sort between them: record
+    bodies may not set event.* fields, and the writer sets no other event.h*/event.i* key.
+    """
+    at = hashed.index(b',"event.id":') + 1
+    return hashed[:at] + b'"event.hash":"' + digest.encode("ascii") + b'",' + hashed[at:]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from audit.integrity import record as f
-from audit.integrity.chain import ChainWriter
+from audit.integrity.chain import ChainWriter, SealedRecord
 from audit.integrity.events import ACTIONS, EventAction, Outcome
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer
 from audit.integrity.ratelimit import DropSummary, SessionRateLimiter
@@ -55,13 +55,13 @@ class Sealer:
         self._limiter = limiter
         self._lock = threading.Lock()
 
-    def seal(self, event: AuditEvent) -> list[dict[str, Any]]:
+    def seal(self, event: AuditEvent) -> list[SealedRecord]:
         """Records to emit for `event`, in order: due drop summaries, the record itself
         (unless the rate limit dropped it), and a checkpoint when one is due."""
         ts = event.timestamp or datetime.now(UTC)
         body = self._body(event)  # outside the lock: pure, and the costly part
         with self._lock:
-            out: list[dict[str, Any]] = []
+            out: list[SealedRecord] = []
             admitted = True
             if self._limiter is not None and event.session is not None:
                 admission = self._limiter.admit(
@@ -77,17 +77,17 @@ class Sealer:
                 out += self.writer.append(event.action, event.outcome, body, ts)
             return out
 
-    def close(self, ts: datetime | None = None) -> list[dict[str, Any]]:
+    def close(self, ts: datetime | None = None) -> list[SealedRecord]:
         """Emit every pending drop summary and the closing checkpoint."""
         with self._lock:
-            out: list[dict[str, Any]] = []
+            out: list[SealedRecord] = []
             if self._limiter is not None:
                 for summary in self._limiter.flush(None):
                     out += self._summary(summary)
             out.append(self.writer.checkpoint(ts, closing=True))
             return out
 
-    def _summary(self, summary: DropSummary) -> list[dict[str, Any]]:
+    def _summary(self, summary: DropSummary) -> list[SealedRecord]:
         assert self._limiter is not None
         p = self._pseudonymizer
         body: dict[str, Any] = {

@@ -31,7 +31,7 @@ import orjson
 from audit.errors import CanonicalizationError
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
-from audit.integrity.chain import checkpoint_message
+from audit.integrity.chain import checkpoint_message, splice_hash
 from audit.integrity.digest import sha256_hex
 from audit.integrity.keys import Verifier
 
@@ -458,15 +458,8 @@ def _is_canonical_line(
     strict mode rules out what JSON parsers disagree on: duplicate keys, numbers one parser
     reads as integers and another as floats."""
     raw = (line.encode() if isinstance(line, str) else line).rstrip(b"\r\n")
-    if signature is None:
-        # `body` is the canonical record without event.hash, which sorts right before
-        # event.id: splice it in rather than serialising the whole record again.
-        at = body.find(b',"event.id":')
-        if (
-            at > 0
-            and raw == body[: at + 1] + b'"event.hash":"' + stored.encode() + b'",' + body[at + 1 :]
-        ):
-            return True
+    if signature is None and b',"event.id":' in body and raw == splice_hash(body, stored):
+        return True
     full = dict(rec)
     full[f.EVENT_HASH] = stored
     if signature is not None:

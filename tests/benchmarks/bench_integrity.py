@@ -29,7 +29,6 @@ import orjson
 import rfc8785
 from cryptography.hazmat.primitives import hashes
 
-from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
@@ -120,9 +119,9 @@ def seal_all(events: list[AuditEvent], signer: Signer) -> list[bytes]:
     """What `ffaudit seal` does per event: seal, then one canonical line per record."""
     sealer, lines = new_sealer(signer), []
     for event in events:
-        for record in sealer.seal(event):
-            lines.append(canonicalize(record) + b"\n")
-    lines += [canonicalize(r) + b"\n" for r in sealer.close(events[-1].timestamp)]
+        for sealed in sealer.seal(event):
+            lines.append(sealed.line + b"\n")
+    lines += [r.line + b"\n" for r in sealer.close(events[-1].timestamp)]
     return lines
 
 
@@ -185,7 +184,7 @@ def latency(work: Workload, signer: Signer, calls: int, block: int = 500) -> dic
         for k in range(start, start + block):
             event = work[k % n][0]
             t = perf()
-            _lines = [canonicalize(r) + b"\n" for r in seal(event)]
+            _lines = [r.line + b"\n" for r in seal(event)]
             out.append(perf() - t)
 
     def run_log(start: int, out: list[int]) -> None:

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from audit.integrity.canonical import canonicalize
-from audit.integrity.chain import ChainWriter, CheckpointPolicy, record_hash
+from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord, record_hash
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
@@ -53,11 +52,11 @@ def sealed(signer: Signer, keyring: Keyring) -> Seal:
             ChainWriter(stream, "acme", signer, policy=CheckpointPolicy(every, None)),
             Pseudonymizer(keyring, "acme"),
         )
-        records: list[dict[str, Any]] = []
+        records: list[SealedRecord] = []
         for i in range(n):
             records += sealer.seal(sample_event(i))
         records += sealer.close(T0 + timedelta(hours=1))
-        return [canonicalize(r) for r in records]
+        return [r.line for r in records]
 
     return make
 

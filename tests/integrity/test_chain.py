@@ -41,7 +41,7 @@ def test_hashes_and_signatures_recompute_with_the_reference_library(
 def test_checkpoint_policy_by_count(signer: Signer) -> None:
     writer = ChainWriter("s", "t", signer, policy=CheckpointPolicy(every=4, interval_s=None))
     sealer = Sealer(writer, Pseudonymizer(Keyring.generate(), "t"))
-    records = [r for i in range(6) for r in sealer.seal(sample_event(i))]
+    records = [r.record for i in range(6) for r in sealer.seal(sample_event(i))]
     # Every 4 records counting the checkpoint itself: 3 events, then a checkpoint.
     assert [r["event.action"] == "audit.checkpoint" for r in records] == [
         False,
@@ -65,7 +65,7 @@ def test_checkpoint_policy_by_record_time(signer: Signer) -> None:
     for seconds in (0, 5, 9.9, 10, 11, 25):
         event = sample_event(1)
         event.timestamp = T0 + timedelta(seconds=seconds)
-        out.append([r["event.action"] for r in sealer.seal(event)])
+        out.append([r.record["event.action"] for r in sealer.seal(event)])
     # The segment opens at 0 s; at 10 s it is due; the next opens at 11 s, due again at 25 s.
     assert [len(a) for a in out] == [1, 1, 1, 2, 1, 2]
 
@@ -83,8 +83,8 @@ def test_concurrent_producers_get_one_contiguous_chain(signer: Signer) -> None:
         for i in range(500):
             records = sealer.seal(sample_event(k * 1000 + i))
             with lock:
-                ordered.extend(canonicalize(r) for r in records)
-            out[k].extend(canonicalize(r) for r in records)
+                ordered.extend(r.line for r in records)
+            out[k].extend(r.line for r in records)
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
     for t in threads:
@@ -92,7 +92,7 @@ def test_concurrent_producers_get_one_contiguous_chain(signer: Signer) -> None:
     for t in threads:
         t.join()
     lines = sorted(
-        ordered + [canonicalize(r) for r in sealer.close()], key=lambda b: load(b)["event.sequence"]
+        ordered + [r.line for r in sealer.close()], key=lambda b: load(b)["event.sequence"]
     )
     assert [load(b)["event.sequence"] for b in lines] == list(range(1, len(lines) + 1))
     verifier = ChainVerifier(signer.verifier, strict=True)
@@ -104,5 +104,22 @@ def test_concurrent_producers_get_one_contiguous_chain(signer: Signer) -> None:
 def test_closing_checkpoint_is_never_earlier_than_what_it_covers(signer: Signer) -> None:
     writer = ChainWriter("s", "t", signer)
     writer.append(sample_event(0).action, sample_event(0).outcome, {}, T0 + timedelta(hours=1))
-    closing = writer.checkpoint(T0, closing=True)
+    closing = writer.checkpoint(T0, closing=True).record
     assert closing["@timestamp"] == "2026-11-21T11:00:00.000000Z"
+
+
+def test_bodies_cannot_override_chain_fields(signer: Signer) -> None:
+    import pytest
+
+    writer = ChainWriter("s", "t", signer)
+    with pytest.raises(ValueError, match=r"event\.\* fields"):
+        writer.append(sample_event(0).action, sample_event(0).outcome, {"event.sequence": 9}, T0)
+    sealed = writer.append(
+        sample_event(0).action,
+        sample_event(0).outcome,
+        {"ffaudit.prev": "f" * 64, "ffaudit.stream": "other"},
+        T0,
+    )[0]
+    assert sealed.record["ffaudit.prev"] == "0" * 64
+    assert sealed.record["ffaudit.stream"] == "s"
+    assert sealed.line == canonicalize(sealed.record)
