@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from alembic import context
+import audit.models  # noqa: F401  (registers every table)
 from audit.db.base import Base
 from audit.settings import AuditSettings
 

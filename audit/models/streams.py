@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from audit.db.base import Base, utcnow
+
+HASH = String(64)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    # Lowercase slug: it becomes part of Elasticsearch index names.
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Stream(Base):
+    """A producer's hash chain, registered with its tenant and Ed25519 public key."""
+
+    __tablename__ = "streams"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    key_fingerprint: Mapped[str] = mapped_column(HASH)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChainHead(Base):
+    """The last record the service accepted for a stream.
+
+    Advanced with a compare-and-set on `sequence` inside the transaction that records the
+    store write, so two replicas sharing the database can never both accept different
+    successors of the same head.
+    """
+
+    __tablename__ = "chain_heads"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(default=0)
+    hash: Mapped[str] = mapped_column(HASH, default="0" * 64)
+    signed_through: Mapped[int] = mapped_column(default=0)
+    last_checkpoint: Mapped[int] = mapped_column(default=0)
+    closed: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(primary_key=True)
+    event_hash: Mapped[str] = mapped_column(HASH)
+    signature: Mapped[str | None] = mapped_column(String(128))
+    signer: Mapped[str | None] = mapped_column(HASH)
+    closing: Mapped[bool] = mapped_column(default=False)
+    verified: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PendingRecord(Base):
+    """A record that arrived ahead of its predecessor: stored, waiting for the gap to fill."""
+
+    __tablename__ = "pending_records"
+    __table_args__ = (UniqueConstraint("stream_id", "sequence", "event_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
+    sequence: Mapped[int]
+    event_hash: Mapped[str] = mapped_column(HASH)
+    prev: Mapped[str] = mapped_column(HASH)
+    doc_id: Mapped[str] = mapped_column(String(256))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
