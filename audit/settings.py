@@ -2,20 +2,70 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class AuditSettings(BaseSettings):
+    """Every setting of `ffaudit serve` and the integrity tools; `FFAUDIT_<NAME>` overrides."""
+
     model_config = SettingsConfigDict(env_prefix="FFAUDIT_", env_file=None, extra="ignore")
 
+    # -- storage --------------------------------------------------------------------------
     # SQLite is the embedded default so the main job runs with no server at all.
-    database_url: str = "sqlite:///var/ffaudit.db"
+    database_url: str = Field(
+        default="sqlite:///var/ffaudit.db", description="control database (SQLAlchemy URL)"
+    )
+    elasticsearch_url: str | None = Field(
+        default=None, description="event store; unset: the embedded SQL store"
+    )
+    elasticsearch_index_prefix: str = Field(default="ffaudit-events")
+    store_database_url: str | None = Field(
+        default=None, description="embedded SQL event store; unset: the control database"
+    )
 
-    checkpoint_every: int = Field(default=1000, ge=2, description="records per signed checkpoint")
+    # -- HTTP API -------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_records_per_request: int = Field(default=10_000, ge=1)
+
+    # -- Fluentd forward protocol ingest ---------------------------------------------------
+    forward_enabled: bool = True
+    forward_host: str = "127.0.0.1"
+    forward_port: int = Field(default=24224, ge=0, le=65535)
+    forward_shared_key: str | None = Field(
+        default=None, description="enables the HELO/PING/PONG handshake"
+    )
+    forward_users: dict[str, str] = Field(
+        default_factory=dict, description="username -> password for handshake user auth"
+    )
+    forward_hostname: str = Field(default="ffaudit", description="server name in PONG")
+    forward_tls_cert: Path | None = None
+    forward_tls_key: Path | None = None
+    forward_max_frame_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    forward_max_events_per_message: int = Field(default=10_000, ge=1)
+    forward_idle_timeout_s: float = Field(default=300.0, gt=0)
+
+    # -- verification at ingest ------------------------------------------------------------
+    reorder_window: int = Field(
+        default=1024, ge=1, description="records a stream may arrive out of order"
+    )
+    gap_timeout_s: float = Field(
+        default=60.0, gt=0, description="a gap still open after this long is flagged"
+    )
+
+    # -- producers (seal) ------------------------------------------------------------------
+    checkpoint_every: int = Field(default=1000, ge=2, description="records per checkpoint")
     checkpoint_interval_s: float | None = Field(
         default=60.0, gt=0, description="seconds between signed checkpoints (event time)"
     )
     rate_limit_per_s: float = Field(default=10.0, gt=0, description="records/s per session")
     rate_limit_burst: int = Field(default=10, ge=1, description="token bucket capacity")
     rate_limit_max_sessions: int = Field(default=100_000, ge=1)
+
+    @property
+    def event_store_database_url(self) -> str:
+        return self.store_database_url or self.database_url
