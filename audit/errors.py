@@ -15,9 +15,10 @@ class FFAuditError(Exception):
     exit_code: int = 2
     http_status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, index: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.index = index  # the offending record's position, for batch input
 
 
 class UsageError(FFAuditError):
@@ -50,3 +51,31 @@ class IntegrityError(FFAuditError):
 
     exit_code = 1
     http_status = 409
+
+
+class NotFoundError(FFAuditError):
+    """The named object does not exist (or is not visible to the caller's tenant)."""
+
+    exit_code = 2
+    http_status = 404
+
+
+class ConflictError(FFAuditError):
+    """The request contradicts stored state (e.g. a stream registered with another key)."""
+
+    exit_code = 2
+    http_status = 409
+
+
+class StoreUnavailableError(FFAuditError):
+    """The event store cannot take or serve records now; the caller withholds its ack."""
+
+    exit_code = 2
+    http_status = 503
+
+
+class BusyError(FFAuditError):
+    """Temporarily unable to complete (e.g. contention on a chain head): retry later."""
+
+    exit_code = 2
+    http_status = 503

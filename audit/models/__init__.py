@@ -4,6 +4,7 @@ Importing this package registers every table with the metadata Alembic compares 
 """
 
 from audit.models.alerts import Alert
+from audit.models.events import Event
 from audit.models.quarantine import QuarantinedRecord
 from audit.models.streams import ChainHead, Checkpoint, PendingRecord, Stream, Tenant
 
@@ -11,6 +12,7 @@ __all__ = [
     "Alert",
     "ChainHead",
     "Checkpoint",
+    "Event",
     "PendingRecord",
     "QuarantinedRecord",
     "Stream",

@@ -1,0 +1,506 @@
+"""The Elasticsearch event store: daily per-tenant indices under one composable template.
+
+Promises:
+
+* **Durable on ack.** `write` returns after Elasticsearch acknowledged every document, and
+  the indices use `index.translog.durability: request`: the translog is fsynced before a
+  bulk request is acknowledged, so an acknowledged record survives a node crash.
+* **Searchable within 1 s** (`refresh_interval`) for everyone; at once for this store's own
+  reads: after a write it refreshes the tenant's indices before its next read of that
+  tenant, so `get`/`scan`/`count` see what this process wrote (read-your-writes).
+* **Create-only.** Documents are written with `op_type: create`; a 409 means the id exists
+  and the stored document is left untouched. Ids are unique within a daily index: a caller
+  that reuses a doc id for a record of another day gets a second document.
+
+Layout: index `<prefix>-<tenant>-<YYYY.MM.DD>` (record time, UTC), `_id` = doc id, `_source`
+= the record's flat dotted keys as received plus `ffaudit.ingest.*` annotations. The record
+reads back as `_source` minus those keys. The annotations include the service-assigned
+tenant, stream, sequence and hash, which every query filters and sorts on: a producer's own
+`ffaudit.tenant` is never trusted for isolation. A record whose fields cannot be indexed (a
+value of the wrong type, a key under `ffaudit.ingest`) is still stored, whole and
+unindexed, under `ffaudit.ingest.record`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import orjson
+from elasticsearch import ApiError, AsyncElasticsearch
+from elasticsearch import ConnectionError as ESConnectionError
+from elasticsearch import ConnectionTimeout as ESConnectionTimeout
+from elasticsearch.serializer import OrjsonSerializer
+
+from audit.errors import StoreUnavailableError, UsageError
+from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+
+T = TypeVar("T")
+INGEST = "ffaudit.ingest."
+_RECORD = INGEST + "record"
+_TENANT = INGEST + "tenant"
+_STREAM = INGEST + "stream"
+_SEQUENCE = INGEST + "sequence"
+_DOC_ID = INGEST + "doc_id"
+# Tenant ids are slugs; anything else could not be part of an index name.
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_TRANSIENT = (ESConnectionError, ESConnectionTimeout)
+
+_KEYWORD: dict[str, Any] = {"type": "keyword"}
+# Producer-chosen text: an oversized value stays in _source instead of failing the write.
+_FREE: dict[str, Any] = {"type": "keyword", "ignore_above": 1024}
+_LONG: dict[str, Any] = {"type": "long"}
+_DATE: dict[str, Any] = {"type": "date"}
+
+
+def _obj(**properties: Mapping[str, Any]) -> dict[str, Any]:
+    return {"properties": dict(properties)}
+
+
+MAPPINGS: dict[str, Any] = {
+    # Unknown fields stay in _source but add nothing to the mapping.
+    "dynamic": False,
+    "properties": {
+        "@timestamp": _DATE,
+        "event": _obj(
+            id=_KEYWORD,
+            action=_KEYWORD,
+            outcome=_KEYWORD,
+            kind=_KEYWORD,
+            category=_KEYWORD,
+            type=_KEYWORD,
+            dataset=_KEYWORD,
+            hash=_KEYWORD,
+            sequence=_LONG,
+        ),
+        "ffaudit": _obj(
+            schema={"type": "integer"},
+            stream=_KEYWORD,
+            tenant=_KEYWORD,
+            prev=_KEYWORD,
+            key_id=_KEYWORD,
+            session=_obj(hash=_KEYWORD),
+            client=_obj(ip_hash=_KEYWORD),
+            target=_obj(hash=_KEYWORD),
+            checkpoint=_obj(
+                first_sequence=_LONG,
+                records=_LONG,
+                closing={"type": "boolean"},
+                signer=_KEYWORD,
+            ),
+            # One field however many keys producers invent: the mapping cannot explode.
+            metadata={"type": "flattened", "ignore_above": 1024},
+            ingest=_obj(
+                verdict=_KEYWORD,
+                failure=_KEYWORD,
+                received_at=_DATE,
+                tenant=_KEYWORD,
+                stream=_KEYWORD,
+                sequence=_LONG,
+                doc_id=_KEYWORD,
+                event_hash=_KEYWORD,
+                timestamp=_DATE,
+                record={"type": "object", "enabled": False},
+            ),
+        ),
+        "user": _obj(hash=_KEYWORD),
+        "trace": _obj(id=_FREE),
+        "file": _obj(hash=_obj(sha256=_KEYWORD)),
+        "error": _obj(
+            type=_FREE,
+            message={"type": "text", "fields": {"keyword": _FREE}},
+        ),
+    },
+}
+
+
+def index_settings(replicas: int) -> dict[str, Any]:
+    return {
+        "index": {
+            "number_of_shards": 1,
+            "number_of_replicas": replicas,
+            "refresh_interval": "1s",
+            "translog": {"durability": "request"},
+        }
+    }
+
+
+class ElasticEventStore:
+    """`EventStore` on Elasticsearch 8 (official async client)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "ffaudit-events",
+        page_size: int = 1000,
+        replicas: int = 0,
+        retry_budget_s: float = 30.0,
+        request_timeout_s: float = 30.0,
+        bulk_chunk: int = 1000,
+    ) -> None:
+        if page_size < 1 or bulk_chunk < 1:
+            raise UsageError("page_size and bulk_chunk must be at least 1")
+        # Retries are ours (bounded by retry_budget_s), not the client's.
+        # orjson for responses; bulk bodies are serialised by write() itself. The stdlib
+        # json serializer cost as much CPU as the rest of ingest together.
+        fast = OrjsonSerializer()
+        self.client = AsyncElasticsearch(
+            url,
+            request_timeout=request_timeout_s,
+            max_retries=0,
+            retry_on_timeout=False,
+            serializers={"application/json": fast, "application/vnd.elasticsearch+json": fast},
+        )
+        self.prefix = prefix
+        self.page_size = page_size
+        self.replicas = replicas
+        self.retry_budget_s = retry_budget_s
+        self.bulk_chunk = bulk_chunk
+        self._templates_ready = False
+        self._templates_lock = asyncio.Lock()
+        self._dirty: set[str] = set()  # tenants written since this store last refreshed them
+
+    # -- naming -----------------------------------------------------------------------------
+
+    def index_for(self, tenant: str, timestamp: datetime) -> str:
+        if not _TENANT_RE.fullmatch(tenant):
+            raise UsageError(f"tenant id {tenant!r} cannot name an index (lowercase slug)")
+        if timestamp.tzinfo is None:
+            raise UsageError("event timestamps must be timezone-aware")
+        return f"{self.prefix}-{tenant}-{timestamp.astimezone(UTC):%Y.%m.%d}"
+
+    def _pattern(self, tenant: str) -> str:
+        return f"{self.prefix}-{tenant}-*"
+
+    def _owns(self, tenant: str, index: str) -> bool:
+        # The pattern for "acme" also matches "acme-eu"'s indices; the exact name does not.
+        return (
+            re.fullmatch(re.escape(f"{self.prefix}-{tenant}-") + r"\d{4}\.\d{2}\.\d{2}", index)
+            is not None
+        )
+
+    # -- retries ----------------------------------------------------------------------------
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried with exponential backoff on 429, 5xx and connection errors."""
+        deadline = time.monotonic() + self.retry_budget_s
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except ApiError as exc:
+                if exc.status_code != 429 and exc.status_code < 500:
+                    raise StoreUnavailableError(f"elasticsearch {what}: {exc}") from exc
+                error: Exception = exc
+            except _TRANSIENT as exc:
+                error = exc
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailableError(
+                    f"elasticsearch {what} failed for {self.retry_budget_s:g} s: {error}"
+                ) from error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def ensure_templates(self) -> None:
+        """Install (idempotently) the component and index templates for `<prefix>-*`."""
+        if self._templates_ready:
+            return
+        async with self._templates_lock:
+            if self._templates_ready:
+                return
+            settings, mappings = f"{self.prefix}-settings", f"{self.prefix}-mappings"
+            await self._retrying(
+                "template",
+                lambda: self.client.cluster.put_component_template(
+                    name=settings, template={"settings": index_settings(self.replicas)}
+                ),
+            )
+            await self._retrying(
+                "template",
+                lambda: self.client.cluster.put_component_template(
+                    name=mappings, template={"mappings": MAPPINGS}
+                ),
+            )
+            await self._retrying(
+                "template",
+                lambda: self.client.indices.put_index_template(
+                    name=self.prefix,
+                    index_patterns=[f"{self.prefix}-*"],
+                    composed_of=[settings, mappings],
+                    priority=200,
+                    meta={"managed_by": "ffaudit"},
+                ),
+            )
+            self._templates_ready = True
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def write(self, events: Sequence[StoredEvent]) -> WriteResult:
+        if not events:
+            return WriteResult(written=0, existing=())
+        indices = [self.index_for(event.tenant, event.timestamp) for event in events]
+        await self.ensure_templates()
+        self._dirty.update(event.tenant for event in events)
+        docs: dict[int, dict[str, Any]] = {}
+        existing: dict[int, str] = {}
+        seen: set[tuple[str, str]] = set()
+        for i, event in enumerate(events):
+            # A doc id repeated inside one batch is written once; its repeats are "existing".
+            if (event.tenant, event.doc_id) in seen:
+                existing[i] = event.doc_id
+            else:
+                seen.add((event.tenant, event.doc_id))
+                docs[i] = _document(event)
+        written = 0
+        unindexed: set[int] = set()
+        todo = sorted(docs)
+        deadline = time.monotonic() + self.retry_budget_s
+        delay = 0.05
+        while todo:
+            retry: list[int] = []
+            transient = False
+            for start in range(0, len(todo), self.bulk_chunk):
+                chunk = todo[start : start + self.bulk_chunk]
+                # Pre-serialised lines: the NDJSON serializer passes bytes through as-is.
+                # (The client's type hints only know mappings; bytes lines are supported.)
+                operations: list[Any] = []
+                for i in chunk:
+                    operations.append(
+                        orjson.dumps({"create": {"_index": indices[i], "_id": events[i].doc_id}})
+                    )
+                    operations.append(orjson.dumps(docs[i]))
+                response = await self._retrying(
+                    "bulk write", partial(self.client.bulk, operations=operations)
+                )
+                for i, item in zip(chunk, response["items"], strict=True):
+                    result = item["create"]
+                    status = result["status"]
+                    if 200 <= status < 300:
+                        written += 1
+                    elif status == 409:
+                        existing[i] = events[i].doc_id
+                    elif status == 429 or status >= 500:
+                        retry.append(i)
+                        transient = True
+                    elif status == 400 and i not in unindexed:
+                        # Not indexable as it is (a value of the wrong type, say): keep
+                        # it whole and unindexed rather than refuse a record.
+                        unindexed.add(i)
+                        docs[i] = _document(events[i], indexed=False)
+                        retry.append(i)
+                    else:
+                        error = result.get("error", {})
+                        raise StoreUnavailableError(
+                            f"elasticsearch refused {events[i].doc_id!r}: "
+                            f"{error.get('type')}: {error.get('reason')}"
+                        )
+            todo = retry
+            if transient:
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailableError(
+                        f"elasticsearch kept refusing {len(todo)} documents "
+                        f"for {self.retry_budget_s:g} s"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return WriteResult(written=written, existing=tuple(existing[i] for i in sorted(existing)))
+
+    async def update_verdicts(self, tenant: str, updates: Sequence[VerdictUpdate]) -> None:
+        if not updates or not _TENANT_RE.fullmatch(tenant):
+            return
+        operations: list[Mapping[str, Any]] = []
+        for doc_id, timestamp, verdict, failure in updates:
+            # The index comes from the caller's tenant: another tenant's document is
+            # unreachable whatever doc id is named.
+            operations.append(
+                {"update": {"_index": self.index_for(tenant, timestamp), "_id": doc_id}}
+            )
+            operations.append({"doc": {INGEST + "verdict": verdict, INGEST + "failure": failure}})
+        self._dirty.add(tenant)
+        for _attempt in range(2):
+            response = await self._retrying(
+                "verdict update", partial(self.client.bulk, operations=operations)
+            )
+            pending: list[Mapping[str, Any]] = []
+            for n, item in enumerate(response["items"]):
+                status = item["update"]["status"]
+                if status == 429 or status >= 500:
+                    pending += operations[2 * n : 2 * n + 2]
+                elif status >= 300 and status != 404:  # 404: no such document; ignored
+                    raise StoreUnavailableError(
+                        f"elasticsearch refused a verdict update: {item['update'].get('error')}"
+                    )
+            if not pending:
+                return
+            operations = pending
+        raise StoreUnavailableError("elasticsearch kept refusing verdict updates")
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _visible(self, tenant: str) -> None:
+        """Read-your-writes: refresh the tenant's indices if this store wrote to them."""
+        if tenant in self._dirty:
+            self._dirty.discard(tenant)
+            await self._retrying(
+                "refresh",
+                lambda: self.client.indices.refresh(
+                    index=self._pattern(tenant), ignore_unavailable=True, allow_no_indices=True
+                ),
+            )
+
+    async def _search(self, what: str, tenant: str, **body: Any) -> list[dict[str, Any]]:
+        response = await self._retrying(
+            what,
+            lambda: self.client.search(
+                index=self._pattern(tenant),
+                ignore_unavailable=True,
+                allow_no_indices=True,
+                track_total_hits=False,
+                **body,
+            ),
+        )
+        hits: list[dict[str, Any]] = response["hits"]["hits"]
+        return hits
+
+    async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
+        if not _TENANT_RE.fullmatch(tenant):
+            return None
+        await self._visible(tenant)
+        hits = await self._search(
+            "get",
+            tenant,
+            query={"bool": {"filter": [{"ids": {"values": [doc_id]}}, _term(_TENANT, tenant)]}},
+            sort=[{INGEST + "received_at": "asc"}],
+            size=2,
+        )
+        for hit in hits:
+            if self._owns(tenant, hit["_index"]):
+                return _event(hit["_source"])
+        return None
+
+    async def scan(
+        self, tenant: str, stream: str, start: int = 1, end: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        if not _TENANT_RE.fullmatch(tenant):
+            return
+        await self._visible(tenant)
+        bounds: dict[str, int] = {"gte": start}
+        if end is not None:
+            bounds["lte"] = end
+        query = {
+            "bool": {
+                "filter": [
+                    _term(_TENANT, tenant),
+                    _term(_STREAM, stream),
+                    {"range": {_SEQUENCE: bounds}},
+                ]
+            }
+        }
+        after: list[Any] | None = None
+        while True:
+            extra: dict[str, Any] = {} if after is None else {"search_after": after}
+            hits = await self._search(
+                "scan",
+                tenant,
+                query=query,
+                sort=[{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}],
+                size=self.page_size,
+                **extra,
+            )
+            for hit in hits:
+                if self._owns(tenant, hit["_index"]):
+                    yield _event(hit["_source"])
+            if len(hits) < self.page_size:
+                return
+            after = hits[-1]["sort"]
+
+    async def count(self, tenant: str, stream: str | None = None) -> int:
+        if not _TENANT_RE.fullmatch(tenant):
+            return 0
+        await self._visible(tenant)
+        filters = [_term(_TENANT, tenant)]
+        if stream is not None:
+            filters.append(_term(_STREAM, stream))
+        response = await self._retrying(
+            "count",
+            lambda: self.client.count(
+                index=self._pattern(tenant),
+                query={"bool": {"filter": filters}},
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            ),
+        )
+        return int(response["count"])
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        self._dirty.clear()
+        await self._retrying(
+            "refresh",
+            lambda: self.client.indices.refresh(
+                index=f"{self.prefix}-*", ignore_unavailable=True, allow_no_indices=True
+            ),
+        )
+
+    async def ping(self) -> bool:
+        # Cluster health rather than HEAD /, which minimal distributions do not serve.
+        try:
+            health = await self.client.cluster.health(timeout="1s")
+        except (ApiError, *_TRANSIENT):
+            return False
+        return bool(health["status"] in ("green", "yellow"))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _term(field: str, value: str) -> dict[str, Any]:
+    return {"term": {field: value}}
+
+
+def _indexable(record: Mapping[str, Any]) -> bool:
+    # Keys under ffaudit.ingest are ours: a record carrying any could spoof an annotation
+    # (its tenant, say) and would not read back exactly.
+    return not any(key in ("ffaudit", "ffaudit.ingest") or key.startswith(INGEST) for key in record)
+
+
+def _document(event: StoredEvent, *, indexed: bool = True) -> dict[str, Any]:
+    annotations = {
+        INGEST + "verdict": event.verdict,
+        INGEST + "failure": event.failure,
+        INGEST + "received_at": event.received_at.astimezone(UTC).isoformat(),
+        _TENANT: event.tenant,
+        _STREAM: event.stream,
+        _SEQUENCE: event.sequence,
+        _DOC_ID: event.doc_id,
+        INGEST + "event_hash": event.event_hash,
+        INGEST + "timestamp": event.timestamp.astimezone(UTC).isoformat(),
+    }
+    if indexed and _indexable(event.record):
+        return {**event.record, **annotations}
+    return {**annotations, _RECORD: event.record}
+
+
+def _event(source: Mapping[str, Any]) -> StoredEvent:
+    record = source.get(_RECORD)
+    if not isinstance(record, dict):
+        record = {k: v for k, v in source.items() if not k.startswith(INGEST)}
+    return StoredEvent(
+        doc_id=source[_DOC_ID],
+        tenant=source[_TENANT],
+        stream=source[_STREAM],
+        sequence=int(source[_SEQUENCE]),
+        event_hash=source[INGEST + "event_hash"],
+        timestamp=datetime.fromisoformat(source[INGEST + "timestamp"]),
+        record=record,
+        verdict=source[INGEST + "verdict"],
+        failure=source[INGEST + "failure"],
+        received_at=datetime.fromisoformat(source[INGEST + "received_at"]),
+    )

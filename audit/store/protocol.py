@@ -1,0 +1,77 @@
+"""The event store contract: what the ingest service needs from Elasticsearch or SQL.
+
+Both implementations pass the same contract suite (tests/store/test_contract.py). The rules
+every implementation keeps:
+
+* `write` is create-only and durable when it returns: an id that exists is left as it is and
+  reported in `WriteResult.existing`, so a retried batch is harmless.
+* Every read takes the tenant and never returns another tenant's record, whatever doc id is
+  asked for: the tenant is the one the service assigned (`StoredEvent.tenant`), never a
+  value read from the producer's record.
+* `StoredEvent.record` reads back equal to what was written (the JSON value; the SQL store
+  keeps its RFC 8785 form, so `1.0` may read back as `1`, which hashes the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+# (doc_id, timestamp, verdict, failure); the timestamp addresses the record's daily index.
+VerdictUpdate = tuple[str, datetime, str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    doc_id: str  # "{stream}:{sequence}", or "…:{event_hash[:16]}" for a rival record
+    tenant: str
+    stream: str
+    sequence: int
+    event_hash: str
+    timestamp: datetime  # the record's @timestamp, UTC; picks the daily index
+    record: dict[str, Any]  # as received: flat dotted keys, event.hash and signature included
+    verdict: str  # "ok" | "pending" | "broken"
+    failure: str | None  # the failure kind when broken: "modified", "fork", "gap", ...
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    written: int
+    existing: tuple[str, ...]  # doc ids that were already stored (left untouched)
+
+
+class EventStore(Protocol):
+    async def write(self, events: Sequence[StoredEvent]) -> WriteResult:
+        """Durable when it returns. Never overwrites: an existing doc_id is left as it is and
+        reported in `existing` (idempotent retries). Raises StoreUnavailableError when the
+        backend cannot take the write (the caller then withholds its ack)."""
+        ...
+
+    async def update_verdicts(self, tenant: str, updates: Sequence[VerdictUpdate]) -> None:
+        """(doc_id, timestamp, verdict, failure): e.g. a pending record whose gap filled
+        becomes ok. Ids the tenant does not have are ignored."""
+        ...
+
+    async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
+        """The tenant's record stored under `doc_id`, also when written moments ago."""
+        ...
+
+    def scan(
+        self, tenant: str, stream: str, start: int = 1, end: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        """Every stored record of the stream with start <= sequence <= end, ascending by
+        sequence, then doc_id; forks included. Pages through the backend."""
+        ...
+
+    async def count(self, tenant: str, stream: str | None = None) -> int: ...
+
+    async def refresh(self) -> None:
+        """Make writes visible to search now (Elasticsearch refresh; SQL: nothing to do)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,226 @@
+"""The embedded event store: one table (`events`) on SQLite or PostgreSQL.
+
+The schema comes from the Alembic migrations only; this module never creates tables.
+Synchronous SQLAlchemy runs in worker threads (`asyncio.to_thread`) so the event loop never
+waits on the database. A write commits before it returns (SQLite in WAL mode with
+`synchronous=FULL`, see audit.db.session), so an acknowledged record survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import orjson
+from sqlalchemy import Engine, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from audit.db.session import make_engine, session_factory
+from audit.errors import StoreUnavailableError, UsageError
+from audit.integrity.canonical import canonicalize
+from audit.models.events import Event
+from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+
+T = TypeVar("T")
+_TABLE = cast(Table, Event.__table__)
+# Rows per INSERT statement: 17 columns stay far below SQLite's and PostgreSQL's bind limits.
+_INSERT_CHUNK = 500
+# Record field -> (column, longest value the column takes).
+_COPIED = {
+    "event.action": ("action", 64),
+    "event.outcome": ("outcome", 16),
+    "user.hash": ("user_hash", 64),
+    "ffaudit.session.hash": ("session_hash", 64),
+    "ffaudit.client.ip_hash": ("client_ip_hash", 64),
+    "ffaudit.target.hash": ("target_hash", 64),
+    "trace.id": ("trace_id", 256),
+}
+
+
+class SqlEventStore:
+    """`EventStore` on the `events` table of `url` (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str, *, page_size: int = 1000) -> None:
+        if page_size < 1:
+            raise UsageError("page_size must be at least 1")
+        self._engine: Engine = make_engine(url)
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            self._insert: Callable[..., Any] = postgresql.insert
+        elif dialect == "sqlite":
+            self._insert = sqlite.insert
+        else:
+            raise UsageError(f"the SQL event store supports SQLite and PostgreSQL, not {dialect}")
+        self._sessions = session_factory(self._engine)
+        self.page_size = page_size
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreUnavailableError(f"event database unavailable: {exc.orig or exc}") from exc
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def write(self, events: Sequence[StoredEvent]) -> WriteResult:
+        if not events:
+            return WriteResult(written=0, existing=())
+        rows = [_row(event) for event in events]
+        inserted = await self._run(self._insert_rows, rows)
+        claimed: set[tuple[str, str]] = set()
+        existing: list[str] = []
+        for event in events:
+            key = (event.tenant, event.doc_id)
+            # A doc id repeated inside one batch is written once; its repeats are "existing".
+            if key in inserted and key not in claimed:
+                claimed.add(key)
+            else:
+                existing.append(event.doc_id)
+        return WriteResult(written=len(claimed), existing=tuple(existing))
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        inserted: set[tuple[str, str]] = set()
+        # One transaction for the batch; ON CONFLICT DO NOTHING (both dialects) leaves any
+        # stored row untouched, also one a concurrent writer committed a moment ago.
+        with self._engine.begin() as conn:
+            for i in range(0, len(rows), _INSERT_CHUNK):
+                stmt = (
+                    self._insert(_TABLE)
+                    .values(rows[i : i + _INSERT_CHUNK])
+                    .on_conflict_do_nothing(index_elements=["tenant", "doc_id"])
+                    .returning(_TABLE.c.tenant, _TABLE.c.doc_id)
+                )
+                inserted.update((row.tenant, row.doc_id) for row in conn.execute(stmt))
+        return inserted
+
+    async def update_verdicts(self, tenant: str, updates: Sequence[VerdictUpdate]) -> None:
+        if updates:
+            await self._run(self._update, tenant, updates)
+
+    def _update(self, tenant: str, updates: Sequence[VerdictUpdate]) -> None:
+        stmt = (
+            update(_TABLE)
+            .where(_TABLE.c.tenant == tenant, _TABLE.c.doc_id == bindparam("b_doc_id"))
+            .values(verdict=bindparam("b_verdict"), failure=bindparam("b_failure"))
+        )
+        params = [
+            {"b_doc_id": doc_id, "b_verdict": verdict, "b_failure": failure}
+            for doc_id, _timestamp, verdict, failure in updates
+        ]
+        with self._engine.begin() as conn:
+            conn.execute(stmt, params)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
+        return await self._run(self._get, tenant, doc_id)
+
+    def _get(self, tenant: str, doc_id: str) -> StoredEvent | None:
+        with self._sessions() as session:
+            row = session.scalars(
+                select(Event).where(Event.doc_id == doc_id, Event.tenant == tenant)
+            ).first()
+            return None if row is None else _event(row)
+
+    async def scan(
+        self, tenant: str, stream: str, start: int = 1, end: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        after: tuple[int, str] | None = None
+        while True:
+            page = await self._run(self._page, tenant, stream, start, end, after)
+            for event in page:
+                yield event
+            if len(page) < self.page_size:
+                return
+            after = (page[-1].sequence, page[-1].doc_id)
+
+    def _page(
+        self, tenant: str, stream: str, start: int, end: int | None, after: tuple[int, str] | None
+    ) -> list[StoredEvent]:
+        # Keyset paging on (sequence, doc_id): each page is one indexed range read.
+        conditions = [Event.tenant == tenant, Event.stream == stream, Event.sequence >= start]
+        if end is not None:
+            conditions.append(Event.sequence <= end)
+        if after is not None:
+            sequence, doc_id = after
+            conditions.append(
+                or_(
+                    Event.sequence > sequence,
+                    and_(Event.sequence == sequence, Event.doc_id > doc_id),
+                )
+            )
+        stmt = (
+            select(Event)
+            .where(*conditions)
+            .order_by(Event.sequence, Event.doc_id)
+            .limit(self.page_size)
+        )
+        with self._sessions() as session:
+            return [_event(row) for row in session.scalars(stmt)]
+
+    async def count(self, tenant: str, stream: str | None = None) -> int:
+        return await self._run(self._count, tenant, stream)
+
+    def _count(self, tenant: str, stream: str | None) -> int:
+        stmt = select(func.count()).select_from(Event).where(Event.tenant == tenant)
+        if stream is not None:
+            stmt = stmt.where(Event.stream == stream)
+        with self._sessions() as session:
+            return int(session.scalar(stmt) or 0)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Nothing to do: a committed row is visible to every later read."""
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(self._ping)
+        except StoreUnavailableError:
+            return False
+        return True
+
+    def _ping(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._engine.dispose)
+
+
+def _row(event: StoredEvent) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "doc_id": event.doc_id,
+        "tenant": event.tenant,
+        "stream": event.stream,
+        "sequence": event.sequence,
+        "event_hash": event.event_hash,
+        "timestamp": event.timestamp,
+        "verdict": event.verdict,
+        "failure": event.failure,
+        "received_at": event.received_at,
+        "record": canonicalize(event.record).decode("utf-8"),
+    }
+    for field, (column, limit) in _COPIED.items():
+        value = event.record.get(field)
+        # Copies serve lookups only: a value of the wrong type or size (a broken record's)
+        # is left out of its column, while the record text keeps it verbatim.
+        row[column] = value if isinstance(value, str) and len(value) <= limit else None
+    return row
+
+
+def _event(row: Event) -> StoredEvent:
+    return StoredEvent(
+        doc_id=row.doc_id,
+        tenant=row.tenant,
+        stream=row.stream,
+        sequence=row.sequence,
+        event_hash=row.event_hash,
+        timestamp=row.timestamp,
+        record=orjson.loads(row.record),
+        verdict=row.verdict,
+        failure=row.failure,
+        received_at=row.received_at,
+    )
