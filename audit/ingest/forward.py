@@ -1,0 +1,649 @@
+"""Fluentd Forward protocol v1 server: how engines hand audit records to this service.
+
+Implements the server side of "Forward Protocol Specification v1" (fluent/fluentd wiki) as
+Fluentd's own in_forward does: Message, Forward, PackedForward and CompressedPackedForward
+modes, EventTime, the `chunk`/`size`/`compressed` options, the HELO/PING/PONG handshake
+with optional user auth, TLS, and UDP heartbeats.
+
+Acknowledgements are the point of this module: `{"ack": chunk}` goes out only after the
+handler returned, i.e. after the records are stored. Anything else (a refused message, a
+store failure, a hostile frame) closes the connection without an ack, so the client keeps
+its chunk and resends it. Log lines name the peer, sizes and types, never record contents:
+records carry pseudonyms and free text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, cast
+
+import msgpack
+import orjson
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.constant_time import bytes_eq
+
+from audit.errors import UsageError
+from audit.settings import AuditSettings
+
+log = logging.getLogger("audit.ingest.forward")
+
+_READ_SIZE = 256 * 1024
+_NS = 1_000_000_000
+_MAX_CONTAINER_LEN = 65_536
+_CLOSE_TIMEOUT_S = 5.0
+_UDP_BIND_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardEntry:
+    """One event. `time` is the correctly rounded float of the wire value; `time_ns` is exact."""
+
+    time: float
+    record: dict[str, Any]
+    time_ns: int = field(default=-1, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.time_ns < 0:
+            object.__setattr__(self, "time_ns", round(self.time * _NS))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: str
+    username: str | None
+    tls: bool
+
+
+class ForwardHandler(Protocol):
+    async def __call__(self, tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
+        """Store the entries durably; returning means stored and lets the server ack.
+
+        Raise ForwardRejected(reason) to refuse the message (no ack, the reason is logged,
+        the connection closed): the reason must not quote record contents. Any other
+        exception is a temporary failure: no ack, connection closed, the client resends.
+        """
+
+
+class ForwardRejected(Exception):
+    """The handler refuses a message for good; str(exc) is logged."""
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """Counters since start; rejected_frames is keyed by the reason code that is logged."""
+
+    connections: int = 0
+    messages: int = 0
+    entries: int = 0
+    acks: int = 0
+    rejected_frames: Counter[str] = field(default_factory=Counter)
+    handshake_failures: int = 0
+    handler_failures: int = 0
+
+
+class _FrameError(Exception):
+    """Closes one connection. `reason` is a stable code (stats, logs); `detail` has no content."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _EventTime(NamedTuple):
+    seconds: int
+    nanoseconds: int
+
+
+class _Message(NamedTuple):
+    tag: str
+    entries: list[ForwardEntry]
+    chunk: str | None
+
+
+def build_ssl_context(settings: AuditSettings) -> ssl.SSLContext | None:
+    """Server TLS context from forward_tls_cert/key; None when neither is set."""
+    cert, key = settings.forward_tls_cert, settings.forward_tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError("forward TLS needs both forward_tls_cert and forward_tls_key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load forward TLS certificate/key: {exc}") from exc
+    return ctx
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    # EventTime is ext type 0 with uint32 seconds and uint32 nanoseconds, big-endian.
+    if code == 0 and len(data) == 8:
+        return _EventTime(int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
+    return msgpack.ExtType(code, data)
+
+
+def _unpacker(max_bytes: int, max_events: int) -> msgpack.Unpacker:
+    # surrogateescape: Fluentd's out_forward sends PackedForward entries as *str32* holding
+    # binary msgpack, so a strict UTF-8 decode would refuse real traffic. The escape is
+    # reversible (the payload's bytes are recovered exactly); records are checked for
+    # escapes afterwards. Container sizes are capped because msgpack preallocates them
+    # from the header, before any element arrived (one over max_events still parses, so
+    # that it is reported as too many entries).
+    cap = min(max_bytes, max(_MAX_CONTAINER_LEN, max_events + 1))
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=False,
+        unicode_errors="surrogateescape",
+        ext_hook=_ext_hook,
+        max_buffer_size=max_bytes,
+        max_array_len=cap,
+        max_map_len=cap,
+    )
+
+
+def _decode_error(exc: Exception) -> _FrameError:
+    if isinstance(exc, ValueError) and "exceeds max" in str(exc):
+        return _FrameError("frame_too_large", "a container or string exceeds the frame limit")
+    return _FrameError("malformed_msgpack", type(exc).__name__)
+
+
+def _is_text(s: str) -> bool:
+    # False for strings that were not valid UTF-8 on the wire (surrogate escapes).
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_RECORD_CHECK = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _bytes_only(value: object) -> None:
+    # bytes are a value problem, not a protocol one: ingest quarantines such a record,
+    # where closing the connection would make the client resend it forever.
+    if isinstance(value, bytes):
+        return
+    raise TypeError(f"{type(value).__name__} inside a record")
+
+
+def _check_record(record: object) -> dict[str, Any]:
+    """Maps with str keys all the way down, valid UTF-8, no extension values.
+
+    Serialising with orjson checks exactly that in C: it refuses non-str keys, strings that
+    were not UTF-8 on the wire (surrogate escapes) and every extension type. A Python walk
+    cost ~40 µs a record, as much as the whole verification behind it.
+    """
+    if not isinstance(record, dict):
+        raise _FrameError("bad_record", f"record is {type(record).__name__}, not a map")
+    try:
+        orjson.dumps(record, default=_bytes_only, option=_RECORD_CHECK)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        # orjson's messages name types and rules, never the offending content.
+        raise _FrameError("bad_record", str(exc)) from None
+    return record
+
+
+def _entry(time: object, record: object) -> ForwardEntry:
+    if isinstance(time, _EventTime):
+        if time.nanoseconds >= _NS:
+            raise _FrameError("bad_time", "EventTime nanoseconds out of range")
+        ns = time.seconds * _NS + time.nanoseconds
+    elif isinstance(time, int) and not isinstance(time, bool) and 0 <= time < 2**32:
+        ns = time * _NS
+    else:
+        raise _FrameError("bad_time", f"time of type {type(time).__name__}")
+    # int / int is correctly rounded in Python, so `time` is the float nearest to ns.
+    return ForwardEntry(ns / _NS, _check_record(record), ns)
+
+
+def _options(option: object) -> tuple[str | None, int | None, str]:
+    if option is None:
+        return None, None, "text"
+    if not isinstance(option, dict):
+        raise _FrameError("bad_option", f"option is {type(option).__name__}, not a map")
+    chunk, size, compressed = option.get("chunk"), option.get("size"), option.get("compressed")
+    if chunk is not None and not (isinstance(chunk, str) and _is_text(chunk)):
+        raise _FrameError("bad_option", f"chunk of type {type(chunk).__name__}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise _FrameError("bad_option", f"size of type {type(size).__name__}")
+    if compressed is None:
+        compressed = "text"
+    # out_forward always sends compressed: "text" or "gzip".
+    if compressed not in ("text", "gzip"):
+        raise _FrameError("bad_option", "compressed is neither 'text' nor 'gzip'")
+    return chunk, size, compressed
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    """All gzip members of `data`, refusing more than `cap` bytes of output (gzip bombs)."""
+    out = bytearray()
+    rest = data
+    try:
+        while rest:
+            d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            pending = rest
+            while not d.eof:
+                piece = d.decompress(pending, cap - len(out) + 1)
+                out += piece
+                if len(out) > cap:
+                    raise _FrameError("decompressed_too_large", f"more than {cap} bytes")
+                consumed = len(pending) - len(d.unconsumed_tail)
+                pending = d.unconsumed_tail
+                if not piece and not consumed:
+                    raise _FrameError("bad_gzip", "truncated gzip member")
+            rest = d.unused_data
+    except zlib.error as exc:
+        raise _FrameError("bad_gzip", "invalid gzip data") from exc
+    return bytes(out)
+
+
+def _packed_entries(payload: bytes, max_bytes: int, max_events: int) -> list[ForwardEntry]:
+    u = _unpacker(max_bytes, max_events)
+    u.feed(payload)
+    entries: list[ForwardEntry] = []
+    end = 0
+    while True:
+        try:
+            item = u.unpack()
+        except msgpack.OutOfData:
+            break
+        except Exception as exc:
+            raise _decode_error(exc) from exc
+        end = u.tell()
+        if len(entries) >= max_events:
+            raise _FrameError("too_many_entries", f"more than {max_events} entries")
+        if not isinstance(item, list) or len(item) != 2:
+            raise _FrameError("bad_entry", f"packed entry is {type(item).__name__}, not [t, r]")
+        entries.append(_entry(item[0], item[1]))
+    if end != len(payload):
+        raise _FrameError("bad_entry", f"{len(payload) - end} trailing bytes in entries")
+    return entries
+
+
+def _parse_message(frame: object, max_bytes: int, max_events: int) -> _Message | None:
+    """One decoded frame as (tag, entries, chunk); None for a heartbeat (nil) frame."""
+    if frame is None:
+        return None  # in_forward treats nil as a TCP heartbeat
+    if not isinstance(frame, list) or len(frame) < 2:
+        what = f"array of {len(frame)}" if isinstance(frame, list) else type(frame).__name__
+        raise _FrameError("unknown_mode", f"frame is {what}")
+    tag, second = frame[0], frame[1]
+    if not isinstance(tag, str) or not _is_text(tag):
+        raise _FrameError("bad_tag", f"tag of type {type(tag).__name__}")
+    # The mode is told by the second element (spec, "Modes").
+    if isinstance(second, list | str | bytes):
+        if len(frame) > 3:
+            raise _FrameError("unknown_mode", f"forward frame of {len(frame)} elements")
+        chunk, size, compressed = _options(frame[2] if len(frame) == 3 else None)
+        if isinstance(second, list):
+            if compressed != "text":
+                raise _FrameError("bad_option", "compressed option in Forward mode")
+            if len(second) > max_events:
+                raise _FrameError("too_many_entries", f"{len(second)} > {max_events} entries")
+            entries = []
+            for item in second:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise _FrameError("bad_entry", f"entry is {type(item).__name__}, not [t, r]")
+                entries.append(_entry(item[0], item[1]))
+        else:
+            payload = (
+                second.encode("utf-8", "surrogateescape") if isinstance(second, str) else second
+            )
+            if compressed == "gzip":
+                payload = _gunzip(payload, max_bytes)
+            entries = _packed_entries(payload, max_bytes, max_events)
+    else:
+        if len(frame) not in (3, 4):
+            raise _FrameError("unknown_mode", f"message frame of {len(frame)} elements")
+        chunk, size, compressed = _options(frame[3] if len(frame) == 4 else None)
+        if compressed != "text":
+            raise _FrameError("bad_option", "compressed option in Message mode")
+        entries = [_entry(second, frame[2])]
+    if size is not None and size != len(entries):
+        raise _FrameError("size_mismatch", f"size option {size}, {len(entries)} entries")
+    if entries and not tag:
+        raise _FrameError("bad_tag", "empty tag")
+    return _Message(tag, entries, chunk)
+
+
+# -- handshake --------------------------------------------------------------------------
+
+
+def _sha512_hex(*parts: bytes) -> str:
+    h = hashes.Hash(hashes.SHA512())
+    for part in parts:
+        h.update(part)
+    return h.finalize().hex()
+
+
+def _raw(value: object) -> bytes | None:
+    # Ruby hashes the bytes as sent, whether the field came as str or bin.
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
+@dataclass(slots=True)
+class _Handshake:
+    shared_key: bytes
+    hostname: bytes
+    users: dict[str, str]
+    nonce: bytes = field(default_factory=lambda: os.urandom(16))
+    auth_salt: bytes = field(default_factory=lambda: os.urandom(16))
+
+    def helo(self) -> bytes:
+        auth: bytes | str = self.auth_salt if self.users else ""
+        return msgpack.packb(["HELO", {"nonce": self.nonce, "auth": auth, "keepalive": True}])
+
+    def check_ping(self, frame: object) -> tuple[bytes, str | None]:
+        """(PONG to send, username); raises _FrameError after which PONG false is sent."""
+        # in_forward: ['PING', hostname, shared_key_salt, sha512_hex(salt + hostname + nonce
+        # + shared_key), username, sha512_hex(auth_salt + username + password)]
+        if not isinstance(frame, list) or len(frame) != 6 or _raw(frame[0]) != b"PING":
+            raise _FrameError("invalid ping message", "expected a 6-element PING")
+        fields = [_raw(v) for v in frame[1:]]
+        hostname, salt, digest, user, password_digest = fields
+        if hostname is None or salt is None or digest is None:
+            raise _FrameError("invalid ping message", "PING field of the wrong type")
+        expected = _sha512_hex(salt, hostname, self.nonce, self.shared_key).encode()
+        if not bytes_eq(expected, digest):
+            raise _FrameError("shared_key mismatch", "shared key digest does not match")
+        username: str | None = None
+        if self.users:
+            user = user or b""
+            name = user.decode("utf-8", "surrogateescape")
+            # An unknown user is checked against a throwaway password so that timing does
+            # not tell which usernames exist.
+            password = self.users.get(name, os.urandom(16).hex()).encode()
+            expected = _sha512_hex(self.auth_salt, user, password).encode()
+            if not bytes_eq(expected, password_digest or b"") or name not in self.users:
+                raise _FrameError("username/password mismatch", "user auth failed")
+            username = name
+        proof = _sha512_hex(salt, self.hostname, self.nonce, self.shared_key)
+        pong = ["PONG", True, "", self.hostname.decode(), proof]
+        return msgpack.packb(pong), username
+
+
+def _pong_failure(reason: str) -> bytes:
+    return msgpack.packb(["PONG", False, reason, "", ""])
+
+
+# -- server -----------------------------------------------------------------------------
+
+
+class _Heartbeat(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        # in_forward answers every heartbeat datagram with one NUL byte to the sender.
+        if self.transport is not None:
+            self.transport.sendto(b"\x00", addr)
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] = field(init=False)
+    busy: bool = False  # inside the handler or sending its ack: stop() lets it finish
+
+
+def _address(peername: object) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host = str(peername[0])
+        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
+    return str(peername)
+
+
+class ForwardServer:
+    """TCP (optionally TLS) Forward server plus the UDP heartbeat socket on the same port.
+
+    Each connection is served by one task: frames are handled in order and the handler is
+    awaited before the next frame is read, so calls for one connection never overlap.
+    """
+
+    def __init__(
+        self,
+        handler: ForwardHandler,
+        settings: AuditSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._ssl = ssl_context if ssl_context is not None else build_ssl_context(settings)
+        self._server: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._connections: set[_Connection] = set()
+        self._stopping = False
+        self._port = 0
+        self.stats = ForwardStats()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("ForwardServer already started")
+        loop = asyncio.get_running_loop()
+        s = self._settings
+        timeout = s.forward_idle_timeout_s if self._ssl is not None else None
+        for attempt in range(_UDP_BIND_ATTEMPTS):
+            server = await asyncio.start_server(
+                self._on_connect,
+                s.forward_host,
+                s.forward_port,
+                ssl=self._ssl,
+                ssl_handshake_timeout=timeout,
+            )
+            port = int(server.sockets[0].getsockname()[1])
+            try:
+                udp, _ = await loop.create_datagram_endpoint(
+                    _Heartbeat, local_addr=(s.forward_host, port)
+                )
+            except OSError:
+                server.close()
+                await server.wait_closed()
+                # An ephemeral TCP port may be taken for UDP by someone else: pick another.
+                if s.forward_port != 0 or attempt == _UDP_BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self._server, self._udp, self._port = server, udp, port
+            break
+        log.info(
+            "forward server listening on %s:%d (tls=%s)",
+            s.forward_host,
+            self._port,
+            self._ssl is not None,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+        conns = list(self._connections)
+        for conn in conns:
+            if not conn.busy:
+                conn.task.cancel()
+        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
+        for conn in conns:
+            # A task cancelled before it first ran never reached its own cleanup.
+            if not conn.writer.transport.is_closing():
+                conn.writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = self._udp = None
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A task of our own per connection: asyncio's client_connected_cb task reports a
+        # cancelled task as an error, and stop() cancels idle connections.
+        if self._stopping:
+            writer.transport.abort()
+            return
+        conn = _Connection(writer)
+        conn.task = asyncio.create_task(self._run(conn, reader, writer))
+        self._connections.add(conn)
+
+    async def _run(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = Peer(_address(writer.get_extra_info("peername")), None, self._ssl is not None)
+        self.stats.connections += 1
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        try:
+            await self._serve(conn, peer, reader, writer)
+        except _FrameError as exc:
+            self.stats.rejected_frames[exc.reason] += 1
+            log.warning("forward %s: closing: %s (%s)", peer.address, exc.reason, exc.detail)
+        except _Abort:
+            pass
+        except TimeoutError:
+            log.info("forward %s: closing idle connection", peer.address)
+        except (ConnectionError, ssl.SSLError) as exc:
+            log.info("forward %s: connection lost (%s)", peer.address, type(exc).__name__)
+        except Exception as exc:
+            log.error(
+                "forward %s: closing after internal error %s", peer.address, type(exc).__name__
+            )
+        finally:
+            self._connections.discard(conn)
+            await _close(writer)
+
+    async def _serve(
+        self,
+        conn: _Connection,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        s = self._settings
+        unpacker = _unpacker(s.forward_max_frame_bytes, s.forward_max_events_per_message)
+        # The unpacker compacts its buffer while it parses, so its own max_buffer_size does
+        # not bound a frame: count the bytes fed since the end of the last complete frame.
+        fed = boundary = 0
+        handshake: _Handshake | None = None
+        if s.forward_shared_key is not None:
+            handshake = _Handshake(
+                s.forward_shared_key.encode(), s.forward_hostname.encode(), s.forward_users
+            )
+            await self._write(writer, handshake.helo())
+        while True:
+            while True:
+                try:
+                    frame = unpacker.unpack()
+                except msgpack.OutOfData:
+                    break
+                except Exception as exc:
+                    if handshake is not None:
+                        self.stats.handshake_failures += 1
+                    raise _decode_error(exc) from exc
+                boundary = unpacker.tell()
+                if handshake is not None:
+                    peer = await self._pingpong(handshake, frame, peer, writer)
+                    handshake = None
+                    continue
+                msg = _parse_message(
+                    frame, s.forward_max_frame_bytes, s.forward_max_events_per_message
+                )
+                if msg is not None:
+                    await self._deliver(conn, msg, peer, writer)
+                if self._stopping:
+                    return
+            buffered = fed - boundary
+            room = s.forward_max_frame_bytes - buffered
+            if room <= 0:
+                raise _FrameError("frame_too_large", f"over {s.forward_max_frame_bytes} bytes")
+            async with asyncio.timeout(s.forward_idle_timeout_s):
+                data = await reader.read(min(room, _READ_SIZE))
+            if not data:
+                if buffered:
+                    raise _FrameError("truncated_frame", f"closed with {buffered} bytes pending")
+                return
+            unpacker.feed(data)
+            fed += len(data)
+
+    async def _pingpong(
+        self, hs: _Handshake, frame: object, peer: Peer, writer: asyncio.StreamWriter
+    ) -> Peer:
+        try:
+            pong, username = hs.check_ping(frame)
+        except _FrameError as exc:
+            self.stats.handshake_failures += 1
+            await self._write(writer, _pong_failure(exc.reason))
+            raise _FrameError("handshake_failed", f"{exc.reason}: {exc.detail}") from None
+        await self._write(writer, pong)
+        return Peer(peer.address, username, peer.tls)
+
+    async def _deliver(
+        self, conn: _Connection, msg: _Message, peer: Peer, writer: asyncio.StreamWriter
+    ) -> None:
+        conn.busy = True
+        try:
+            if msg.entries:
+                try:
+                    await self._handler(msg.tag, msg.entries, peer)
+                except ForwardRejected as exc:
+                    raise _FrameError("handler_rejected", str(exc)) from None
+                except Exception as exc:
+                    self.stats.handler_failures += 1
+                    log.warning(
+                        "forward %s: handler failed (%s), %d entries not acked",
+                        peer.address,
+                        type(exc).__name__,
+                        len(msg.entries),
+                    )
+                    raise _Abort from None
+                self.stats.messages += 1
+                self.stats.entries += len(msg.entries)
+            if msg.chunk is not None:
+                await self._write(writer, msgpack.packb({"ack": msg.chunk}))
+                self.stats.acks += 1
+        finally:
+            conn.busy = False
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        async with asyncio.timeout(self._settings.forward_idle_timeout_s):
+            await writer.drain()
+
+
+class _Abort(Exception):
+    """Close quietly: the reason was logged already."""
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
+    except (TimeoutError, OSError, ssl.SSLError):
+        writer.transport.abort()

@@ -1,0 +1,674 @@
+"""The Forward protocol server over real sockets: real clients, every mode, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fluent.sender import EventTime, FluentSender  # type: ignore[import-untyped]
+
+from audit.errors import UsageError
+from audit.ingest.forward import (
+    ForwardEntry,
+    ForwardRejected,
+    ForwardServer,
+    Peer,
+    build_ssl_context,
+)
+from audit.settings import AuditSettings
+from tests.ingest.forward_client import (
+    Credentials,
+    ForwardClient,
+    HandshakeRefused,
+    event_time,
+    gzip_members,
+    pack_entries,
+    str32,
+)
+
+LOGGER = "audit.ingest.forward"
+MAX_FRAME = 64 * 1024
+MAX_EVENTS = 100
+T = 1_700_000_000
+SECRET = "PSEUDONYM-7f3a"  # stands for record contents that must never reach the logs
+
+
+@dataclass
+class Sink:
+    """A handler that records every call; `gate` (when set) holds calls until released."""
+
+    calls: list[tuple[str, list[ForwardEntry], Peer]] = field(default_factory=list)
+    gate: Callable[[str], Awaitable[None]] | None = None
+
+    async def __call__(self, tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
+        if self.gate is not None:
+            await self.gate(tag)
+        self.calls.append((tag, entries, peer))
+
+    @property
+    def entries(self) -> list[ForwardEntry]:
+        return [e for _, es, _ in self.calls for e in es]
+
+    async def wait_entries(self, n: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.entries) < n:
+                await asyncio.sleep(0.01)
+
+
+MakeServer = Callable[..., Awaitable[ForwardServer]]
+Connect = Callable[..., Awaitable[ForwardClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """ForwardClient.connect, closing every client at teardown."""
+    clients: list[ForwardClient] = []
+
+    async def make(*args: Any, **kwargs: Any) -> ForwardClient:
+        client = await ForwardClient.connect(*args, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[MakeServer]:
+    servers: list[ForwardServer] = []
+
+    async def make(
+        handler: Any, *, ssl_context: ssl.SSLContext | None = None, **overrides: Any
+    ) -> ForwardServer:
+        values: dict[str, Any] = {
+            "forward_host": "127.0.0.1",
+            "forward_port": 0,
+            "forward_max_frame_bytes": MAX_FRAME,
+            "forward_max_events_per_message": MAX_EVENTS,
+            "forward_hostname": "ffaudit-test",
+        }
+        values.update(overrides)
+        server = ForwardServer(handler, AuditSettings(**values), ssl_context=ssl_context)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+def rec(i: int, **extra: Any) -> dict[str, Any]:
+    return {"action": "face_swapped", "seq": i, "actor": f"user-{i % 3}", **extra}
+
+
+# -- real client ------------------------------------------------------------------------
+
+
+async def test_fluent_logger_sender_delivers_records(make_server: MakeServer) -> None:
+    sink = Sink()
+    server = await make_server(sink)
+    exact_ns = T * 1_000_000_000 + 123_456_789
+
+    def send() -> None:
+        plain = FluentSender("engine", host="127.0.0.1", port=server.port)
+        assert plain.emit_with_time("swap", T, rec(0))
+        assert plain.emit_with_time("swap", T + 1, rec(1, note="ünïcode"))
+        plain.close()
+        precise = FluentSender(
+            "engine", host="127.0.0.1", port=server.port, nanosecond_precision=True
+        )
+        assert precise.emit_with_time("detect", T + 0.25, rec(2))
+        assert precise.emit_with_time("detect", EventTime.from_unix_nano(exact_ns), rec(3))
+        precise.close()
+
+    await asyncio.to_thread(send)
+    await sink.wait_entries(4)
+    by_tag: dict[str, list[ForwardEntry]] = {}
+    for tag, entries, peer in sink.calls:
+        by_tag.setdefault(tag, []).extend(entries)
+        assert peer.address.startswith("127.0.0.1:")
+        assert peer.username is None
+        assert not peer.tls
+    assert set(by_tag) == {"engine.swap", "engine.detect"}
+    swap, detect = by_tag["engine.swap"], by_tag["engine.detect"]
+    assert [e.record for e in swap] == [rec(0), rec(1, note="ünïcode")]
+    assert [e.time_ns for e in swap] == [T * 10**9, (T + 1) * 10**9]
+    assert [e.time for e in swap] == [float(T), float(T + 1)]
+    assert [e.record for e in detect] == [rec(2), rec(3)]
+    assert [e.time_ns for e in detect] == [T * 10**9 + 250_000_000, exact_ns]
+    assert detect[1].time == exact_ns / 10**9
+    assert server.stats.entries == 4
+    assert server.stats.acks == 0
+
+
+# -- modes ------------------------------------------------------------------------------
+
+MODES = ["message", "forward", "forward_size", "packed", "packed_str32", "gzip", "gzip_members"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_mode_with_event_time_and_ack(
+    make_server: MakeServer, connect: Connect, mode: str
+) -> None:
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    entries = [
+        (event_time(T, 999_999_999), rec(0)),
+        (T + 5, rec(1)),
+        (event_time(T + 7, 1), rec(2, nested={"list": [1, 2.5, None, True], "b": "x"})),
+    ]
+    if mode == "message":
+        for i, (t, r) in enumerate(entries):
+            await client.send_message("engine.swap", t, r, chunk=f"c{i}")
+            assert await client.read_ack() == f"c{i}"
+    elif mode.startswith("forward"):
+        await client.send_forward("engine.swap", entries, chunk="c0", size=mode == "forward_size")
+        assert await client.read_ack() == "c0"
+    else:
+        parts = {"gzip": 1, "gzip_members": 3}.get(mode, 0)
+        await client.send_packed(
+            "engine.swap", entries, chunk="c0", gzip_parts=parts, as_str32=mode == "packed_str32"
+        )
+        assert await client.read_ack() == "c0"
+    await client.close()
+    got = sink.entries
+    assert [e.record for e in got] == [r for _, r in entries]
+    assert [e.time_ns for e in got] == [
+        T * 10**9 + 999_999_999,
+        (T + 5) * 10**9,
+        (T + 7) * 10**9 + 1,
+    ]
+    assert got[0].time == (T * 10**9 + 999_999_999) / 10**9
+    assert {tag for tag, _, _ in sink.calls} == {"engine.swap"}
+    assert server.stats.entries == 3
+    assert server.stats.acks == (3 if mode == "message" else 1)
+
+
+async def test_event_time_in_ext8_encoding(make_server: MakeServer, connect: Connect) -> None:
+    """EventTime may arrive as ext 8 (0xc7) instead of fixext 8 (0xd7)."""
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    ext8 = b"\xc7\x08\x00" + struct.pack(">II", T, 42)
+    frame = (
+        b"\x94" + msgpack.packb("t") + ext8 + msgpack.packb(rec(0)) + msgpack.packb({"chunk": "x"})
+    )
+    await client.send_raw(frame)
+    assert await client.read_ack() == "x"
+    assert sink.entries[0].time_ns == T * 10**9 + 42
+
+
+async def test_out_forward_style_frame(make_server: MakeServer, connect: Connect) -> None:
+    """out_forward v1: str32 entries, option {size, compressed: text|gzip, chunk (base64)}."""
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    entries = [(event_time(T + i, i), rec(i)) for i in range(10)]
+    chunk = "XyZ0bGx0cmVhbQ==\n"  # Base64.encode64 keeps its trailing newline
+    for compressed, payload in (
+        ("text", pack_entries(entries)),
+        ("gzip", gzip_members(pack_entries(entries), 4)),
+    ):
+        option = {"size": 10, "compressed": compressed, "chunk": chunk}
+        frame = b"\x93" + msgpack.packb("app.audit") + str32(payload) + msgpack.packb(option)
+        await client.send_raw(frame)
+        assert await client.read_ack() == chunk
+    assert [e.record for e in sink.entries] == [r for _, r in entries] * 2
+
+
+async def test_pipelined_frames_are_acked_in_order(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    data = b"".join(msgpack.packb(["t", T, rec(i), {"chunk": f"c{i}"}]) for i in range(50))
+    await client.send_raw(data)
+    assert [await client.read_ack() for _ in range(50)] == [f"c{i}" for i in range(50)]
+    assert [e.record["seq"] for e in sink.entries] == list(range(50))
+
+
+async def test_heartbeat_frames_are_ignored(make_server: MakeServer, connect: Connect) -> None:
+    """nil (TCP heartbeat) and out_forward's ["", []] deliver nothing and keep the connection."""
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    await client.send_raw(msgpack.packb(None) + msgpack.packb(["", []]))
+    await client.send_forward("t", [], chunk="empty")
+    assert await client.read_ack() == "empty"
+    await client.send_message("t", T, rec(0), chunk="c")
+    assert await client.read_ack() == "c"
+    assert len(sink.calls) == 1
+    assert server.stats.rejected_frames == {}
+
+
+# -- acknowledgement semantics ----------------------------------------------------------
+
+
+async def test_ack_only_after_handler_returned(make_server: MakeServer, connect: Connect) -> None:
+    release = asyncio.Event()
+
+    async def gate(tag: str) -> None:
+        await release.wait()
+
+    sink = Sink(gate=gate)
+    server = await make_server(sink)
+    client = await connect(server.port)
+    await client.send_message("t", T, rec(0), chunk="c0")
+    with pytest.raises(TimeoutError):
+        await client.read_ack(timeout=0.3)
+    assert sink.calls == []
+    release.set()
+    assert await client.read_ack() == "c0"
+    assert len(sink.entries) == 1
+
+
+async def test_handler_failure_means_no_ack_and_resend_succeeds(
+    make_server: MakeServer, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = [RuntimeError(f"store down {SECRET}")]
+
+    async def gate(tag: str) -> None:
+        if failures:
+            raise failures.pop()
+
+    sink = Sink(gate=gate)
+    server = await make_server(sink)
+    first = await connect(server.port)
+    await first.send_forward("t", [(T, rec(0, secret=SECRET))], chunk="c0")
+    with pytest.raises(EOFError):
+        await first.receive()  # closed without an ack
+    assert sink.calls == []
+    second = await connect(server.port)
+    await second.send_forward("t", [(T, rec(0, secret=SECRET))], chunk="c0")
+    assert await second.read_ack() == "c0"
+    assert len(sink.entries) == 1
+    assert "handler failed (RuntimeError)" in caplog.text
+    assert SECRET not in caplog.text
+    assert server.stats.handler_failures == 1
+    assert server.stats.acks == 1
+
+
+async def test_handler_rejection_closes_with_logged_reason(
+    make_server: MakeServer, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def gate(tag: str) -> None:
+        raise ForwardRejected("stream not registered")
+
+    server = await make_server(Sink(gate=gate))
+    client = await connect(server.port)
+    await client.send_message("t", T, rec(0), chunk="c0")
+    with pytest.raises(EOFError):
+        await client.receive()
+    assert "handler_rejected (stream not registered)" in caplog.text
+    assert server.stats.rejected_frames["handler_rejected"] == 1
+    assert server.stats.acks == 0
+
+
+async def test_calls_are_sequential_per_connection_concurrent_across(
+    make_server: MakeServer,
+    connect: Connect,
+) -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def gate(tag: str) -> None:
+        order.append(f"start {tag}")
+        if tag == "slow":
+            await release.wait()
+        order.append(f"end {tag}")
+
+    sink = Sink(gate=gate)
+    server = await make_server(sink)
+    a = await connect(server.port)
+    b = await connect(server.port)
+    await a.send_message("slow", T, rec(0), chunk="a0")
+    await a.send_message("after-slow", T, rec(1), chunk="a1")
+    await asyncio.sleep(0.1)
+    await b.send_message("other", T, rec(2), chunk="b0")
+    assert await b.read_ack() == "b0"  # B is not held up by A's slow handler
+    assert "start after-slow" not in order
+    release.set()
+    assert [await a.read_ack(), await a.read_ack()] == ["a0", "a1"]
+    assert order.index("end slow") < order.index("start after-slow")
+
+
+# -- handshake --------------------------------------------------------------------------
+
+KEY = "shared-s3cret"
+
+
+async def test_handshake_right_key(make_server: MakeServer, connect: Connect) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_shared_key=KEY)
+    client = await connect(server.port, credentials=Credentials(KEY), server_name="ffaudit-test")
+    await client.send_message("t", T, rec(0), chunk="c0")
+    assert await client.read_ack() == "c0"
+    assert sink.calls[0][2].username is None
+
+
+async def test_helo_format(make_server: MakeServer, connect: Connect) -> None:
+    server = await make_server(Sink(), forward_shared_key=KEY)
+    client = await connect(server.port)
+    helo = await client.receive()
+    assert helo[0] == "HELO"
+    assert set(helo[1]) == {"nonce", "auth", "keepalive"}
+    assert isinstance(helo[1]["nonce"], bytes)
+    assert len(helo[1]["nonce"]) == 16
+    assert helo[1]["auth"] == ""
+    assert helo[1]["keepalive"] is True
+    other = await connect(server.port)
+    assert (await other.receive())[1]["nonce"] != helo[1]["nonce"]
+
+
+async def test_handshake_wrong_key(
+    make_server: MakeServer, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_shared_key=KEY)
+    client = await connect(server.port)
+    with pytest.raises(HandshakeRefused, match="shared_key mismatch"):
+        await client.handshake(Credentials("wrong-key"))
+    assert await client.closed_by_server()
+    assert server.stats.handshake_failures == 1
+    assert "shared_key mismatch" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_data_before_ping_is_refused(make_server: MakeServer, connect: Connect) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_shared_key=KEY)
+    client = await connect(server.port)
+    assert (await client.receive())[0] == "HELO"
+    await client.send_message("t", T, rec(0), chunk="c0")
+    pong = await client.receive()
+    assert pong[:3] == ["PONG", False, "invalid ping message"]
+    with pytest.raises(EOFError):
+        await client.receive()
+    assert sink.calls == []
+    assert server.stats.handshake_failures == 1
+
+
+USERS = {"engine": "pa55word", "other": "x"}
+
+
+async def test_user_auth_right_password(make_server: MakeServer, connect: Connect) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_shared_key=KEY, forward_users=USERS)
+    cred = Credentials(KEY, username="engine", password="pa55word")
+    client = await connect(server.port, credentials=cred)
+    await client.send_message("t", T, rec(0), chunk="c0")
+    assert await client.read_ack() == "c0"
+    assert sink.calls[0][2].username == "engine"
+
+
+@pytest.mark.parametrize(("user", "password"), [("engine", "wrong"), ("nobody", "pa55word")])
+async def test_user_auth_wrong_password(
+    make_server: MakeServer, connect: Connect, user: str, password: str
+) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_shared_key=KEY, forward_users=USERS)
+    client = await connect(server.port)
+    with pytest.raises(HandshakeRefused, match="username/password mismatch"):
+        await client.handshake(Credentials(KEY, username=user, password=password))
+    assert await client.closed_by_server()
+    assert sink.calls == []
+
+
+# -- TLS --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = d / "cert.pem", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_with_handshake_and_ack(
+    make_server: MakeServer, connect: Connect, tls_files: tuple[Path, Path]
+) -> None:
+    cert, key = tls_files
+    sink = Sink()
+    server = await make_server(
+        sink, forward_tls_cert=cert, forward_tls_key=key, forward_shared_key=KEY
+    )
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client = await connect(
+        server.port,
+        ssl_context=client_ctx,
+        server_hostname="localhost",
+        credentials=Credentials(KEY),
+    )
+    await client.send_packed("t", [(event_time(T, 5), rec(0))], chunk="c0", gzip_parts=2)
+    assert await client.read_ack() == "c0"
+    assert sink.calls[0][2].tls
+    assert sink.entries[0].time_ns == T * 10**9 + 5
+    await client.close()
+
+
+def test_build_ssl_context(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    assert build_ssl_context(AuditSettings()) is None
+    assert isinstance(
+        build_ssl_context(AuditSettings(forward_tls_cert=cert, forward_tls_key=key)),
+        ssl.SSLContext,
+    )
+    with pytest.raises(UsageError):
+        build_ssl_context(AuditSettings(forward_tls_cert=cert))
+
+
+# -- hostile input ----------------------------------------------------------------------
+
+
+def _frame(*items: Any) -> bytes:
+    return msgpack.packb(list(items))
+
+
+def _bomb() -> bytes:
+    payload = gzip.compress(b"\x00" * (10 * 1024 * 1024))
+    assert len(payload) < MAX_FRAME
+    return _frame("t", payload, {"compressed": "gzip"})
+
+
+_VALID = _frame("t", T, rec(0, secret=SECRET), {"chunk": "z"})
+
+HOSTILE: dict[str, tuple[bytes, str | None]] = {
+    "reserved_byte": (b"\xc1", "malformed_msgpack"),
+    "random_garbage": (random.Random(7).randbytes(4096), None),
+    "not_an_array": (msgpack.packb({"tag": SECRET}), "unknown_mode"),
+    "one_element": (_frame("t"), "unknown_mode"),
+    "five_elements": (_frame("t", T, {}, {}, {}), "unknown_mode"),
+    "deep_nesting": (b"\x91" * 5000, "malformed_msgpack"),
+    "oversized_string": (_frame("t", T, {"a": SECRET * 20_000}), "frame_too_large"),
+    "oversized_many_keys": (
+        _frame("t", T, {f"k{i}": SECRET for i in range(20_000)}),
+        "frame_too_large",
+    ),
+    "huge_array_header": (b"\xdd\x7f\xff\xff\xff", "frame_too_large"),
+    "too_many_entries": (_frame("t", [[T, {}]] * (MAX_EVENTS + 1)), "too_many_entries"),
+    "too_many_packed": (
+        _frame("t", pack_entries([(T, {})] * (MAX_EVENTS + 1))),
+        "too_many_entries",
+    ),
+    "list_record": (_frame("t", T, [SECRET]), "bad_record"),
+    "nil_record": (_frame("t", T, None), "bad_record"),
+    "int_key": (_frame("t", T, {1: SECRET}), "bad_record"),
+    "nested_int_key": (_frame("t", T, {"a": {2: SECRET}}), "bad_record"),
+    "invalid_utf8": (b"\x93\xa1t" + msgpack.packb(T) + b"\x81\xa1a\xa2\xff\xfe", "bad_record"),
+    "ext_in_record": (_frame("t", T, {"a": msgpack.ExtType(3, b"x")}), "bad_record"),
+    "bad_entry": (_frame("t", [[T, {}, 3]]), "bad_entry"),
+    "int_tag": (_frame(1, T, {"a": SECRET}), "bad_tag"),
+    "bin_tag": (_frame(b"t", T, {}), "bad_tag"),
+    "empty_tag": (_frame("", T, {}), "bad_tag"),
+    "float_time": (_frame("t", 1.5, {}), "bad_time"),
+    "negative_time": (_frame("t", -1, {}), "bad_time"),
+    "nanoseconds_overflow": (_frame("t", event_time(T, 10**9), {}), "bad_time"),
+    "other_ext_time": (_frame("t", msgpack.ExtType(5, b"12345678"), {}), "bad_time"),
+    "chunk_int": (_frame("t", T, {}, {"chunk": 5}), "bad_option"),
+    "size_str": (_frame("t", [[T, {}]], {"size": "1"}), "bad_option"),
+    "compressed_lz4": (_frame("t", pack_entries([(T, {})]), {"compressed": "lz4"}), "bad_option"),
+    "option_list": (_frame("t", T, {}, ["chunk"]), "bad_option"),
+    "gzip_in_message": (_frame("t", T, {}, {"compressed": "gzip"}), "bad_option"),
+    "size_mismatch": (_frame("t", [[T, {}]], {"size": 5}), "size_mismatch"),
+    "gzip_bomb": (_bomb(), "decompressed_too_large"),
+    "not_gzip": (_frame("t", b"plain bytes", {"compressed": "gzip"}), "bad_gzip"),
+    "truncated_gzip": (
+        _frame("t", gzip.compress(pack_entries([(T, {})] * 5))[:-12], {"compressed": "gzip"}),
+        "bad_gzip",
+    ),
+    "trailing_bytes_in_packed": (_frame("t", pack_entries([(T, {})]) + b"\x92"), "bad_entry"),
+    "truncated_frame": (_VALID[: len(_VALID) // 2], "truncated_frame"),
+}
+KNOWN_REASONS = {r for _, r in HOSTILE.values() if r is not None}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_frame_closes_only_its_connection(
+    make_server: MakeServer, connect: Connect, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data, reason = HOSTILE[case]
+    sink = Sink()
+    server = await make_server(sink)
+    good = await connect(server.port)
+    await good.send_message("good", T, rec(-1), chunk="warmup")
+    assert await good.read_ack() == "warmup"
+
+    async def behave() -> None:
+        for i in range(20):
+            await good.send_message("good", T, rec(i), chunk=f"g{i}")
+            assert await good.read_ack() == f"g{i}"
+            await asyncio.sleep(0.005)
+
+    async def attack() -> bool:
+        bad = await connect(server.port)
+        try:
+            await bad.send_raw(data)
+            bad.writer.write_eof()
+        except ConnectionError:
+            return True
+        return await bad.closed_by_server()
+
+    _, closed = await asyncio.gather(behave(), attack())
+    assert closed
+    rejected = dict(server.stats.rejected_frames)
+    assert sum(rejected.values()) == 1, rejected
+    got = next(iter(rejected))
+    if reason is None:
+        assert got in KNOWN_REASONS
+    else:
+        assert got == reason
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any(f"closing: {got}" in line for line in lines), lines
+    assert SECRET not in caplog.text
+    assert {tag for tag, _, _ in sink.calls} == {"good"}
+    assert [e.record["seq"] for e in sink.entries] == list(range(-1, 20))
+    # The good connection still works after the attack ended.
+    await good.send_message("good", T, rec(99), chunk="after")
+    assert await good.read_ack() == "after"
+
+
+async def test_idle_connection_is_closed(
+    make_server: MakeServer, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = await make_server(Sink(), forward_idle_timeout_s=0.2)
+    client = await connect(server.port)
+    assert await client.closed_by_server(timeout=3.0)
+    assert "idle" in caplog.text
+
+
+# -- heartbeat and lifecycle ------------------------------------------------------------
+
+
+async def test_udp_heartbeat_is_answered(make_server: MakeServer) -> None:
+    server = await make_server(Sink())
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        for probe in (b"\x00", b""):
+            await loop.sock_sendto(sock, probe, ("127.0.0.1", server.port))
+            async with asyncio.timeout(5):
+                reply, addr = await loop.sock_recvfrom(sock, 16)
+            assert reply == b"\x00"
+            assert addr[1] == server.port
+
+
+async def test_stop_waits_for_in_flight_handler(make_server: MakeServer, connect: Connect) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def gate(tag: str) -> None:
+        entered.set()
+        await release.wait()
+        finished.append(tag)
+
+    server = await make_server(Sink(gate=gate))
+    busy = await connect(server.port)
+    idle = await connect(server.port)
+    await busy.send_message("t", T, rec(0), chunk="c0")
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.create_task(server.stop())
+    assert await idle.closed_by_server()
+    await asyncio.sleep(0.2)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert finished == ["t"]
+    assert await busy.read_ack() == "c0"  # stored before the stop, so acknowledged
+    with pytest.raises(ConnectionRefusedError):
+        await ForwardClient.connect(server.port)
