@@ -103,6 +103,7 @@ def upgrade() -> None:
     sa.Column('event_hash', sa.String(length=64), nullable=False),
     sa.Column('prev', sa.String(length=64), nullable=False),
     sa.Column('doc_id', sa.String(length=256), nullable=False),
+    sa.Column('timestamp', sa.DateTime(timezone=True), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['stream_id'], ['streams.id'], name=op.f('fk_pending_records_stream_id_streams')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pending_records')),

@@ -8,7 +8,9 @@ import traceback
 import click
 
 from audit import __version__
+from audit.cli.dev import dev
 from audit.cli.integrity import keygen, keys, seal, verify
+from audit.cli.service import db, serve, streams
 from audit.errors import FFAuditError
 
 
@@ -22,6 +24,10 @@ cli.add_command(keygen)
 cli.add_command(keys)
 cli.add_command(seal)
 cli.add_command(verify)
+cli.add_command(dev)
+cli.add_command(serve)
+cli.add_command(streams)
+cli.add_command(db)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,4 +74,5 @@ class PendingRecord(Base):
     event_hash: Mapped[str] = mapped_column(HASH)
     prev: Mapped[str] = mapped_column(HASH)
     doc_id: Mapped[str] = mapped_column(String(256))
+    timestamp: Mapped[datetime]  # the record's @timestamp: addresses its daily index
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,138 @@
+"""The audit service: one asyncio process serving the HTTP API and forward-protocol ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from audit import __version__
+from audit.db.session import make_engine, session_factory
+from audit.errors import FFAuditError, StoreUnavailableError
+from audit.ingest.forward import ForwardEntry, ForwardServer, Peer, build_ssl_context
+from audit.ingest.routes import router as ingest_router
+from audit.ingest.service import IngestService
+from audit.metrics import Metrics
+from audit.settings import AuditSettings
+from audit.store import make_event_store
+from audit.streams.routes import router as streams_router
+from audit.streams.service import StreamService
+
+log = logging.getLogger("audit.app")
+_GAP_SWEEP_S = 5.0
+
+
+def create_app(settings: AuditSettings | None = None) -> FastAPI:
+    settings = settings or AuditSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        sessions = session_factory(engine)
+        store = make_event_store(settings)
+        metrics = Metrics()
+        ingest = IngestService(settings, sessions, store, metrics)
+        app.state.settings = settings
+        app.state.sessions = sessions
+        app.state.store = store
+        app.state.metrics = metrics
+        app.state.ingest = ingest
+        app.state.streams = StreamService(sessions)
+
+        async def on_forward(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
+            # Returning means stored: the forward server acks only then.
+            await ingest.ingest([e.record for e in entries], source="forward", peer=peer.address)
+
+        forward = None
+        if settings.forward_enabled:
+            forward = ForwardServer(on_forward, settings, ssl_context=build_ssl_context(settings))
+            await forward.start()
+            log.info("forward protocol on %s:%d", settings.forward_host, forward.port)
+        app.state.forward = forward
+        sweeper = asyncio.create_task(_sweep_gaps(ingest))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            if forward is not None:
+                await forward.stop()
+            await store.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ffaudit",
+        version=__version__,
+        summary="Tamper-evident audit trail for face-swap engines",
+        lifespan=lifespan,
+    )
+    app.include_router(ingest_router)
+    app.include_router(streams_router)
+
+    @app.exception_handler(FFAuditError)
+    async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:
+        body: dict[str, object] = {"type": type(exc).__name__, "message": exc.message}
+        if exc.index is not None:
+            body["index"] = exc.index
+        headers = {"Retry-After": "5"} if isinstance(exc, StoreUnavailableError) else None
+        return JSONResponse({"error": body}, status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse(
+            {"error": {"type": "InvalidInputError", "message": problems}}, status_code=422
+        )
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """The control database and the event store are reachable."""
+        checks = {
+            "database": await asyncio.to_thread(_database_ok, request),
+            "store": await request.app.state.store.ping(),
+        }
+        status = 200 if all(checks.values()) else 503
+        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus metrics."""
+        data = generate_latest(request.app.state.metrics.registry)
+        return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _database_ok(request: Request) -> bool:
+    try:
+        with request.app.state.sessions() as session:
+            session.execute(text("SELECT 1"))
+    except Exception:  # any failure means "not ready"; the reason is logged
+        log.exception("readiness: database check failed")
+        return False
+    return True
+
+
+async def _sweep_gaps(ingest: IngestService) -> None:
+    while True:
+        await asyncio.sleep(_GAP_SWEEP_S)
+        try:
+            await ingest.sweep_gaps()
+        except Exception:  # keep sweeping; the failure is visible in the log
+            log.exception("gap sweep failed")

@@ -1,0 +1,112 @@
+"""serve, streams and db: running the audit service and administering its registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import orjson
+
+from audit.db.session import make_engine, session_factory, upgrade
+from audit.settings import AuditSettings
+from audit.streams.schemas import StreamRegistration
+from audit.streams.service import StreamService
+
+
+def _settings_help() -> str:
+    lines = ["\b", "Settings (environment variables):"]
+    for name, field in AuditSettings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        about = f" - {field.description}" if field.description else ""
+        lines.append(f"  FFAUDIT_{name.upper()} [{default}]{about}")
+    return "\n".join(lines)
+
+
+@click.command(epilog=_settings_help())
+@click.option("--host", default=None, help="HTTP bind address [FFAUDIT_HTTP_HOST].")
+@click.option("--port", type=int, default=None, help="HTTP port [FFAUDIT_HTTP_PORT].")
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="Apply database migrations before serving.",
+)
+def serve(host: str | None, port: int | None, migrate: bool) -> None:
+    """Run the audit service: HTTP API and Fluentd forward-protocol ingest in one process."""
+    import uvicorn
+
+    from audit.app import create_app
+
+    settings = AuditSettings()
+    if migrate:
+        upgrade(settings.database_url)
+        if settings.elasticsearch_url is None and settings.store_database_url:
+            upgrade(settings.store_database_url)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.http_host,
+        port=port if port is not None else settings.http_port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@click.group()
+def db() -> None:
+    """The control database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations (to FFAUDIT_DATABASE_URL and the SQL event store's URL)."""
+    settings = AuditSettings()
+    upgrade(settings.database_url)
+    if settings.store_database_url:
+        upgrade(settings.store_database_url)
+    click.echo("database is at the latest revision", err=True)
+
+
+@click.group()
+def streams() -> None:
+    """Producer streams: registration and chain heads."""
+
+
+def _service() -> StreamService:
+    settings = AuditSettings()
+    upgrade(settings.database_url)
+    return StreamService(session_factory(make_engine(settings.database_url)))
+
+
+@streams.command("register")
+@click.option("--stream", required=True)
+@click.option("--tenant", required=True)
+@click.option(
+    "--pubkey",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The stream's signing.pub (Ed25519 PEM).",
+)
+def streams_register(stream: str, tenant: str, pubkey: Path) -> None:
+    """Register STREAM for TENANT with its public key (idempotent)."""
+    from pydantic import ValidationError
+
+    from audit.errors import InvalidInputError, UsageError
+
+    try:
+        pem = pubkey.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {pubkey}: {exc.strerror}") from None
+    try:
+        registration = StreamRegistration(stream=stream, tenant=tenant, public_key_pem=pem)
+    except ValidationError as exc:
+        raise InvalidInputError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+    read = _service().register(registration)
+    click.echo(orjson.dumps(read.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+
+
+@streams.command("show")
+@click.argument("stream")
+def streams_show(stream: str) -> None:
+    """A stream's registration and accepted chain head."""
+    read = _service().read(stream)
+    click.echo(orjson.dumps(read.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())

@@ -1,0 +1,422 @@
+"""The ingest path: attribute records to registered streams, verify, store, then commit heads.
+
+Ordering is what makes acknowledgements honest. For each stream batch:
+1. read the head and pending records (control database);
+2. plan verdicts (audit.ingest.planner);
+3. write the records to the event store — create-only, so a retry after a crash finds its
+   own earlier write instead of duplicating it;
+4. commit the new head with a compare-and-set, together with pending rows, checkpoints and
+   alerts. A lost race (another replica moved the head) re-plans from step 1.
+Only after step 4 does the caller acknowledge. A store that refuses writes raises
+StoreUnavailableError: nothing is acknowledged and the producer keeps its records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit.alerts.repository import AlertRepository
+from audit.errors import BusyError, CanonicalizationError, ConflictError, FFAuditError
+from audit.ingest.planner import Head, Incoming, Plan, Planner, Result, doc_id
+from audit.ingest.repository import IngestRepository
+from audit.integrity import record as f
+from audit.integrity.canonical import canonicalize
+from audit.integrity.chain import record_hash
+from audit.integrity.keys import Verifier
+from audit.metrics import Metrics
+from audit.models import Checkpoint, PendingRecord, QuarantinedRecord
+from audit.settings import AuditSettings
+from audit.store.protocol import EventStore, StoredEvent
+from audit.streams.repository import StreamRepository
+from audit.streams.service import StreamService
+
+log = logging.getLogger("audit.ingest")
+_RESERVED_PREFIX = "ffaudit.ingest."
+_COMMIT_ATTEMPTS = 12
+
+
+class _LostRace(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class IngestReport:
+    results: list[Result] = field(default_factory=list)
+    quarantined: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for r in self.results:
+            out[r.outcome] += 1
+        if self.quarantined:
+            out["quarantined"] = len(self.quarantined)
+        return dict(out)
+
+
+def check_record(index: int, obj: object) -> Incoming | str:
+    """An Incoming, or why `obj` cannot be chained (the message names no values)."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    problem = f.shape_error(obj)
+    if problem is not None:
+        return problem
+    if not all(isinstance(k, str) for k in obj):
+        return "object keys must be strings"
+    # One C-level search instead of a startswith per key: "\0" cannot occur in a JSON key
+    # that reached us as text, so "\0ffaudit.ingest." matches only at a key's start.
+    if ("\0" + "\0".join(obj)).find("\0" + _RESERVED_PREFIX) >= 0:
+        return f"fields under {_RESERVED_PREFIX}* are reserved for the service"
+    try:
+        computed = record_hash(obj)
+    except CanonicalizationError as exc:
+        return exc.message
+    try:
+        ts = datetime.fromisoformat(obj[f.TIMESTAMP])
+    except ValueError:
+        return f"{f.TIMESTAMP} is not an RFC 3339 timestamp"
+    if ts.tzinfo is None:
+        return f"{f.TIMESTAMP} has no UTC offset"
+    return Incoming(
+        index=index,
+        record=obj,
+        sequence=obj[f.EVENT_SEQUENCE],
+        event_hash=obj[f.EVENT_HASH],
+        prev=obj[f.PREV],
+        timestamp=ts.astimezone(UTC),
+        checkpoint=obj[f.EVENT_ACTION] == "audit.checkpoint",
+        content_ok=computed == obj[f.EVENT_HASH],
+    )
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        sessions: sessionmaker[Session],
+        store: EventStore,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sessions = sessions
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self._streams = StreamService(sessions)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._registrations: dict[str, tuple[str, Verifier]] = {}
+
+    async def ingest(
+        self, records: Sequence[object], *, source: str, peer: str | None = None
+    ) -> IngestReport:
+        """Verify and store `records`; returns once everything is durable (then ack)."""
+        started = time.perf_counter()
+        report = IngestReport()
+        by_stream: dict[str, list[Incoming]] = defaultdict(list)
+        for index, obj in enumerate(records):
+            checked = check_record(index, obj)
+            if isinstance(checked, str):
+                await self._quarantine(
+                    [(index, obj)],
+                    checked,
+                    source,
+                    peer,
+                    stream=None,
+                    tenant=None,
+                    report=report,
+                    rule="malformed_record",
+                )
+                continue
+            by_stream[checked.record[f.STREAM]].append(checked)
+        self.metrics.in_flight.inc()
+        try:
+            for stream, items in by_stream.items():
+                await self._ingest_stream(stream, items, source, peer, report)
+        finally:
+            self.metrics.in_flight.dec()
+        for r in report.results:
+            self.metrics.records.labels(r.outcome).inc()
+            for kind in (r.failure or "").split(","):
+                if kind:
+                    self.metrics.integrity_failures.labels(kind).inc()
+        self.metrics.ack_latency.labels(source).observe(time.perf_counter() - started)
+        return report
+
+    async def sweep_gaps(self) -> None:
+        """Flag gaps that stayed open past the timeout, also when no new record arrives."""
+        streams = await asyncio.to_thread(self._streams_with_pending)
+        for stream in streams:
+            registration = await self._registration(stream)
+            if registration is not None:
+                await self._commit_stream(stream, registration, [])
+
+    # -- per stream -----------------------------------------------------------------------
+
+    async def _ingest_stream(
+        self,
+        stream: str,
+        items: list[Incoming],
+        source: str,
+        peer: str | None,
+        report: IngestReport,
+    ) -> None:
+        registration = await self._registration(stream)
+        if registration is None:
+            tenant = items[0].record.get(f.TENANT)
+            await self._quarantine(
+                [(i.index, i.record) for i in items],
+                "unknown stream",
+                source,
+                peer,
+                stream=stream,
+                tenant=tenant if isinstance(tenant, str) else None,
+                report=report,
+                rule="unknown_stream",
+            )
+            return
+        tenant = registration[0]
+        foreign = [i for i in items if i.record[f.TENANT] != tenant]
+        if foreign:
+            await self._quarantine(
+                [(i.index, i.record) for i in foreign],
+                "record claims another tenant than its stream's",
+                source,
+                peer,
+                stream=stream,
+                tenant=tenant,
+                report=report,
+                rule="wrong_tenant",
+            )
+            items = [i for i in items if i.record[f.TENANT] == tenant]
+        if items:
+            report.results += await self._commit_stream(stream, registration, items)
+
+    async def _commit_stream(
+        self, stream: str, registration: tuple[str, Verifier], items: list[Incoming]
+    ) -> list[Result]:
+        tenant, verifier = registration
+        # Records another writer stored under an id we wanted but has not committed (it
+        # lost a race or crashed). The store's first writer owns an id, so they are planned
+        # as if they had arrived with this batch; otherwise two replicas' leftovers can
+        # block each other for ever.
+        adopted: dict[str, Incoming] = {}
+        async with self._locks[stream]:
+            for attempt in range(_COMMIT_ATTEMPTS):
+                if attempt:
+                    # Another replica holds this head: give it time to commit.
+                    jitter = random.uniform(0.002, 0.01)  # noqa: S311 (not for secrets)
+                    await asyncio.sleep(jitter * 2 ** min(attempt, 6))
+                head, pending, checkpoints = await asyncio.to_thread(self._load, stream)
+                loaded = (head.sequence, head.hash)
+                stored = await self._stored_hashes(tenant, stream, head, items)
+                plan = Planner(
+                    stream=stream,
+                    tenant=tenant,
+                    verifier=verifier,
+                    head=head,
+                    pending=pending,
+                    verified_checkpoints=checkpoints,
+                    stored=stored,
+                    now=datetime.now(UTC),
+                    window=self.settings.reorder_window,
+                    gap_timeout=timedelta(seconds=self.settings.gap_timeout_s),
+                ).run([*adopted.values(), *items])
+                plan.loaded_sequence, plan.loaded_hash = loaded
+                if plan.writes:
+                    try:
+                        written = await self.store.write(plan.writes)
+                    except FFAuditError:
+                        self.metrics.backpressure.set(1)
+                        raise
+                    self.metrics.backpressure.set(0)
+                    clean, foreign = await self._reconcile(
+                        tenant, plan.writes, written.existing, plan
+                    )
+                    if not clean:
+                        adopted.update(foreign)
+                        continue
+                if plan.verdicts:
+                    await self.store.update_verdicts(tenant, plan.verdicts)
+                committed = await asyncio.to_thread(self._commit, stream, tenant, plan)
+                if committed:
+                    return [r for r in plan.results if r.index >= 0]
+                log.debug("stream %s: head moved under us (attempt %d)", stream, attempt)
+            raise BusyError(f"stream {stream!r}: the chain head kept moving; retry later")
+
+    async def _reconcile(
+        self, tenant: str, writes: list[StoredEvent], existing: Sequence[str], plan: Plan
+    ) -> tuple[bool, dict[str, Incoming]]:
+        """Ids that were already stored: ours from an earlier try (fine: fix its verdict),
+        or another record's, returned for adoption. (True, {}) means the plan stands."""
+        foreign: dict[str, Incoming] = {}
+        clean = True
+        ours = {w.doc_id: w for w in writes}
+        for doc in existing:
+            stored = await self.store.get(tenant, doc)
+            mine = ours[doc]
+            if stored is not None and stored.event_hash == mine.event_hash:
+                if (stored.verdict, stored.failure) != (mine.verdict, mine.failure):
+                    plan.verdicts.append((doc, mine.timestamp, mine.verdict, mine.failure))
+                continue
+            log.debug("stream %s: %s is held by another record; re-planning", mine.stream, doc)
+            clean = False
+            if stored is not None:
+                checked = check_record(-1, stored.record)  # index -1: not in the reply
+                if isinstance(checked, Incoming):
+                    foreign[doc] = checked
+        return clean, foreign
+
+    async def _stored_hashes(
+        self, tenant: str, stream: str, head: Head, items: list[Incoming]
+    ) -> dict[str, str]:
+        """Stored hashes under every doc id a repeated sequence of this batch could use."""
+        out: dict[str, str] = {}
+        for item in items:
+            if item.sequence > head.sequence:
+                continue
+            for doc in (
+                doc_id(stream, item.sequence),
+                doc_id(stream, item.sequence, item.event_hash),
+            ):
+                if doc not in out:
+                    event = await self.store.get(tenant, doc)
+                    if event is not None:
+                        out[doc] = event.event_hash
+        return out
+
+    # -- control database (run in a worker thread) -----------------------------------------
+
+    def _load(self, stream: str) -> tuple[Head, list[PendingRecord], dict[int, Checkpoint]]:
+        with self._sessions() as session:
+            row = StreamRepository(session).get_head(stream)
+            if row is None:
+                raise ConflictError(f"stream {stream!r} has no chain head")
+            head = Head(row.sequence, row.hash, row.signed_through, row.last_checkpoint, row.closed)
+            repo = IngestRepository(session)
+            pending = repo.pending(stream)
+            checkpoints = repo.checkpoints(stream, [p.sequence for p in pending])
+            return head, pending, checkpoints
+
+    def _commit(self, stream: str, tenant: str, plan: Plan) -> bool:
+        try:
+            with self._sessions.begin() as session:
+                streams = StreamRepository(session)
+                row = streams.get_head(stream)
+                assert row is not None
+                moved = streams.advance_head(
+                    stream,
+                    expected_sequence=plan.loaded_sequence,
+                    expected_hash=plan.loaded_hash,
+                    sequence=plan.head.sequence,
+                    hash_=plan.head.hash,
+                    signed_through=plan.head.signed_through,
+                    last_checkpoint=plan.head.last_checkpoint,
+                    closed=plan.head.closed,
+                )
+                if not moved:
+                    raise _LostRace
+                repo = IngestRepository(session)
+                repo.remove_pending(plan.pending_remove)
+                repo.add_pending(plan.pending_add)
+                for checkpoint in plan.checkpoints:
+                    repo.add_checkpoint(checkpoint)
+                alerts = AlertRepository(session)
+                for alert in plan.alerts:
+                    alerts.raise_alert(tenant_id=tenant, stream_id=stream, **alert)
+        except _LostRace:
+            return False
+        except IntegrityError:
+            # The pending table's unique key caught another replica recording the same
+            # early record between our read and this commit: a lost race like any other.
+            return False
+        return True
+
+    def _streams_with_pending(self) -> list[str]:
+        with self._sessions() as session:
+            return IngestRepository(session).streams_with_pending()
+
+    # -- registrations and quarantine --------------------------------------------------------
+
+    async def _registration(self, stream: str) -> tuple[str, Verifier] | None:
+        cached = self._registrations.get(stream)
+        if cached is not None:
+            return cached
+        found = await asyncio.to_thread(self._lookup, stream)
+        if found is not None:
+            self._registrations[stream] = found
+        return found
+
+    def _lookup(self, stream: str) -> tuple[str, Verifier] | None:
+        with self._sessions() as session:
+            row = StreamRepository(session).get_stream(stream)
+            if row is None:
+                return None
+            tenant = row.tenant_id
+        return tenant, self._streams.verifier(stream)
+
+    async def _quarantine(
+        self,
+        items: list[tuple[int, object]],
+        reason: str,
+        source: str,
+        peer: str | None,
+        *,
+        stream: str | None,
+        tenant: str | None,
+        report: IngestReport,
+        rule: str,
+    ) -> None:
+        await asyncio.to_thread(
+            self._store_quarantine, items, reason, source, peer, stream, tenant, rule
+        )
+        report.quarantined += [(index, reason) for index, _ in items]
+        self.metrics.rejected.labels(rule).inc(len(items))
+
+    def _store_quarantine(
+        self,
+        items: list[tuple[int, object]],
+        reason: str,
+        source: str,
+        peer: str | None,
+        stream: str | None,
+        tenant: str | None,
+        rule: str,
+    ) -> None:
+        with self._sessions.begin() as session:
+            repo = IngestRepository(session)
+            for _, obj in items:
+                repo.quarantine(
+                    QuarantinedRecord(
+                        source=source,
+                        peer=peer,
+                        claimed_stream=stream,
+                        claimed_tenant=tenant,
+                        reason=reason,
+                        payload=_payload(obj),
+                    )
+                )
+            AlertRepository(session).raise_alert(
+                rule=rule,
+                severity="high",
+                title=f"{len(items)} record(s) quarantined: {reason}",
+                dedup_key=f"{rule}:{stream or '-'}:{peer or '-'}",
+                tenant_id=tenant,
+                stream_id=stream,
+                detail={"reason": reason, "source": source, "count": len(items)},
+            )
+
+
+def _payload(obj: object) -> bytes:
+    try:
+        return canonicalize(obj)
+    except CanonicalizationError:
+        return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS)

@@ -1,0 +1,69 @@
+"""Every query on tenants, streams and chain heads."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from audit.models import ChainHead, Stream, Tenant
+
+
+class StreamRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_stream(self, stream_id: str) -> Stream | None:
+        return self.session.get(Stream, stream_id)
+
+    def get_head(self, stream_id: str) -> ChainHead | None:
+        return self.session.get(ChainHead, stream_id)
+
+    def ensure_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.session.get(Tenant, tenant_id)
+        if tenant is None:
+            tenant = Tenant(id=tenant_id)
+            self.session.add(tenant)
+            self.session.flush()  # no relationship() orders the inserts: flush parents first
+        return tenant
+
+    def add_stream(self, stream: Stream) -> None:
+        self.session.add(stream)
+        self.session.flush()
+        self.session.add(ChainHead(stream_id=stream.id))
+
+    def list_streams(self, tenant_id: str | None = None) -> list[Stream]:
+        query = select(Stream).order_by(Stream.id)
+        if tenant_id is not None:
+            query = query.where(Stream.tenant_id == tenant_id)
+        return list(self.session.scalars(query))
+
+    def advance_head(
+        self,
+        stream_id: str,
+        *,
+        expected_sequence: int,
+        expected_hash: str,
+        sequence: int,
+        hash_: str,
+        signed_through: int,
+        last_checkpoint: int,
+        closed: bool,
+    ) -> bool:
+        """Compare-and-set: moves the head only if nobody else moved it since it was read."""
+        result = self.session.execute(
+            update(ChainHead)
+            .where(
+                ChainHead.stream_id == stream_id,
+                ChainHead.sequence == expected_sequence,
+                ChainHead.hash == expected_hash,
+            )
+            .values(
+                sequence=sequence,
+                hash=hash_,
+                signed_through=signed_through,
+                last_checkpoint=last_checkpoint,
+                closed=closed,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

@@ -1,0 +1,84 @@
+"""Stream registration: a stream belongs to one tenant and is signed by one Ed25519 key."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit.errors import ConflictError, InvalidInputError, KeyMaterialError, NotFoundError
+from audit.integrity.keys import Verifier
+from audit.models import Stream
+from audit.streams.repository import StreamRepository
+from audit.streams.schemas import StreamRead, StreamRegistration
+
+
+def parse_public_key(pem: str) -> Verifier:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise InvalidInputError("public_key_pem is not a PEM public key") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInputError("public_key_pem is not an Ed25519 public key")
+    return Verifier.from_key(key)
+
+
+class StreamService:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def register(self, registration: StreamRegistration) -> StreamRead:
+        """Idempotent for the same tenant and key; any other re-registration is a conflict."""
+        verifier = parse_public_key(registration.public_key_pem)
+        with self._sessions.begin() as session:
+            repo = StreamRepository(session)
+            existing = repo.get_stream(registration.stream)
+            if existing is not None:
+                if (
+                    existing.tenant_id != registration.tenant
+                    or existing.key_fingerprint != verifier.fingerprint
+                ):
+                    raise ConflictError(
+                        f"stream {registration.stream!r} is already registered with another "
+                        "tenant or key"
+                    )
+            else:
+                repo.ensure_tenant(registration.tenant)
+                repo.add_stream(
+                    Stream(
+                        id=registration.stream,
+                        tenant_id=registration.tenant,
+                        public_key_pem=verifier.pem().decode(),
+                        key_fingerprint=verifier.fingerprint,
+                    )
+                )
+        return self.read(registration.stream)
+
+    def read(self, stream_id: str, tenant_id: str | None = None) -> StreamRead:
+        with self._sessions() as session:
+            repo = StreamRepository(session)
+            stream = repo.get_stream(stream_id)
+            head = repo.get_head(stream_id)
+            if stream is None or head is None or (tenant_id and stream.tenant_id != tenant_id):
+                raise NotFoundError(f"no stream {stream_id!r}")
+            return StreamRead(
+                stream=stream.id,
+                tenant=stream.tenant_id,
+                key_fingerprint=stream.key_fingerprint,
+                registered_at=stream.registered_at,
+                head_sequence=head.sequence,
+                head_hash=head.hash,
+                signed_through=head.signed_through,
+                closed=head.closed,
+            )
+
+    def verifier(self, stream_id: str) -> Verifier:
+        with self._sessions() as session:
+            stream = StreamRepository(session).get_stream(stream_id)
+            if stream is None:
+                raise NotFoundError(f"no stream {stream_id!r}")
+            try:
+                return Verifier.from_key(parse_public_key(stream.public_key_pem).key)
+            except InvalidInputError as exc:  # stored by us, so this is corruption
+                raise KeyMaterialError(f"stream {stream_id!r} has an unreadable key") from exc

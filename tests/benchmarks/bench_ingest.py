@@ -1,0 +1,239 @@
+"""End-to-end ingest benchmark: forward client with acks -> service -> Elasticsearch.
+
+    .venv/bin/python -m tests.benchmarks.bench_ingest [--records N] [--batch B] [--json]
+
+A script, not a test. The baseline runs in the same process against the same node:
+`elasticsearch.helpers.async_bulk` of the very documents the service stores (create ops,
+same batch size), so the ratio says what verification, chaining and the control database
+cost on top of the raw write. Also measured: send-to-searchable latency (the ack comes
+after the durable write; search visibility follows within the 1 s refresh interval).
+Elasticsearch comes from FFAUDIT_TEST_ELASTICSEARCH_URL or `ffaudit dev elasticsearch up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+
+from audit.db.session import make_engine, session_factory, upgrade
+from audit.ingest.forward import ForwardServer
+from audit.ingest.service import IngestService
+from audit.integrity.keys import Signer
+from audit.settings import AuditSettings
+from audit.store.elastic import ElasticEventStore, _document
+from audit.store.protocol import StoredEvent
+from audit.streams.schemas import StreamRegistration
+from audit.streams.service import StreamService
+from tests.ingest.conftest import make_records
+from tests.ingest.forward_client import ForwardClient, event_time
+
+TARGET_RATIO = 0.8
+
+
+def elasticsearch_url() -> str:
+    url = os.environ.get("FFAUDIT_TEST_ELASTICSEARCH_URL")
+    if url:
+        return url
+    out = subprocess.run(
+        [sys.executable, "-m", "audit", "dev", "elasticsearch", "up"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+async def through_service(
+    es_url: str, prefix: str, records: list[dict[str, Any]], batch: int, signer: Signer
+) -> tuple[float, ElasticEventStore]:
+    workdir = tempfile.mkdtemp(prefix="ffaudit-bench-")
+    db = f"sqlite:///{workdir}/control.db"
+    upgrade(db)
+    settings = AuditSettings(
+        database_url=db, elasticsearch_url=es_url, forward_port=0, elasticsearch_index_prefix=prefix
+    )
+    sessions = session_factory(make_engine(db))
+    StreamService(sessions).register(
+        StreamRegistration(
+            stream="bench", tenant="bench", public_key_pem=signer.verifier.pem().decode()
+        )
+    )
+    store = ElasticEventStore(es_url, prefix=prefix)
+    ingest = IngestService(settings, sessions, store)
+
+    async def handler(tag: str, entries: Any, peer: Any) -> None:
+        await ingest.ingest([e.record for e in entries], source="forward", peer=peer.address)
+
+    server = ForwardServer(handler, settings)
+    await server.start()
+    client = await ForwardClient.connect(server.port)
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(records), batch):
+            chunk = records[i : i + batch]
+            entries = [(event_time(int(time.time())), r) for r in chunk]
+            await client.send_packed("ffaudit", entries, chunk=f"c{i}")
+            await client.read_ack(timeout=60)
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
+        await server.stop()
+    return elapsed, store
+
+
+async def searchable_latency(es_url: str, prefix: str, signer: Signer, samples: int) -> list[float]:
+    """Ack-to-searchable for single records sent one at a time to a live stream."""
+    workdir = tempfile.mkdtemp(prefix="ffaudit-bench-")
+    db = f"sqlite:///{workdir}/control.db"
+    upgrade(db)
+    settings = AuditSettings(
+        database_url=db, elasticsearch_url=es_url, forward_port=0, elasticsearch_index_prefix=prefix
+    )
+    sessions = session_factory(make_engine(db))
+    StreamService(sessions).register(
+        StreamRegistration(
+            stream="lat", tenant="lat", public_key_pem=signer.verifier.pem().decode()
+        )
+    )
+    store = ElasticEventStore(es_url, prefix=prefix)
+    ingest = IngestService(settings, sessions, store)
+    records = make_records(signer, samples, stream="lat", tenant="lat", every=10_000, close=False)
+    probe = AsyncElasticsearch(es_url)
+    out = []
+    try:
+        for record in records:
+            sent = time.perf_counter()
+            await ingest.ingest([record], source="bench")
+            while True:
+                found = await probe.search(
+                    index=f"{prefix}-lat-*",
+                    size=0,
+                    query={"term": {"event.hash": record["event.hash"]}},
+                )
+                if found["hits"]["total"]["value"]:
+                    break
+                await asyncio.sleep(0.005)
+            out.append(time.perf_counter() - sent)
+    finally:
+        await probe.close()
+        await store.close()
+    return out
+
+
+async def raw_bulk(es_url: str, prefix: str, records: list[dict[str, Any]], batch: int) -> float:
+    """The same documents the service writes (the store's own document form and index
+    names, verdict ok), sent with helpers.async_bulk: the cost of the raw write alone."""
+    store = ElasticEventStore(es_url, prefix=prefix)
+    await store.ensure_templates()
+    now = datetime.now(UTC)
+    docs = []
+    for record in records:
+        event = StoredEvent(
+            doc_id=f"bench:{record['event.sequence']}",
+            tenant="bench",
+            stream="bench",
+            sequence=record["event.sequence"],
+            event_hash=record["event.hash"],
+            timestamp=datetime.fromisoformat(record["@timestamp"]),
+            record=record,
+            verdict="ok",
+            failure=None,
+            received_at=now,
+        )
+        docs.append((store.index_for("bench", event.timestamp), event.doc_id, _document(event)))
+    await store.close()
+    client = AsyncElasticsearch(es_url)
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(docs), batch):
+            actions = [
+                {"_op_type": "create", "_index": index, "_id": doc_id, "_source": src}
+                for index, doc_id, src in docs[i : i + batch]
+            ]
+            await async_bulk(client, actions, chunk_size=batch, refresh=False)
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main_async(n: int, batch: int, as_json: bool) -> None:
+    es_url = elasticsearch_url()
+    run = uuid.uuid4().hex[:8]
+    signer = Signer.generate()
+    records = make_records(signer, n, stream="bench", tenant="bench", every=1000)
+    prefixes = [f"ffaudit-bench-{run}-{k}" for k in range(5)]
+    e2e_times, raw_times = [], []
+    try:
+        # Alternate raw and end-to-end runs (fresh indices each) so warm-up and machine
+        # noise hit both; report the best of each.
+        for k in (0, 2):
+            raw_times.append(await raw_bulk(es_url, prefixes[k], records, batch))
+            e2e, store = await through_service(es_url, prefixes[k + 1], records, batch, signer)
+            await store.close()
+            e2e_times.append(e2e)
+        latency = await searchable_latency(es_url, prefixes[4], signer, 40)
+        e2e, raw = min(e2e_times), min(raw_times)
+    finally:
+        client = AsyncElasticsearch(es_url)
+        for prefix in prefixes:
+            # ES 8 refuses wildcard deletes (action.destructive_requires_name): name them.
+            names = await client.options(ignore_status=404).indices.get(index=f"{prefix}-*")
+            for name in names.body if isinstance(names.body, dict) else {}:
+                await client.indices.delete(index=name)
+        await client.close()
+    result: dict[str, Any] = {
+        "python": platform.python_version(),
+        "records": len(records),
+        "batch": batch,
+        "e2e_records_per_s": len(records) / e2e,
+        "raw_bulk_records_per_s": len(records) / raw,
+        "ratio": raw / e2e,
+        "target_ratio": TARGET_RATIO,
+        "searchable_p50_ms": 1000 * statistics.median(latency),
+        "searchable_p99_ms": 1000 * pct(latency, 0.99),
+    }
+    if as_json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    print(f"CPython {result['python']}, {len(records)} records in batches of {batch}")
+    print(f"end-to-end (forward+ack -> verify -> ES)  {result['e2e_records_per_s']:>9,.0f} rec/s")
+    raw_rate = result["raw_bulk_records_per_s"]
+    print(f"raw helpers.async_bulk, same documents    {raw_rate:>9,.0f} rec/s")
+    verdict = "met" if result["ratio"] >= TARGET_RATIO else "MISSED"
+    print(f"ratio end-to-end / raw = {result['ratio']:.2f}   target >= {TARGET_RATIO}: {verdict}")
+    print(
+        f"ingest call to searchable: p50 {result['searchable_p50_ms']:.0f} ms, "
+        f"p99 {result['searchable_p99_ms']:.0f} ms (refresh_interval 1 s)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.records, args.batch, args.json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.db.session import make_engine, session_factory, upgrade
+from audit.ingest.service import IngestService
+from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.keys import Keyring, Signer
+from audit.integrity.pseudonym import Pseudonymizer
+from audit.integrity.seal import Sealer
+from audit.settings import AuditSettings
+from audit.store.sql import SqlEventStore
+from audit.streams.schemas import StreamRegistration
+from audit.streams.service import StreamService
+from tests.integrity.conftest import T0, sample_event
+
+
+@dataclass
+class Env:
+    settings: AuditSettings
+    service: IngestService
+    streams: StreamService
+    store: SqlEventStore
+    signer: Signer
+
+    def register(
+        self, stream: str = "cam-1", tenant: str = "acme", signer: Signer | None = None
+    ) -> None:
+        key = (signer or self.signer).verifier.pem().decode()
+        self.streams.register(StreamRegistration(stream=stream, tenant=tenant, public_key_pem=key))
+
+
+def make_records(
+    signer: Signer,
+    n: int,
+    *,
+    stream: str = "cam-1",
+    tenant: str = "acme",
+    every: int = 5,
+    close: bool = True,
+) -> list[dict[str, Any]]:
+    sealer = Sealer(
+        ChainWriter(stream, tenant, signer, policy=CheckpointPolicy(every, None)),
+        Pseudonymizer(Keyring.generate(), tenant),
+    )
+    out = [r.record for i in range(n) for r in sealer.seal(sample_event(i))]
+    if close:
+        out += [r.record for r in sealer.close(T0 + timedelta(hours=1))]
+    return out
+
+
+Factory = Callable[..., Env]
+
+
+@pytest.fixture
+async def env_factory(tmp_path: Path) -> AsyncIterator[Factory]:
+    """Service instances ("replicas") sharing one SQLite database built by the migrations."""
+    made: list[Env] = []
+    signer = Signer.generate()
+    url = f"sqlite:///{tmp_path}/ffaudit.db"
+    upgrade(url)
+
+    def factory(**overrides: Any) -> Env:
+        settings = AuditSettings(database_url=url, forward_enabled=False, **overrides)
+        sessions = session_factory(make_engine(url))
+        store = SqlEventStore(url)
+        env = Env(
+            settings,
+            IngestService(settings, sessions, store),
+            StreamService(sessions),
+            store,
+            signer,
+        )
+        made.append(env)
+        return env
+
+    yield factory
+    for env in made:
+        await env.store.close()
