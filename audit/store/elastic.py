@@ -318,8 +318,16 @@ class ElasticEventStore:
         for doc_id, timestamp, verdict, failure in updates:
             # The index comes from the caller's tenant: another tenant's document is
             # unreachable whatever doc id is named.
+            # Two replicas may settle one record at once; the partial update is the same
+            # either way, so a version conflict is simply retried.
             operations.append(
-                {"update": {"_index": self.index_for(tenant, timestamp), "_id": doc_id}}
+                {
+                    "update": {
+                        "_index": self.index_for(tenant, timestamp),
+                        "_id": doc_id,
+                        "retry_on_conflict": 5,
+                    }
+                }
             )
             operations.append({"doc": {INGEST + "verdict": verdict, INGEST + "failure": failure}})
         self._dirty.add(tenant)
@@ -330,7 +338,7 @@ class ElasticEventStore:
             pending: list[Mapping[str, Any]] = []
             for n, item in enumerate(response["items"]):
                 status = item["update"]["status"]
-                if status == 429 or status >= 500:
+                if status in (409, 429) or status >= 500:
                     pending += operations[2 * n : 2 * n + 2]
                 elif status >= 300 and status != 404:  # 404: no such document; ignored
                     raise StoreUnavailableError(

@@ -15,6 +15,8 @@ from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import Sealer
 from audit.settings import AuditSettings
+from audit.store.elastic import ElasticEventStore
+from audit.store.protocol import EventStore
 from audit.store.sql import SqlEventStore
 from audit.streams.schemas import StreamRegistration
 from audit.streams.service import StreamService
@@ -26,7 +28,7 @@ class Env:
     settings: AuditSettings
     service: IngestService
     streams: StreamService
-    store: SqlEventStore
+    store: EventStore
     signer: Signer
 
     def register(
@@ -58,18 +60,28 @@ def make_records(
 Factory = Callable[..., Env]
 
 
-@pytest.fixture
-async def env_factory(tmp_path: Path) -> AsyncIterator[Factory]:
-    """Service instances ("replicas") sharing one SQLite database built by the migrations."""
+@pytest.fixture(params=["sqlite", "postgres+elasticsearch"])
+async def env_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    """Service instances ("replicas") sharing one control database built by the migrations:
+    SQLite with the embedded SQL store, or PostgreSQL with Elasticsearch."""
     made: list[Env] = []
     signer = Signer.generate()
-    url = f"sqlite:///{tmp_path}/ffaudit.db"
-    upgrade(url)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/ffaudit.db"
+        upgrade(url)
+        es_url: str | None = None
+        prefix = ""
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+        es_url = request.getfixturevalue("elasticsearch_url")
+        prefix = request.getfixturevalue("fresh_es_prefix")
 
     def factory(**overrides: Any) -> Env:
         settings = AuditSettings(database_url=url, forward_enabled=False, **overrides)
         sessions = session_factory(make_engine(url))
-        store = SqlEventStore(url)
+        store: EventStore = (
+            SqlEventStore(url) if es_url is None else ElasticEventStore(es_url, prefix=prefix)
+        )
         env = Env(
             settings,
             IngestService(settings, sessions, store),

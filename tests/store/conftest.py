@@ -7,19 +7,12 @@ provisioned fails the tests that need it: nothing here skips or mocks.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
-from elasticsearch import Elasticsearch
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from audit.db.session import upgrade
 from audit.integrity.chain import record_hash
@@ -30,67 +23,6 @@ from audit.store.sql import SqlEventStore
 BACKENDS = ("sqlite", "postgres", "elasticsearch")
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 RECEIVED = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def _provision(kind: str) -> str:
-    """`ffaudit dev <kind> up` (idempotent); its stdout is the URL."""
-    result = subprocess.run(
-        [sys.executable, "-m", "audit", "dev", kind, "up"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if result.returncode != 0 or not result.stdout.strip():
-        pytest.fail(
-            f"`ffaudit dev {kind} up` failed ({result.returncode}):\n{result.stderr[-6000:]}",
-            pytrace=False,
-        )
-    return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def elasticsearch_url() -> str:
-    return os.environ.get("FFAUDIT_TEST_ELASTICSEARCH_URL") or _provision("elasticsearch")
-
-
-@pytest.fixture(scope="session")
-def es_prefix(elasticsearch_url: str) -> Iterator[str]:
-    """An index prefix of this test session only; its indices and templates go at the end."""
-    prefix = f"ffaudit-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    with Elasticsearch(elasticsearch_url) as client:
-        # Deleting by wildcard is refused (action.destructive_requires_name): name them.
-        names = sorted(client.indices.get(index=f"{prefix}-*", allow_no_indices=True))
-        for i in range(0, len(names), 50):
-            client.indices.delete(index=",".join(names[i : i + 50]))
-        client.options(ignore_status=404).indices.delete_index_template(name=prefix)
-        for part in ("settings", "mappings"):
-            client.options(ignore_status=404).cluster.delete_component_template(
-                name=f"{prefix}-{part}"
-            )
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway database of this test session, schema built by the migrations."""
-    base = make_url(os.environ.get("FFAUDIT_TEST_POSTGRES_URL") or _provision("postgres"))
-    name = f"ffaudit_test_{uuid.uuid4().hex[:12]}"
-    params: dict[str, Any] = {
-        "host": base.host,
-        "port": base.port,
-        "user": base.username,
-        "password": base.password,
-        "dbname": base.database,
-        "autocommit": True,
-    }
-    with psycopg.connect(**params) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with psycopg.connect(**params) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
