@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fluent.sender import EventTime, FluentSender  # type: ignore[import-untyped]
+from fluent.sender import EventTime, FluentSender
 
 from audit.errors import UsageError
 from audit.ingest.forward import (
