@@ -1,0 +1,47 @@
+"""The one error hierarchy of the engine: each error carries its exit code and HTTP status."""
+
+from __future__ import annotations
+
+
+class FFEngineError(Exception):
+    exit_code: int = 1
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(FFEngineError):
+    """Bad arguments or configuration."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class InputError(FFEngineError):
+    """An input file is missing, unreadable or not an image/video."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class ModelError(FFEngineError):
+    """A model is missing, tampered with, of the wrong shape, or its licence forbids use."""
+
+    exit_code = 3
+    http_status = 409
+
+
+class JobFailedError(FFEngineError):
+    """The face pipeline failed on a job (after the failure was audited)."""
+
+    exit_code = 4
+    http_status = 500
+
+
+class AuditUnavailableError(FFEngineError):
+    """The audit trail cannot accept records (spool full): no job may run unaudited."""
+
+    exit_code = 5
+    http_status = 503

@@ -1,0 +1,49 @@
+"""Settings of the engine sidecar (one class, `FFENGINE_` environment prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FFENGINE_", env_file=None, extra="ignore")
+
+    # -- models and inference -------------------------------------------------------------
+    model_dir: Path | None = Field(default=None, description="local model pack (manifest.json)")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="onnxruntime execution providers, in order of preference",
+    )
+    det_size: int = Field(default=640, ge=32, description="detector input size (square)")
+
+    # -- jobs -----------------------------------------------------------------------------
+    work_dir: Path = Field(default=Path("var/engine"), description="jobs, temp frames, uploads")
+    upload_ttl_s: float = Field(default=300.0, gt=0, description="uploads erased after this")
+
+    # -- audit trail ----------------------------------------------------------------------
+    stream: str = Field(default="ffengine", description="audit stream id of this engine")
+    tenant: str = Field(default="default")
+    keys_dir: Path = Field(default=Path("var/engine/keys"), description="signing.key, pii.key")
+    audit_file: Path | None = Field(default=None, description="NDJSON file sink")
+    audit_forward: str | None = Field(default=None, description="HOST:PORT of the service")
+    forward_tls: bool = False
+    forward_tls_ca: Path | None = None
+    forward_shared_key: str | None = None
+    forward_username: str | None = None
+    forward_password: str | None = None
+    spool_dir: Path = Field(default=Path("var/engine/spool"))
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+    checkpoint_every: int = Field(default=1000, ge=2)
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    rate_limit_per_s: float = Field(default=10.0, gt=0)
+    rate_limit_burst: int = Field(default=10, ge=1)
+
+    # -- HTTP sidecar ----------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8090, ge=0, le=65535)
+    jwt_secret: str | None = Field(default=None, description="HS256 secret for bearer tokens")
