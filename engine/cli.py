@@ -6,9 +6,13 @@ from __future__ import annotations
 import click
 
 from audit import __version__
+from engine.models.cli import models
 
 
 @click.group()
 @click.version_option(__version__, prog_name="ffengine")
 def main() -> None:
     """Face-swap engine sidecar with a tamper-evident audit trail."""
+
+
+main.add_command(models)
