@@ -45,3 +45,10 @@ class AuditUnavailableError(FFEngineError):
 
     exit_code = 5
     http_status = 503
+
+
+class NotFoundError(FFEngineError):
+    """No such job (or not the caller's: the answer is the same)."""
+
+    exit_code = 2
+    http_status = 404

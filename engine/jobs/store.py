@@ -1,0 +1,40 @@
+"""Job records on disk: one JSON file per job, replaced atomically at each state change."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from engine.errors import InputError, NotFoundError
+from engine.jobs.schemas import JobRecord
+
+
+class JobStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def save(self, record: JobRecord) -> None:
+        data = record.model_dump_json(indent=2).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".job-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._path(record.spec.job_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, job_id: str) -> JobRecord:
+        path = self._path(job_id)
+        if not path.is_file():
+            raise NotFoundError(f"no job {job_id!r}")
+        return JobRecord.model_validate_json(path.read_bytes())
+
+    def _path(self, job_id: str) -> Path:
+        if not job_id.isalnum():
+            raise InputError("job ids are alphanumeric")
+        return self.directory / f"{job_id}.json"

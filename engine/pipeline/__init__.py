@@ -1,0 +1,1 @@
+"""The face pipeline: detect -> select -> embed -> swap (blend) -> paste back, or anonymize."""

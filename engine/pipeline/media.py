@@ -1,0 +1,121 @@
+"""Images and videos in and out (OpenCV). Outputs are written atomically: a temporary name in
+the destination directory, fsync, then rename, so a crash never leaves half a file under the
+final name."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.errors import InputError, UsageError
+
+Image = NDArray[np.uint8]
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_image(path: Path) -> Image:
+    if not path.is_file():
+        raise InputError(f"{path.name}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path.name}: not a readable image")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def write_image(path: Path, image: Image) -> None:
+    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise UsageError(f"{path.name}: cannot encode an image with this suffix")
+    _atomic_write(path, encoded.tobytes())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frames: int  # as the container reports it (may be 0 or approximate)
+
+
+def open_video(path: Path) -> tuple[VideoInfo, Iterator[Image]]:
+    if not path.is_file():
+        raise InputError(f"{path.name}: no such file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"{path.name}: not a readable video")
+    info = VideoInfo(
+        fps=float(capture.get(cv2.CAP_PROP_FPS)) or 25.0,
+        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        frames=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+    )
+
+    def frames() -> Iterator[Image]:
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield np.asarray(frame, dtype=np.uint8)
+        finally:
+            capture.release()
+
+    return info, frames()
+
+
+class VideoOutput:
+    """Writes frames at the input's size and frame rate; renamed into place on commit()."""
+
+    def __init__(self, path: Path, info: VideoInfo) -> None:
+        suffix = path.suffix.lower()
+        if suffix not in _FOURCC:
+            raise UsageError(f"{path.name}: unsupported video output suffix")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._tmp = path.with_name(f".{path.stem}.part{suffix}")
+        fourcc = cv2.VideoWriter.fourcc(*_FOURCC[suffix])
+        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, info.fps, (info.width, info.height))
+        if not self._writer.isOpened():
+            raise UsageError(f"{path.name}: cannot open a video writer")
+        self.frames = 0
+
+    def write(self, frame: Image) -> None:
+        self._writer.write(frame)
+        self.frames += 1
+
+    def commit(self) -> None:
+        self._writer.release()
+        with open(self._tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.release()
+        self._tmp.unlink(missing_ok=True)
