@@ -1,18 +1,163 @@
-"""`ffengine` command line. The face pipeline and its commands arrive with the engine issue;
-until then the entry point exists so packaging and CI exercise it."""
+"""`ffengine` command line: run one job, serve the sidecar API, verify model packs."""
 
 from __future__ import annotations
+
+import getpass
+import logging
+import sys
+import traceback
+import uuid
+from pathlib import Path
 
 import click
 
 from audit import __version__
+from audit.errors import FFAuditError
+from engine.errors import FFEngineError
 from engine.models.cli import models
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="ffengine")
-def main() -> None:
+def cli() -> None:
     """Face-swap engine sidecar with a tamper-evident audit trail."""
 
 
-main.add_command(models)
+@cli.command()
+@click.option("--target", type=_FILE, required=True, help="Image or video to process.")
+@click.option("--output", type=_FILE, required=True, help="Where the result goes.")
+@click.option("--source", type=_FILE, help="Source face (swap jobs).")
+@click.option(
+    "--job-type",
+    type=click.Choice(["swap", "anonymize"]),
+    help="Default: swap with --source, else anonymize.",
+)
+@click.option("--blend", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True)
+@click.option(
+    "--selector",
+    type=click.Choice(["many", "one", "reference"]),
+    default="many",
+    show_default=True,
+    help="Which target faces a swap replaces.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["blur", "mosaic"]),
+    default="blur",
+    show_default=True,
+    help="Anonymize method.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local model pack [FFENGINE_MODEL_DIR].",
+)
+@click.option("--audit-file", type=_FILE, help="Also write the records as NDJSON here.")
+@click.option("--audit-forward", metavar="HOST:PORT", help="The audit service's forward port.")
+@click.option("--actor", default=None, help="Who runs the job [the OS user].")
+@click.option("--session", default=None, help="Session id [a new one].")
+def run(
+    target: Path,
+    output: Path,
+    source: Path | None,
+    job_type: str | None,
+    blend: float,
+    selector: str,
+    method: str,
+    model_dir: Path | None,
+    audit_file: Path | None,
+    audit_forward: str | None,
+    actor: str | None,
+    session: str | None,
+) -> None:
+    """Run one job, audited. Prints the job record as JSON."""
+    from engine.auditing import build_audit_trail
+    from engine.jobs.runner import Caller, JobRunner
+    from engine.pipeline.engine import FacePipeline
+    from engine.settings import EngineSettings
+
+    overrides = {"model_dir": model_dir} if model_dir is not None else {}
+    settings = EngineSettings(**overrides)  # type: ignore[arg-type]
+    trail = build_audit_trail(settings, audit_file=audit_file, audit_forward=audit_forward)
+    trail.emitter.start()
+    try:
+        pipeline = FacePipeline(settings, trail.emitter.emit)
+        runner = JobRunner(pipeline, trail.emitter.emit, settings.work_dir)
+        spec = runner.prepare(
+            job_type="swap"
+            if (job_type or ("swap" if source else "anonymize")) == "swap"
+            else "anonymize",
+            target=target,
+            output=output,
+            source=source,
+            blend=blend,
+            selector=selector,
+            method=method,
+        )
+        caller = Caller(actor=actor or getpass.getuser(), session=session or uuid.uuid4().hex)
+        record = runner.run(spec, caller)
+        click.echo(record.model_dump_json(indent=2))
+    finally:
+        delivered = trail.emitter.close(final=False)
+        if not delivered and (audit_forward or settings.audit_forward):
+            click.echo(
+                "ffengine: audit records are spooled and will be delivered by the "
+                "next run (the audit service did not acknowledge them yet)",
+                err=True,
+            )
+
+
+@cli.command()
+@click.option("--host", default=None, help="[FFENGINE_HTTP_HOST]")
+@click.option("--port", type=int, default=None, help="[FFENGINE_HTTP_PORT]")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the sidecar API: jobs submitted with a bearer token and a session id."""
+    import uvicorn
+
+    from engine.api import Engine, create_app
+    from engine.auditing import build_audit_trail
+    from engine.jobs.runner import JobRunner
+    from engine.pipeline.engine import FacePipeline
+    from engine.settings import EngineSettings
+
+    settings = EngineSettings()
+    trail = build_audit_trail(settings)
+    trail.emitter.start()
+    try:
+        pipeline = FacePipeline(settings, trail.emitter.emit)
+        runner = JobRunner(pipeline, trail.emitter.emit, settings.work_dir)
+        app = create_app(Engine(settings, runner, trail.emitter.emit))
+        uvicorn.run(
+            app,
+            host=host or settings.http_host,
+            port=port if port is not None else settings.http_port,
+            log_level="info",
+        )
+    finally:
+        trail.emitter.close(final=False)
+
+
+cli.add_command(models)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="ffengine: %(message)s")
+    try:
+        result = cli.main(args=argv, prog_name="ffengine", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except (FFEngineError, FFAuditError) as exc:
+        click.echo(f"ffengine: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception:
+        traceback.print_exc()
+        click.echo("ffengine: internal error (a bug; please report it)", err=True)
+        sys.exit(70)
+    sys.exit(result if isinstance(result, int) else 0)

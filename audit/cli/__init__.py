@@ -8,6 +8,7 @@ import traceback
 import click
 
 from audit import __version__
+from audit.cli.demo import demo
 from audit.cli.dev import dev
 from audit.cli.integrity import keygen, keys, seal, verify
 from audit.cli.service import db, serve, streams
@@ -28,6 +29,7 @@ cli.add_command(dev)
 cli.add_command(serve)
 cli.add_command(streams)
 cli.add_command(db)
+cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,13 +78,20 @@ class Sealer:
             return out
 
     def close(self, ts: datetime | None = None) -> list[SealedRecord]:
-        """Emit every pending drop summary and the closing checkpoint."""
+        """Emit every pending drop summary and the closing checkpoint: the stream ends."""
+        return self.checkpoint(ts, closing=True)
+
+    def checkpoint(
+        self, ts: datetime | None = None, *, closing: bool = False
+    ) -> list[SealedRecord]:
+        """Emit every pending drop summary and a signed checkpoint, so that everything
+        sealed so far is covered by a signature (a sidecar stopping, to continue later)."""
         with self._lock:
             out: list[SealedRecord] = []
             if self._limiter is not None:
                 for summary in self._limiter.flush(None):
                     out += self._summary(summary)
-            out.append(self.writer.checkpoint(ts, closing=True))
+            out.append(self.writer.checkpoint(ts, closing=closing))
             return out
 
     def _summary(self, summary: DropSummary) -> list[SealedRecord]:

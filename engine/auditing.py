@@ -1,0 +1,163 @@
+"""The engine's audit trail: keys, a chain that continues across restarts, the emitter.
+
+One engine is one stream (FFENGINE_STREAM), registered once with the audit service. Its
+chain must continue after a restart, or the service would see a second sequence 1: a
+fork. The head (sequence, hash) is therefore persisted *before* each batch of sealed
+lines reaches the spool. A crash between the two loses only events that were still in
+memory, and the service sees that loss as a gap — never as a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from audit.integrity.chain import ChainHead, ChainWriter, CheckpointPolicy
+from audit.integrity.keys import SIGNING_KEY, KeySet, keygen
+from audit.integrity.pseudonym import Pseudonymizer
+from audit.integrity.ratelimit import SessionRateLimiter
+from audit.integrity.seal import Sealer
+from engine.errors import UsageError
+from engine.settings import EngineSettings
+from engine.transport.emitter import AuditEmitter
+from engine.transport.forward import ForwardDelivery
+from engine.transport.spool import Spool, SpoolAlarm
+
+log = logging.getLogger("engine.audit")
+HEAD_FILE = "chain-head.json"
+
+
+def ensure_keys(directory: Path) -> KeySet:
+    """The engine's key set, created on first start (the public key is then registered
+    with the audit service: `ffaudit streams register --pubkey DIR/signing.pub`)."""
+    if not (directory / SIGNING_KEY).exists():
+        keygen(directory)
+        log.warning(
+            "created a new signing key in %s; register %s/signing.pub with the audit service",
+            directory,
+            directory,
+        )
+    return KeySet.load(directory)
+
+
+def load_head(path: Path, stream: str) -> ChainHead | None:
+    if not path.is_file():
+        return None
+    doc = orjson.loads(path.read_bytes())
+    if doc.get("stream") != stream:
+        return None  # a new stream id starts a new chain
+    return ChainHead(int(doc["sequence"]), str(doc["hash"]))
+
+
+class HeadTrackingSpool(Spool):
+    """A spool that records the chain head of every batch before storing the batch."""
+
+    def __init__(self, head_file: Path, stream: str, directory: Path, **options: object) -> None:
+        super().__init__(directory, **options)  # type: ignore[arg-type]
+        self._head_file = head_file
+        self._stream = stream
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        if lines:
+            last = orjson.loads(lines[-1])
+            _write_atomic(
+                self._head_file,
+                orjson.dumps(
+                    {
+                        "stream": self._stream,
+                        "sequence": last["event.sequence"],
+                        "hash": last["event.hash"],
+                    }
+                ),
+            )
+        super().append(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    emitter: AuditEmitter
+    keys: KeySet
+    sealer: Sealer
+
+
+def build_audit_trail(
+    settings: EngineSettings,
+    *,
+    audit_file: Path | None = None,
+    audit_forward: str | None = None,
+) -> AuditTrail:
+    keys = ensure_keys(settings.keys_dir)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    head_file = settings.spool_dir / HEAD_FILE
+    writer = ChainWriter(
+        settings.stream,
+        settings.tenant,
+        keys.signer,
+        dataset="ffengine.audit",
+        policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_interval_s),
+        head=load_head(head_file, settings.stream),
+    )
+    sealer = Sealer(
+        writer,
+        Pseudonymizer(keys.keyring, settings.tenant),
+        SessionRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+    )
+    spool = HeadTrackingSpool(
+        head_file,
+        settings.stream,
+        settings.spool_dir,
+        max_bytes=settings.spool_max_bytes,
+        fsync=settings.spool_fsync,
+        on_alarm=_alarm,
+    )
+    forward = audit_forward or settings.audit_forward
+    delivery = None
+    if forward:
+        host, _, port = forward.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--audit-forward must be HOST:PORT, got {forward!r}")
+        delivery = ForwardDelivery(
+            host,
+            int(port),
+            tls=_tls(settings),
+            shared_key=settings.forward_shared_key,
+            username=settings.forward_username,
+            password=settings.forward_password,
+        )
+    emitter = AuditEmitter(
+        sealer, spool, delivery=delivery, file_sink=audit_file or settings.audit_file
+    )
+    return AuditTrail(emitter, keys, sealer)
+
+
+def _tls(settings: EngineSettings) -> ssl.SSLContext | None:
+    if not settings.forward_tls:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.forward_tls_ca) if settings.forward_tls_ca else None
+    )
+    return context
+
+
+def _alarm(alarm: SpoolAlarm) -> None:
+    log.error("audit spool %s: %s", "filling up" if alarm else "alarm", alarm)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
