@@ -84,7 +84,13 @@ def run(
     trail.emitter.start()
     try:
         pipeline = FacePipeline(settings, trail.emitter.emit)
-        runner = JobRunner(pipeline, trail.emitter.emit, settings.work_dir)
+        runner = JobRunner(
+            pipeline,
+            trail.emitter.emit,
+            settings.work_dir,
+            audit_ready=lambda: trail.emitter.stats().accepting,
+        )
+        runner.recover()
         spec = runner.prepare(
             job_type="swap"
             if (job_type or ("swap" if source else "anonymize")) == "swap"
@@ -127,7 +133,13 @@ def serve(host: str | None, port: int | None) -> None:
     trail.emitter.start()
     try:
         pipeline = FacePipeline(settings, trail.emitter.emit)
-        runner = JobRunner(pipeline, trail.emitter.emit, settings.work_dir)
+        runner = JobRunner(
+            pipeline,
+            trail.emitter.emit,
+            settings.work_dir,
+            audit_ready=lambda: trail.emitter.stats().accepting,
+        )
+        runner.recover()
         app = create_app(Engine(settings, runner, trail.emitter.emit))
         uvicorn.run(
             app,

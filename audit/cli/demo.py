@@ -30,7 +30,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Service:
+class ServiceThread:
     """The real `ffaudit serve` app, in a background thread."""
 
     def __init__(self, workdir: Path) -> None:
@@ -40,6 +40,7 @@ class _Service:
         from audit.db.session import upgrade
         from audit.settings import AuditSettings
 
+        workdir.mkdir(parents=True, exist_ok=True)
         self.db = f"sqlite:///{workdir}/ffaudit.db"
         upgrade(self.db)
         self.http_port, self.forward_port = _free_port(), _free_port()
@@ -94,7 +95,7 @@ def demo(workdir: Path) -> int:
     actor = f"{getpass.getuser()}@demo"
     say = click.echo
 
-    service = _Service(workdir)
+    service = ServiceThread(workdir)
     service.start()
     say(
         f"1. audit service up: HTTP {service.url}, forward 127.0.0.1:{service.forward_port}, "
@@ -129,7 +130,12 @@ def demo(workdir: Path) -> int:
 
         trail.emitter.start()
         pipeline = FacePipeline(engine, trail.emitter.emit)
-        runner = JobRunner(pipeline, trail.emitter.emit, engine.work_dir)
+        runner = JobRunner(
+            pipeline,
+            trail.emitter.emit,
+            engine.work_dir,
+            audit_ready=lambda: trail.emitter.stats().accepting,
+        )
         output = workdir / "t1-anonymized.jpg"
         spec = runner.prepare(job_type="anonymize", target=sample, output=output)
         record = runner.run(

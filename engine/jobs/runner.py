@@ -26,12 +26,18 @@ from typing import Any
 from audit import __version__
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.seal import AuditEvent
-from engine.errors import FFEngineError, InputError, JobFailedError, UsageError
+from engine.errors import (
+    AuditUnavailableError,
+    FFEngineError,
+    InputError,
+    JobFailedError,
+    UsageError,
+)
 from engine.hashing import sha256_file
 from engine.jobs.schemas import InputRef, JobRecord, JobSpec, JobType, ModelRef
 from engine.jobs.store import JobStore
 from engine.pipeline.anonymize import anonymize
-from engine.pipeline.engine import FacePipeline, NoFaceError
+from engine.pipeline.engine import SYSTEM_ACTOR, FacePipeline, NoFaceError
 from engine.pipeline.faces import Face, cosine_distance, select_faces
 from engine.pipeline.identity import fingerprint
 from engine.pipeline.media import (
@@ -67,12 +73,42 @@ class _Outcome:
 
 
 class JobRunner:
-    def __init__(self, pipeline: FacePipeline, emit: Emit, work_dir: Path) -> None:
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        emit: Emit,
+        work_dir: Path,
+        audit_ready: Callable[[], bool] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self._emit = emit
+        self._audit_ready = audit_ready
         self.jobs = JobStore(work_dir / "jobs")
         self._tmp_root = work_dir / "tmp"
         self._tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def recover(self) -> list[str]:
+        """After a crash: jobs left queued or started are failed (and audited as such), and
+        their temporary files erased. Returns the ids of the interrupted jobs."""
+        interrupted = []
+        for record in self.jobs.unfinished():
+            record.state, record.error_type = "failed", "Interrupted"
+            record.error = "the engine stopped during the job"
+            self._save(record)
+            caller = Caller(actor=SYSTEM_ACTOR)
+            self._event(
+                record.spec,
+                caller,
+                EventAction.JOB_FAILED,
+                Outcome.FAILURE,
+                error_type=record.error_type,
+                error_message=record.error,
+            )
+            self._erase_uploads(record.spec, caller)
+            interrupted.append(record.spec.job_id)
+        for leftover in self._tmp_root.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        return interrupted
 
     # -- submission -----------------------------------------------------------------------
 
@@ -88,6 +124,7 @@ class JobRunner:
         method: str = "blur",
         uploaded: bool = False,
     ) -> JobSpec:
+        self.ensure_audited()
         if job_type == "swap":
             if source is None:
                 raise UsageError("a swap job needs --source")
@@ -119,6 +156,15 @@ class JobRunner:
 
     # -- running --------------------------------------------------------------------------
 
+    def ensure_audited(self) -> None:
+        """No job runs unless every one of its records can be kept: with the spool full,
+        non-critical records would be dropped, so the job is refused up front."""
+        if self._audit_ready is not None and not self._audit_ready():
+            raise AuditUnavailableError(
+                "the audit trail is not accepting records (spool full, service unreachable): "
+                "refusing to run a job that could not be fully audited"
+            )
+
     def queue(self, spec: JobSpec) -> JobRecord:
         """Persist the spec before anything runs: the job exists from now on."""
         record = JobRecord(
@@ -131,6 +177,7 @@ class JobRunner:
         return record
 
     def run(self, spec: JobSpec, caller: Caller) -> JobRecord:
+        self.ensure_audited()
         record = self.queue(spec)
         self._event(spec, caller, EventAction.JOB_SUBMITTED, metadata=_describe(spec))
         started = time.perf_counter()

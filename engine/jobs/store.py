@@ -34,6 +34,13 @@ class JobStore:
             raise NotFoundError(f"no job {job_id!r}")
         return JobRecord.model_validate_json(path.read_bytes())
 
+    def unfinished(self) -> list[JobRecord]:
+        records = (
+            JobRecord.model_validate_json(p.read_bytes())
+            for p in sorted(self.directory.glob("*.json"))
+        )
+        return [r for r in records if r.state in ("queued", "started")]
+
     def _path(self, job_id: str) -> Path:
         if not job_id.isalnum():
             raise InputError("job ids are alphanumeric")
