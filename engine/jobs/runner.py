@@ -129,6 +129,7 @@ class JobRunner:
             if source is None:
                 raise UsageError("a swap job needs --source")
             self.pipeline.swapper()  # refuses clearly (and audited) without a model pack
+            self.pipeline.enhancer()  # verified now, so the spec lists it
         if not 0.0 <= blend <= 1.0:
             raise UsageError("blend must be between 0.0 and 1.0")
         if output.resolve() in {target.resolve(), *(s.resolve() for s in [source] if s)}:
@@ -342,8 +343,11 @@ class JobRunner:
             return image, len(faces), NoFaceError("no target face found")
         out = image
         swapper = self.pipeline.swapper()
+        enhancer = self.pipeline.enhancer()
         for index, face in chosen:
             out = swapper.swap(out, face, source, spec.blend)
+            if enhancer is not None:
+                out = enhancer.enhance(out, face)
             if frame is None:
                 similarity = (
                     None
@@ -363,6 +367,7 @@ class JobRunner:
                         "execution_time_ms": _ms(started),
                         "output_resolution": f"{width}x{height}",
                         "identity_fingerprint": fingerprint(source.embedding),
+                        "enhanced": enhancer is not None,
                     },
                 )
         return out, len(faces), None

@@ -17,6 +17,7 @@ import numpy as np
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.seal import AuditEvent
 from engine.errors import FFEngineError, ModelError
+from engine.pipeline.enhance import Enhancer
 from engine.pipeline.faces import Detector, Face, HaarDetector
 from engine.pipeline.identity import IdentityCache
 from engine.pipeline.media import Image
@@ -90,6 +91,8 @@ class FacePipeline:
         self.models: dict[str, dict[str, Any]] = {}  # role -> {name, sha256, licence}
         self._emit = emit
         self._swapper: Swapper | None = None
+        self._enhancer: Enhancer | None = None
+        self._enhancer_checked = False
         self._pack = None
         if settings.model_dir is not None:
             from engine.models.manifest import ModelPack
@@ -126,6 +129,17 @@ class FacePipeline:
             assert path is not None
             self._swapper = Swapper(path, self.providers)
         return self._swapper
+
+    def enhancer(self) -> Enhancer | None:
+        """The face restoration step, when the pack configures one (role "enhancer")."""
+        if self._pack is None:
+            return None
+        if not self._enhancer_checked:
+            self._enhancer_checked = True
+            path = self._verified("enhancer", required=False)
+            if path is not None:
+                self._enhancer = Enhancer(path, self.providers)
+        return self._enhancer
 
     def _verified(self, role: str, *, required: bool = True) -> Path | None:
         assert self._pack is not None

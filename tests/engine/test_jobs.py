@@ -265,3 +265,105 @@ def test_unverified_model_in_the_pack_is_refused(
     shutil.copy(pack / "w600k_r50.onnx", pack / "planted.onnx")
     with pytest.raises(ModelError, match=r"outside the verified manifest: planted\.onnx"):
         FacePipeline(EngineSettings(model_dir=pack, work_dir=tmp_path / "w"), events.append)
+
+
+def test_swap_on_a_generated_video(
+    pack_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
+) -> None:
+    image = read_image(sample_image_path)  # full size: the planted boxes are for 1280x886
+    video = tmp_path / "clip.avi"
+    make_video(video, image, frames=8, fps=12.0)
+    out = tmp_path / "clip-swapped.avi"
+    record = pack_runner.run(
+        pack_runner.prepare(
+            job_type="swap", source=sample_image_path, target=video, output=out, selector="one"
+        ),
+        CALLER,
+    )
+    assert record.frames == 8
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    assert int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 1280
+    capture.release()
+    # The generated detector plants faces on every frame, so none fails: frames are only
+    # counted, never logged one by one.
+    assert "face.swapped" not in actions(events)
+    assert events[-1].metadata["frames"] == 8
+    assert events[-1].metadata["frames_failed"] == 0
+
+
+def test_enhancer_step_when_the_pack_configures_one(
+    tmp_path: Path, events: list[AuditEvent], model_pack: Path, sample_image_path: Path
+) -> None:
+    import json
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engine.hashing import sha256_file
+    from engine.models.manifest import read_signature
+
+    pack = tmp_path / "pack"
+    shutil.copytree(model_pack, pack)
+    (pack / "enhancer").mkdir()
+    # A tiny restoration model: 1x3x64x64 in, the same out, darkened so its effect shows.
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "half"], ["output"])],
+        "enhancer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = pack / "enhancer" / "gfpgan_tiny.onnx"
+    onnx.save(model, path)
+    inputs, outputs = read_signature(path)
+    manifest = json.loads((pack / "manifest.json").read_text())
+    manifest["models"].append(
+        {
+            "name": "gfpgan_tiny",
+            "version": "test",
+            "role": "enhancer",
+            "file": "enhancer/gfpgan_tiny.onnx",
+            "sha256": sha256_file(path),
+            "licence": "unknown",
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in inputs],
+            "outputs": [
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in outputs
+            ],
+        }
+    )
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    settings = EngineSettings(model_dir=pack, work_dir=tmp_path / "work")
+    runner = JobRunner(FacePipeline(settings, events.append), events.append, settings.work_dir)
+    plain_out, enhanced_out = tmp_path / "plain.png", tmp_path / "enhanced.png"
+    spec = runner.prepare(
+        job_type="swap",
+        source=sample_image_path,
+        target=sample_image_path,
+        output=enhanced_out,
+        selector="one",
+    )
+    assert "enhancer" in [m.role for m in spec.models]
+    runner.run(spec, CALLER)
+    swapped = [e for e in events if e.action.value == "face.swapped"]
+    assert swapped[-1].metadata["enhanced"] is True
+    plain = JobRunner(
+        FacePipeline(EngineSettings(model_dir=model_pack, work_dir=tmp_path / "w2"), events.append),
+        events.append,
+        tmp_path / "w2",
+    )
+    plain.run(
+        plain.prepare(
+            job_type="swap",
+            source=sample_image_path,
+            target=sample_image_path,
+            output=plain_out,
+            selector="one",
+        ),
+        CALLER,
+    )
+    # The enhancer darkened the swapped face region only.
+    assert read_image(enhanced_out).mean() < read_image(plain_out).mean()
