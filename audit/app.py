@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from audit import __version__
+from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
 from audit.errors import FFAuditError, StoreUnavailableError
 from audit.ingest.forward import ForwardEntry, ForwardServer, Peer, build_ssl_context
@@ -46,6 +47,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.ingest = ingest
         app.state.streams = StreamService(sessions)
+        app.state.tokens = TokenVerifier(settings)
+        if not app.state.tokens.configured:
+            log.warning(
+                "no token verification key configured: OPEN MODE, every caller is "
+                "trusted (development on loopback only)"
+            )
 
         async def on_forward(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
             # Returning means stored: the forward server acks only then.

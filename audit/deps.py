@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.auth.tokens import Principal, Role, TokenVerifier, require
+from audit.errors import AuthenticationError
 from audit.settings import AuditSettings
 
 if TYPE_CHECKING:
@@ -32,3 +35,30 @@ def ingest_service(request: Request) -> IngestService:
 def stream_service(request: Request) -> StreamService:
     service: StreamService = request.app.state.streams
     return service
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def principal_dep(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller, or None in open mode (no verification key configured: development on
+    loopback only, refused by `ffaudit serve` on any other address)."""
+    verifier: TokenVerifier = request.app.state.tokens
+    if not verifier.configured:
+        return None
+    if credentials is None:
+        raise AuthenticationError("a bearer token is required")
+    return verifier.verify(credentials.credentials)
+
+
+Caller = Annotated[Principal | None, Depends(principal_dep)]
+
+
+def allow(request: Request, who: Principal | None, *roles: Role) -> Principal | None:
+    """Role check; open mode lets everything through."""
+    if who is None:
+        return None
+    return require(who, request.app.state.settings, *roles)

@@ -79,3 +79,17 @@ class BusyError(FFAuditError):
 
     exit_code = 2
     http_status = 503
+
+
+class AuthenticationError(FFAuditError):
+    """No credentials, or credentials that do not verify (forged, expired, wrong audience)."""
+
+    exit_code = 2
+    http_status = 401
+
+
+class ForbiddenError(FFAuditError):
+    """Authenticated, but the caller's role or tenant does not allow this."""
+
+    exit_code = 2
+    http_status = 403

@@ -49,6 +49,28 @@ class AuditSettings(BaseSettings):
     forward_max_events_per_message: int = Field(default=10_000, ge=1)
     forward_idle_timeout_s: float = Field(default=300.0, gt=0)
 
+    # -- authentication (JWT bearer tokens) -------------------------------------------------
+    jwt_hs256_secret: str | None = Field(
+        default=None, description="development only: HS256 shared secret"
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="PEM public key (RS256 or EdDSA) of the identity provider"
+    )
+    jwks_file: Path | None = Field(default=None, description="JWKS document (RS256/EdDSA keys)")
+    jwt_issuer: str = Field(default="ffaudit-dev", description="required `iss`")
+    jwt_audience: str = Field(default="ffaudit", description="required `aud`")
+    admin_mfa_methods: list[str] = Field(
+        default_factory=lambda: ["otp", "mfa", "hwk", "swk", "fido"],
+        description="`amr` values that count as a second factor for admin",
+    )
+
+    # -- the service's own stream (the log of the logs) and signed exports ------------------
+    service_keys_dir: Path = Field(
+        default=Path("var/service-keys"), description="the service's Ed25519 + pseudonym keys"
+    )
+    service_stream: str = Field(default="ffaudit-service")
+    max_page_size: int = Field(default=500, ge=1, le=10_000)
+
     # -- verification at ingest ------------------------------------------------------------
     reorder_window: int = Field(
         default=1024, ge=1, description="records a stream may arrive out of order"

@@ -8,6 +8,7 @@ import click
 import orjson
 
 from audit.db.session import make_engine, session_factory, upgrade
+from audit.errors import UsageError
 from audit.settings import AuditSettings
 from audit.streams.schemas import StreamRegistration
 from audit.streams.service import StreamService
@@ -38,13 +39,22 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
     from audit.app import create_app
 
     settings = AuditSettings()
+    bind = host or settings.http_host
+    from audit.auth.tokens import TokenVerifier
+
+    if not TokenVerifier(settings).configured and bind not in ("127.0.0.1", "::1", "localhost"):
+        raise UsageError(
+            "no token verification key is configured (FFAUDIT_JWKS_FILE, "
+            "FFAUDIT_JWT_PUBLIC_KEY_FILE or FFAUDIT_JWT_HS256_SECRET): open mode is for "
+            "loopback only"
+        )
     if migrate:
         upgrade(settings.database_url)
         if settings.elasticsearch_url is None and settings.store_database_url:
             upgrade(settings.store_database_url)
     uvicorn.run(
         create_app(settings),
-        host=host or settings.http_host,
+        host=bind,
         port=port if port is not None else settings.http_port,
         log_level="info",
         access_log=False,

@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from audit.deps import ingest_service, settings_dep
-from audit.errors import FFAuditError, InvalidInputError
+from audit.auth.tokens import Role
+from audit.deps import Caller, allow, ingest_service, settings_dep, stream_service
+from audit.errors import FFAuditError, ForbiddenError, InvalidInputError, NotFoundError
 from audit.ingest.service import IngestService, check_record
 from audit.integrity import record as f
 from audit.settings import AuditSettings
+from audit.streams.service import StreamService
 
 router = APIRouter(prefix="/v1/streams", tags=["ingest"])
 
@@ -92,9 +94,19 @@ async def ingest_records(
     stream: Annotated[str, Path(max_length=128)],
     service: Annotated[IngestService, Depends(ingest_service)],
     settings: Annotated[AuditSettings, Depends(settings_dep)],
+    streams: Annotated[StreamService, Depends(stream_service)],
+    who: Caller,
 ) -> JSONResponse:
     """Store records of one stream. Idempotent: resending stored records is harmless.
     2xx only after every record is durably stored (or quarantined) and heads committed."""
+    engine = allow(request, who, Role.INGEST)
+    if engine is not None:
+        try:
+            owner = streams.read(stream).tenant
+        except NotFoundError:
+            owner = engine.tenant  # unknown streams are quarantined, whoever sends them
+        if owner != engine.tenant:
+            raise ForbiddenError("this stream belongs to another tenant")
     body = await _read_body(request, settings.max_request_bytes)
     records = _parse(
         body, request.headers.get("content-type", ""), settings.max_records_per_request

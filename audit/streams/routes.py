@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 
-from audit.deps import stream_service
+from audit.auth.tokens import Role
+from audit.deps import Caller, allow, stream_service
+from audit.errors import ForbiddenError
 from audit.streams.schemas import StreamRead, StreamRegistration
 from audit.streams.service import StreamService
 
@@ -18,17 +20,26 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
     responses={409: {"description": "registered with another tenant or key"}},
 )
 def register_stream(
+    request: Request,
     registration: StreamRegistration,
     service: Annotated[StreamService, Depends(stream_service)],
+    who: Caller,
 ) -> StreamRead:
-    """Register a producer stream with its tenant and Ed25519 public key (idempotent)."""
+    """Register a producer stream with its tenant and Ed25519 public key (idempotent).
+    Administrators only (with a second factor), for their own tenant."""
+    admin = allow(request, who, Role.ADMIN)
+    if admin is not None and admin.tenant != registration.tenant:
+        raise ForbiddenError("administrators register streams of their own tenant only")
     return service.register(registration)
 
 
 @router.get("/{stream}", response_model=StreamRead, responses={404: {"description": "unknown"}})
 def read_stream(
+    request: Request,
     stream: Annotated[str, Path(max_length=128)],
     service: Annotated[StreamService, Depends(stream_service)],
+    who: Caller,
 ) -> StreamRead:
     """A stream's registration and the chain head the service has accepted."""
-    return service.read(stream)
+    reader = allow(request, who, Role.ADMIN, Role.AUDITOR, Role.SECURITY, Role.ENGINEER)
+    return service.read(stream, tenant_id=reader.tenant if reader else None)

@@ -1,0 +1,126 @@
+"""Bearer tokens (JWT, PyJWT): who is calling, for which tenant, with which roles.
+
+HS256 with a shared secret is for development; production uses RS256 or EdDSA with the
+identity provider's PEM public key or a JWKS document. `exp`, `nbf`, `iss` and `aud` are
+always checked; the accepted algorithms are fixed by the configured key type, so `alg:
+none` and algorithm-confusion tokens (an HS256 token "signed" with an RSA public key)
+are refused. The tenant always comes from the token, never from a request parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+from jwt import PyJWKSet
+
+from audit.errors import AuthenticationError, ForbiddenError, UsageError
+from audit.settings import AuditSettings
+
+
+class Role(StrEnum):
+    AUDITOR = "auditor"  # reads the tenant's records
+    SECURITY = "security"  # alerts and reads
+    ENGINEER = "engineer"  # job timelines and failures (PII stays pseudonymised)
+    SUBJECT = "subject"  # only records whose actor is the caller
+    ADMIN = "admin"  # keys, streams, retention, holds: needs a second factor
+    INGEST = "ingest"  # service accounts of engines
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    tenant: str
+    roles: frozenset[Role]
+    amr: frozenset[str]
+
+    def has(self, *roles: Role) -> bool:
+        return bool(self.roles.intersection(roles))
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuditSettings) -> None:
+        self._settings = settings
+        self._keys: list[tuple[Any, list[str]]] = []
+        if settings.jwt_hs256_secret:
+            if len(settings.jwt_hs256_secret) < 32:
+                raise UsageError("FFAUDIT_JWT_HS256_SECRET must be at least 32 characters")
+            self._keys.append((settings.jwt_hs256_secret, ["HS256"]))
+        if settings.jwt_public_key_file:
+            pem = settings.jwt_public_key_file.read_bytes()
+            self._keys.append((pem, _asymmetric_algorithms(pem)))
+        if settings.jwks_file:
+            for key in PyJWKSet.from_json(settings.jwks_file.read_text()).keys:
+                algorithm = key.algorithm_name
+                if algorithm in ("RS256", "EdDSA", "ES256"):
+                    self._keys.append((key.key, [algorithm]))
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._keys)
+
+    def verify(self, token: str) -> Principal:
+        if not self._keys:
+            raise AuthenticationError("no token verification key is configured")
+        last: Exception | None = None
+        for key, algorithms in self._keys:
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=algorithms,
+                    issuer=self._settings.jwt_issuer,
+                    audience=self._settings.jwt_audience,
+                    options={"require": ["exp", "nbf", "iss", "aud", "sub"]},
+                )
+            except jwt.InvalidSignatureError as exc:
+                last = exc  # maybe another configured key signed it
+                continue
+            except jwt.PyJWTError as exc:
+                raise AuthenticationError(f"invalid token: {exc}") from None
+            return self._principal(claims)
+        raise AuthenticationError(f"invalid token: {last or 'no key verifies it'}")
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        tenant = claims.get("tenant")
+        if not isinstance(tenant, str) or not tenant:
+            raise AuthenticationError("the token names no tenant")
+        raw_roles = claims.get("roles", [])
+        if not isinstance(raw_roles, list):
+            raise AuthenticationError("`roles` must be a list")
+        roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
+        amr = claims.get("amr", [])
+        return Principal(
+            subject=str(claims["sub"]),
+            tenant=tenant,
+            roles=roles,
+            amr=frozenset(str(m) for m in amr) if isinstance(amr, list) else frozenset(),
+        )
+
+
+def require(principal: Principal, settings: AuditSettings, *roles: Role) -> Principal:
+    """The principal, if it holds one of `roles` (admin only with a second factor)."""
+    if not principal.has(*roles):
+        wanted = ", ".join(r.value for r in roles)
+        raise ForbiddenError(f"this needs one of the roles: {wanted}")
+    if roles == (Role.ADMIN,) and not principal.amr.intersection(settings.admin_mfa_methods):
+        raise ForbiddenError("administrators must sign in with a second factor (amr)")
+    return principal
+
+
+def _asymmetric_algorithms(pem: bytes) -> list[str]:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem)
+    if isinstance(key, RSAPublicKey):
+        return ["RS256"]
+    if isinstance(key, Ed25519PublicKey):
+        return ["EdDSA"]
+    if isinstance(key, EllipticCurvePublicKey):
+        return ["ES256"]
+    raise UsageError("FFAUDIT_JWT_PUBLIC_KEY_FILE must hold an RSA, Ed25519 or EC public key")
