@@ -22,6 +22,7 @@ from audit.ingest.forward import ForwardEntry, ForwardServer, Peer, build_ssl_co
 from audit.ingest.routes import router as ingest_router
 from audit.ingest.service import IngestService
 from audit.metrics import Metrics
+from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store import make_event_store
 from audit.streams.routes import router as streams_router
@@ -48,6 +49,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.ingest = ingest
         app.state.streams = StreamService(sessions)
         app.state.tokens = TokenVerifier(settings)
+        app.state.servicelog = ServiceLog(settings, sessions, ingest)
         if not app.state.tokens.configured:
             log.warning(
                 "no token verification key configured: OPEN MODE, every caller is "
@@ -73,6 +75,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 await sweeper
             if forward is not None:
                 await forward.stop()
+            await app.state.servicelog.close()
             await store.close()
             engine.dispose()
 

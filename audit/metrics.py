@@ -10,8 +10,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.records = Counter(
             "ffaudit_records_ingested",
-            "Records handled at ingest, by outcome",
-            ["outcome"],
+            "Records handled at ingest, by outcome and source",
+            ["outcome", "source"],
             registry=self.registry,
         )
         self.rejected = Counter(

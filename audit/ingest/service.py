@@ -144,7 +144,7 @@ class IngestService:
         finally:
             self.metrics.in_flight.dec()
         for r in report.results:
-            self.metrics.records.labels(r.outcome).inc()
+            self.metrics.records.labels(r.outcome, source).inc()
             for kind in (r.failure or "").split(","):
                 if kind:
                     self.metrics.integrity_failures.labels(kind).inc()

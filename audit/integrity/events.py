@@ -31,6 +31,11 @@ class EventAction(StrEnum):
     ACCESS_DENIED = "access.denied"
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_RATE_LIMITED = "audit.rate_limited"
+    # The log of the logs: what people did with the audit trail itself.
+    AUDIT_QUERIED = "audit.queried"
+    AUDIT_VERIFIED = "audit.verified"
+    AUDIT_EXPORTED = "audit.exported"
+    STREAM_REGISTERED = "stream.registered"
 
 
 class Outcome(StrEnum):
@@ -66,6 +71,10 @@ ACTIONS: dict[EventAction, ActionInfo] = {
     EventAction.ACCESS_DENIED: ActionInfo(("iam",), ("denied",), critical=True),
     EventAction.AUDIT_CHECKPOINT: ActionInfo(_D, ("info",), critical=True, kind="state"),
     EventAction.AUDIT_RATE_LIMITED: ActionInfo(_D, ("info",), critical=True, kind="metric"),
+    EventAction.AUDIT_QUERIED: ActionInfo(_D, ("access",), critical=True),
+    EventAction.AUDIT_VERIFIED: ActionInfo(_D, ("access",), critical=True),
+    EventAction.AUDIT_EXPORTED: ActionInfo(_D, ("access",), critical=True),
+    EventAction.STREAM_REGISTERED: ActionInfo(("configuration",), ("creation",), critical=True),
 }
 
 # Plain event files written to the brief's example use snake_case verbs ("face_swap").

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from audit.auth.tokens import Role
 from audit.deps import Caller, allow, stream_service
 from audit.errors import ForbiddenError
+from audit.integrity.events import EventAction
 from audit.streams.schemas import StreamRead, StreamRegistration
 from audit.streams.service import StreamService
 
@@ -19,7 +21,7 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
     status_code=201,
     responses={409: {"description": "registered with another tenant or key"}},
 )
-def register_stream(
+async def register_stream(
     request: Request,
     registration: StreamRegistration,
     service: Annotated[StreamService, Depends(stream_service)],
@@ -30,7 +32,15 @@ def register_stream(
     admin = allow(request, who, Role.ADMIN)
     if admin is not None and admin.tenant != registration.tenant:
         raise ForbiddenError("administrators register streams of their own tenant only")
-    return service.register(registration)
+    read = await asyncio.to_thread(service.register, registration)
+    await request.app.state.servicelog.record(
+        admin,
+        registration.tenant,
+        EventAction.STREAM_REGISTERED,
+        metadata={"stream": registration.stream, "key_fingerprint": read.key_fingerprint},
+        client_ip=request.client.host if request.client else None,
+    )
+    return read
 
 
 @router.get("/{stream}", response_model=StreamRead, responses={404: {"description": "unknown"}})

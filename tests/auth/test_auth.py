@@ -183,3 +183,27 @@ def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "open mode is for loopback only" in result.stderr
+
+
+def test_admin_actions_land_in_the_log_of_the_logs(client: TestClient) -> None:
+    from audit.store.sql import SqlEventStore
+
+    signer = Signer.generate()
+    assert register(client, signer, roles=["admin"], amr=["otp"], sub="root-admin") == 201
+    servicelog = client.app.state.servicelog  # type: ignore[attr-defined]
+    stream = servicelog.stream_for("acme")
+    head = client.get(f"/v1/streams/{stream}", headers=bearer()).json()
+    assert head["head_sequence"] == 1
+    store: SqlEventStore = client.app.state.store  # type: ignore[attr-defined]
+
+    async def read() -> list[Any]:
+        return [e async for e in store.scan("acme", stream)]
+
+    # The app's store lives on the TestClient's event loop: read through its portal.
+    (event,) = client.portal.call(read)  # type: ignore[union-attr]
+    assert event.verdict == "ok"  # verified at ingest like any producer's record
+    record = event.record
+    assert record["event.action"] == "stream.registered"
+    assert record["ffaudit.metadata"]["stream"] == "cam-acme"
+    assert "root-admin" not in orjson.dumps(record).decode()  # the admin is pseudonymised
+    assert len(record["user.hash"]) == 64

@@ -133,7 +133,7 @@ class Service:
 
     def ingested(self, outcome: str) -> float:
         sample = self.ingest.metrics.registry.get_sample_value(
-            "ffaudit_records_ingested_total", {"outcome": outcome}
+            "ffaudit_records_ingested_total", {"outcome": outcome, "source": "forward"}
         )
         return sample or 0.0
 

@@ -55,7 +55,10 @@ def test_fluent_logger_message_mode_into_the_service(tmp_path: Path) -> None:
         assert head["head_sequence"] == len(records)
         assert head["signed_through"] == len(records)
         metrics = client.get("/metrics").text
-        assert f'ffaudit_records_ingested_total{{outcome="ok"}} {len(records)}.0' in metrics
+        assert (
+            f'ffaudit_records_ingested_total{{outcome="ok",source="forward"}} {len(records)}.0'
+            in metrics
+        )
 
     async def stored() -> list[int]:
         store = SqlEventStore(url)

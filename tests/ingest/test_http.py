@@ -152,5 +152,7 @@ def test_operations_endpoints(client: TestClient, signer: Signer) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": True, "store": True}
     metrics = client.get("/metrics").text
-    assert 'ffaudit_records_ingested_total{outcome="ok"} 4.0' in metrics
+    assert 'ffaudit_records_ingested_total{outcome="ok",source="http"} 4.0' in metrics
+    # The stream's registration is in the log of the logs, stored like any record.
+    assert 'ffaudit_records_ingested_total{outcome="ok",source="service"} 1.0' in metrics
     assert "ffaudit_ack_latency_seconds_count" in metrics
