@@ -1,0 +1,27 @@
+"""Verifiable exports: an auditor's selection of records, checkable offline by anyone.
+
+`write_export` writes a bundle (docs/record-spec.md §10); `verify_export` checks one with
+nothing but the bundle and the service's public key.
+"""
+
+from __future__ import annotations
+
+from audit.exports.bundle import FORMAT, ExportResult, write_export
+from audit.exports.verify import (
+    ExportFailure,
+    ExportFailureKind,
+    ExportReport,
+    RangeReport,
+    verify_export,
+)
+
+__all__ = [
+    "FORMAT",
+    "ExportFailure",
+    "ExportFailureKind",
+    "ExportReport",
+    "ExportResult",
+    "RangeReport",
+    "verify_export",
+    "write_export",
+]

@@ -1,0 +1,390 @@
+"""Writing verifiable export bundles (docs/record-spec.md §10 is the normative text).
+
+An auditor's query selects records scattered over one or more chains. The bundle carries
+those records in full and, for every other record between the first and the last sequence
+exported from each stream, only a link stub (sequence, event.hash, ffaudit.prev): enough to
+walk the chain across the gaps and see that nothing is missing, while other people's
+records stay out. Checkpoints in the ranges travel in full (they hold no personal data) so
+the producer's own Ed25519 signatures can be checked, and a manifest signed by the service
+key binds every file, range boundary and the query together.
+
+A stub's hash cannot be recomputed without the record's content, so what links across a
+stub is vouched for by the service's signature alone; the producer's checkpoint signatures
+prove only records joined to a checkpoint through full records. The spec says so, and the
+verifier reports which selected records are producer-signed in that sense.
+
+The writer refuses input it cannot vouch for (a modified record, a fork, a hole, a broken
+link, a record after a closing checkpoint, a checkpoint whose signature does not verify)
+rather than sign a bundle that fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from audit.errors import IntegrityError, InvalidInputError, KeyMaterialError, UsageError
+from audit.integrity import record as f
+from audit.integrity.canonical import canonicalize
+from audit.integrity.chain import checkpoint_message, record_hash
+from audit.integrity.keys import Signer, Verifier
+
+FORMAT: Final = "ffaudit.export.v1"
+# Domain separation: a manifest signature can never be mistaken for a checkpoint signature
+# (b"ffaudit.checkpoint.v1:") or anything else the service key might sign later.
+MANIFEST_CONTEXT: Final = b"ffaudit.export.v1:"
+
+RECORDS: Final = "records.ndjson"
+RECORDS_CSV: Final = "records.csv"
+LINKS: Final = "links.ndjson"
+CHECKPOINTS: Final = "checkpoints.ndjson"
+SERVICE_PUB: Final = "service.pub"
+MANIFEST: Final = "manifest.json"
+MANIFEST_SIG: Final = "manifest.sig"
+# Every file the manifest lists (and hashes); manifest.json and manifest.sig are the two
+# files outside it.
+DATA_FILES: Final = (RECORDS, RECORDS_CSV, LINKS, CHECKPOINTS, SERVICE_PUB)
+
+STUB_STREAM: Final = "stream"
+STUB_SEQUENCE: Final = "sequence"
+STUB_FIELDS: Final = (STUB_STREAM, STUB_SEQUENCE, f.EVENT_HASH, f.PREV)
+_CHECKPOINT: Final = "audit.checkpoint"
+
+CSV_COLUMNS: Final = (
+    f.STREAM,
+    f.EVENT_SEQUENCE,
+    f.TIMESTAMP,
+    f.EVENT_ACTION,
+    f.EVENT_OUTCOME,
+    f.EVENT_KIND,
+    f.EVENT_CATEGORY,
+    f.EVENT_TYPE,
+    f.USER_HASH,
+    f.SESSION_HASH,
+    f.CLIENT_IP_HASH,
+    f.TARGET_HASH,
+    f.TRACE_ID,
+    f.FILE_SHA256,
+    f.ERROR_TYPE,
+    f.ERROR_MESSAGE,
+    f.METADATA,
+    f.KEY_ID,
+    f.EVENT_ID,
+    f.EVENT_DATASET,
+    f.TENANT,
+    f.SCHEMA,
+    f.PREV,
+    f.EVENT_HASH,
+)
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection); OWASP
+# adds tab and carriage return, which some of them strip before looking.
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def manifest_message(manifest: Any) -> bytes:
+    """The exact bytes `manifest.sig` signs: the context, then the manifest's JCS form."""
+    return MANIFEST_CONTEXT + canonicalize(manifest)
+
+
+def csv_cell(value: Any) -> str:
+    """One spreadsheet cell: strings as they are, other JSON values in their JCS form,
+    absent as empty, then neutralised against formula injection."""
+    if value is None:
+        text = ""
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = canonicalize(value).decode("utf-8")
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_header() -> list[str]:
+    return [csv_cell(name) for name in CSV_COLUMNS]
+
+
+def csv_row(record: Mapping[str, Any]) -> list[str]:
+    return [csv_cell(record.get(name)) for name in CSV_COLUMNS]
+
+
+def stub(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a non-selected record contributes: its place and links, none of its content."""
+    return {
+        STUB_STREAM: record[f.STREAM],
+        STUB_SEQUENCE: record[f.EVENT_SEQUENCE],
+        f.EVENT_HASH: record[f.EVENT_HASH],
+        f.PREV: record[f.PREV],
+    }
+
+
+def is_checkpoint(record: Mapping[str, Any]) -> bool:
+    return record.get(f.EVENT_ACTION) == _CHECKPOINT
+
+
+def load_public_key(pem: str | bytes, what: str) -> Verifier:
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnicodeError) as exc:
+        raise KeyMaterialError(f"{what}: not a PEM public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyMaterialError(f"{what}: not an Ed25519 public key")
+    return Verifier.from_key(key)
+
+
+def checkpoint_signature_ok(record: Mapping[str, Any], key: Verifier) -> str | None:
+    """None when the checkpoint is signed by `key` over its stored hash, else why not."""
+    if record.get(f.CP_SIGNER) != key.fingerprint:
+        return f"signed by key {str(record.get(f.CP_SIGNER))[:16]}…, not the stream's key"
+    signature = record.get(f.SIGNATURE)
+    if not isinstance(signature, str):
+        return "checkpoint has no signature"
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 64:
+        return "signature is not a base64 Ed25519 signature"
+    if not key.verify(raw, checkpoint_message(str(record[f.EVENT_HASH]))):
+        return "signature does not verify"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Range:
+    stream: str
+    key: Verifier
+    chain: dict[int, Mapping[str, Any]]  # sequence -> record, contiguous first..last
+    first: int
+    last: int
+    signed_through: int
+
+
+def write_export(
+    directory: Path,
+    records: Iterable[Mapping[str, Any]],
+    selected: Collection[tuple[str, int]],
+    public_keys: Mapping[str, str | bytes],
+    query: Mapping[str, Any],
+    signer: Signer,
+    *,
+    tenant: str,
+    created_at: datetime | None = None,
+) -> ExportResult:
+    """Write a bundle into `directory`, which must not exist yet.
+
+    `records`: for every stream involved, every record of the tenant's stream from the first
+    to the last sequence to export (include everything up to the first checkpoint after the
+    last selected record, so a producer signature closes the range). `selected`: the
+    (stream, sequence) pairs the query matched; each must be among `records`.
+    `public_keys`: each stream's registered Ed25519 public key (PEM). `query`: what the
+    auditor asked for, as a JSON object. `signer`: the service key that signs the manifest.
+
+    Raises UsageError when `directory` exists, InvalidInputError for input that is not a
+    set of records of `tenant`, IntegrityError for a chain the service cannot vouch for,
+    KeyMaterialError for a missing or unusable stream key.
+    """
+    if os.path.lexists(directory):
+        raise UsageError(f"{directory} already exists; an export never overwrites anything")
+    if not isinstance(query, Mapping):
+        raise InvalidInputError("the query must be a JSON object")
+    ranges = _ranges(records, tenant, public_keys)
+    wanted = set(selected)
+    known = {(r.stream, seq) for r in ranges for seq in r.chain}
+    unknown = sorted(wanted - known)
+    if unknown:
+        stream, seq = unknown[0]
+        raise InvalidInputError(
+            f"{len(unknown)} selected record(s) are not among the records given, "
+            f"e.g. stream {stream!r} sequence {seq}"
+        )
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "created_at": f.format_timestamp(created_at or datetime.now(UTC)),
+        "tenant": tenant,
+        "query": dict(query),
+        "service_key_fingerprint": signer.verifier.fingerprint,
+    }
+    canonicalize(manifest)  # refuse an unrepresentable query before writing anything
+
+    parent = directory.parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent}: not a directory")
+    # Written in a sibling temporary directory and renamed into place, so a bundle is
+    # either complete or absent; mkdtemp makes it 0700, which the rename keeps.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    try:
+        counts, files = _write_files(tmp, ranges, wanted, signer)
+        manifest["counts"] = counts
+        manifest["files"] = files
+        manifest["ranges"] = [
+            {
+                "stream": r.stream,
+                "first_sequence": r.first,
+                "last_sequence": r.last,
+                "first_prev": r.chain[r.first][f.PREV],
+                "last_hash": r.chain[r.last][f.EVENT_HASH],
+                "signed_through": r.signed_through,
+                "public_key_pem": r.key.pem().decode("ascii"),
+                "key_fingerprint": r.key.fingerprint,
+            }
+            for r in ranges
+        ]
+        body = canonicalize(manifest)
+        signature = signer.sign(MANIFEST_CONTEXT + body)
+        _write(tmp / MANIFEST, body + b"\n")
+        _write(tmp / MANIFEST_SIG, base64.b64encode(signature) + b"\n")
+        _fsync_dir(tmp)
+        _rename_no_replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    return ExportResult(directory, manifest)
+
+
+def _ranges(
+    records: Iterable[Mapping[str, Any]], tenant: str, public_keys: Mapping[str, str | bytes]
+) -> list[_Range]:
+    chains: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for index, record in enumerate(records):
+        problem = f.shape_error(record)
+        if problem is not None:
+            raise InvalidInputError(f"record {index}: {problem}", index=index)
+        stream, seq = record[f.STREAM], record[f.EVENT_SEQUENCE]
+        where = f"stream {stream!r} sequence {seq}"
+        if record[f.TENANT] != tenant:
+            raise InvalidInputError(f"{where} belongs to another tenant", index=index)
+        if record_hash(record) != record[f.EVENT_HASH]:
+            raise IntegrityError(f"{where}: content does not match its event.hash")
+        chain = chains.setdefault(stream, {})
+        other = chain.get(seq)
+        if other is not None and other[f.EVENT_HASH] != record[f.EVENT_HASH]:
+            raise IntegrityError(f"{where}: two records claim it (a fork); cannot vouch for it")
+        chain[seq] = record
+    out: list[_Range] = []
+    for stream in sorted(chains):
+        chain = chains[stream]
+        if stream not in public_keys:
+            raise KeyMaterialError(f"no public key given for stream {stream!r}")
+        key = load_public_key(public_keys[stream], f"public key of stream {stream!r}")
+        first, last = min(chain), max(chain)
+        if len(chain) != last - first + 1:
+            hole = next(s for s in range(first, last + 1) if s not in chain)
+            raise IntegrityError(f"stream {stream!r}: sequence {hole} is missing from the input")
+        if first == 1 and chain[1][f.PREV] != f.ZERO_HASH:
+            raise IntegrityError(f"stream {stream!r} sequence 1 does not start the chain")
+        signed_through = 0
+        for seq in range(first, last + 1):
+            record = chain[seq]
+            if seq > first and record[f.PREV] != chain[seq - 1][f.EVENT_HASH]:
+                raise IntegrityError(
+                    f"stream {stream!r} sequence {seq} does not link to sequence {seq - 1}"
+                )
+            if seq > first and chain[seq - 1].get(f.CP_CLOSING) is True:
+                raise IntegrityError(
+                    f"stream {stream!r} sequence {seq} follows the stream's closing checkpoint"
+                )
+            if is_checkpoint(record):
+                problem = checkpoint_signature_ok(record, key)
+                if problem is not None:
+                    raise IntegrityError(f"stream {stream!r} checkpoint {seq}: {problem}")
+                signed_through = seq
+        out.append(_Range(stream, key, chain, first, last, signed_through))
+    return out
+
+
+class _HashingWriter:
+    """Writes a file and hashes exactly the bytes written, in one pass."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[bytes] = path.open("xb")
+        self._hash = hashes.Hash(hashes.SHA256())
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+
+    def close(self) -> str:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.finalize().hex()
+
+
+def _write_files(
+    tmp: Path, ranges: list[_Range], wanted: set[tuple[str, int]], signer: Signer
+) -> tuple[dict[str, int], dict[str, str]]:
+    out = {name: _HashingWriter(tmp / name) for name in DATA_FILES}
+    counts = {"records": 0, "links": 0, "checkpoints": 0}
+    text = io.StringIO()
+    # RFC 4180 line ends; every cell is quoted only when it needs to be.
+    rows = csv.writer(text, lineterminator="\r\n")
+    rows.writerow(csv_header())
+    try:
+        for r in ranges:  # sorted by stream: the files are in (stream, sequence) order
+            for seq in range(r.first, r.last + 1):
+                record = r.chain[seq]
+                if (r.stream, seq) in wanted:
+                    out[RECORDS].write(canonicalize(dict(record)) + b"\n")
+                    rows.writerow(csv_row(record))
+                    counts["records"] += 1
+                elif is_checkpoint(record):
+                    out[CHECKPOINTS].write(canonicalize(dict(record)) + b"\n")
+                    counts["checkpoints"] += 1
+                else:
+                    out[LINKS].write(canonicalize(stub(record)) + b"\n")
+                    counts["links"] += 1
+                if text.tell() > 1 << 16:
+                    out[RECORDS_CSV].write(text.getvalue().encode("utf-8"))
+                    text.seek(0)
+                    text.truncate()
+        out[RECORDS_CSV].write(text.getvalue().encode("utf-8"))
+        out[SERVICE_PUB].write(signer.verifier.pem())
+    finally:
+        files = {name: writer.close() for name, writer in out.items()}
+    return counts, files
+
+
+def _write(path: Path, data: bytes) -> None:
+    with path.open("xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_no_replace(tmp: Path, directory: Path) -> None:
+    # rename(2) cannot replace a non-empty directory or put a directory over a file, so an
+    # existing bundle is never lost; the lexists check also refuses an empty directory
+    # (only one created in the instant between check and rename could still be replaced).
+    if os.path.lexists(directory):
+        raise UsageError(f"{directory} already exists; an export never overwrites anything")
+    try:
+        os.rename(tmp, directory)
+    except OSError as exc:
+        raise UsageError(f"cannot create {directory}: {exc.strerror}") from exc
