@@ -18,10 +18,14 @@ from audit import __version__
 from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
 from audit.errors import FFAuditError, StoreUnavailableError
+from audit.exports.routes import router as exports_router
 from audit.ingest.forward import ForwardEntry, ForwardServer, Peer, build_ssl_context
 from audit.ingest.routes import router as ingest_router
 from audit.ingest.service import IngestService
 from audit.metrics import Metrics
+from audit.query.keyrings import TenantKeyrings
+from audit.query.routes import router as query_router
+from audit.query.service import QueryService
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store import make_event_store
@@ -50,6 +54,9 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.streams = StreamService(sessions)
         app.state.tokens = TokenVerifier(settings)
         app.state.servicelog = ServiceLog(settings, sessions, ingest)
+        app.state.queries = QueryService(
+            store, TenantKeyrings(settings.keyrings_dir), app.state.streams
+        )
         if not app.state.tokens.configured:
             log.warning(
                 "no token verification key configured: OPEN MODE, every caller is "
@@ -87,6 +94,8 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     )
     app.include_router(ingest_router)
     app.include_router(streams_router)
+    app.include_router(query_router)
+    app.include_router(exports_router)
 
     @app.exception_handler(FFAuditError)
     async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:

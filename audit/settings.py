@@ -69,7 +69,13 @@ class AuditSettings(BaseSettings):
         default=Path("var/service-keys"), description="the service's Ed25519 + pseudonym keys"
     )
     service_stream: str = Field(default="ffaudit-service")
+    keyrings_dir: Path = Field(
+        default=Path("var/keyrings"),
+        description="tenants' pseudonym keyrings (queries by raw id; the subject role)",
+    )
     max_page_size: int = Field(default=500, ge=1, le=10_000)
+    exports_dir: Path = Field(default=Path("var/exports"))
+    max_export_records: int = Field(default=100_000, ge=1)
 
     # -- verification at ingest ------------------------------------------------------------
     reorder_window: int = Field(

@@ -10,8 +10,9 @@ import click
 from audit import __version__
 from audit.cli.demo import demo
 from audit.cli.dev import dev
+from audit.cli.exports import verify_export
 from audit.cli.integrity import keygen, keys, seal, verify
-from audit.cli.service import db, serve, streams
+from audit.cli.service import db, keyrings, serve, streams
 from audit.errors import FFAuditError
 
 
@@ -30,6 +31,8 @@ cli.add_command(serve)
 cli.add_command(streams)
 cli.add_command(db)
 cli.add_command(demo)
+cli.add_command(keyrings)
+cli.add_command(verify_export)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,7 +73,23 @@ def db_upgrade() -> None:
     upgrade(settings.database_url)
     if settings.store_database_url:
         upgrade(settings.store_database_url)
-    click.echo("database is at the latest revision", err=True)
+    if settings.elasticsearch_url:
+        # Indices written before the query fields existed get them (idempotent).
+        import asyncio
+
+        from audit.store.elastic import ElasticEventStore
+
+        async def backfill() -> None:
+            store = ElasticEventStore(
+                settings.elasticsearch_url or "", prefix=settings.elasticsearch_index_prefix
+            )
+            try:
+                await store.backfill()
+            finally:
+                await store.close()
+
+        asyncio.run(backfill())
+    click.echo("database and event store are at the latest revision", err=True)
 
 
 @click.group()
@@ -112,6 +128,26 @@ def streams_register(stream: str, tenant: str, pubkey: Path) -> None:
         raise InvalidInputError("; ".join(str(e["msg"]) for e in exc.errors())) from None
     read = _service().register(registration)
     click.echo(orjson.dumps(read.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+
+
+@click.group()
+def keyrings() -> None:
+    """Tenants' pseudonym keyrings (queries by raw id need the tenant's keyring)."""
+
+
+@keyrings.command("import")
+@click.option("--tenant", required=True)
+@click.argument("keyring", type=click.Path(dir_okay=False, path_type=Path))
+def keyrings_import(tenant: str, keyring: Path) -> None:
+    """Import a producer's pii.key for TENANT (stored 0600 under FFAUDIT_KEYRINGS_DIR)."""
+    from audit.query.keyrings import TenantKeyrings
+
+    try:
+        data = keyring.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {keyring}: {exc.strerror}") from None
+    imported = TenantKeyrings(AuditSettings().keyrings_dir).import_keyring(tenant, data)
+    click.echo(f"tenant {tenant}: {len(imported.active)} active pseudonym key(s)", err=True)
 
 
 @streams.command("show")

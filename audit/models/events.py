@@ -2,7 +2,8 @@
 
 `record` holds the record's RFC 8785 text, the authoritative copy. The other columns are
 copies of a few record fields, kept only so that common queries (by time, user, session,
-job) use an index instead of parsing JSON.
+job) use an index instead of parsing JSON, and `search_text`, the record's non-PII words for
+free-text search (audit.store.query.search_text).
 """
 
 from __future__ import annotations
@@ -46,3 +47,5 @@ class Event(Base):
     failure: Mapped[str | None] = mapped_column(String(32))
     received_at: Mapped[datetime]
     record: Mapped[str] = mapped_column(Text)
+    # Read only by the free-text filter: deferred so loading a record never fetches it.
+    search_text: Mapped[str | None] = mapped_column(Text, deferred=True)

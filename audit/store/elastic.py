@@ -18,7 +18,17 @@ reads back as `_source` minus those keys. The annotations include the service-as
 tenant, stream, sequence and hash, which every query filters and sorts on: a producer's own
 `ffaudit.tenant` is never trusted for isolation. A record whose fields cannot be indexed (a
 value of the wrong type, a key under `ffaudit.ingest`) is still stored, whole and
-unindexed, under `ffaudit.ingest.record`.
+unindexed, under `ffaudit.ingest.record`, beside copies of its query fields that are valid
+strings (as the SQL store copies them into columns), so queries still find it.
+
+Queries (`search`, `stats`, `by_job`) filter with `terms`/`range`/`prefix` in a bool filter
+and page with `search_after`. Two annotations exist for them: `ffaudit.ingest.time_us`, the
+record time in epoch microseconds (`@timestamp` is a millisecond `date`, too coarse to order
+records as the SQL store does, and absent from unindexed documents), and
+`ffaudit.ingest.search_words`, the record's non-PII words (audit.store.query). Indices made
+before these fields existed get their mappings on the first write (`ensure_templates`); the
+documents stored in them get the values from `backfill()`, run once after upgrading: until
+then they sort last and match no time range or free text.
 """
 
 from __future__ import annotations
@@ -39,6 +49,18 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from audit.errors import StoreUnavailableError, UsageError
 from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+from audit.store.query import (
+    EventPage,
+    EventQuery,
+    StatsBy,
+    check_job,
+    check_limit,
+    check_stats_by,
+    decode_cursor,
+    make_page,
+    searchable_words,
+    to_micros,
+)
 
 T = TypeVar("T")
 INGEST = "ffaudit.ingest."
@@ -47,6 +69,10 @@ _TENANT = INGEST + "tenant"
 _STREAM = INGEST + "stream"
 _SEQUENCE = INGEST + "sequence"
 _DOC_ID = INGEST + "doc_id"
+_VERDICT = INGEST + "verdict"
+_TIMESTAMP = INGEST + "timestamp"
+_TIME_US = INGEST + "time_us"
+_WORDS = INGEST + "search_words"
 # Tenant ids are slugs; anything else could not be part of an index name.
 _TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _TRANSIENT = (ESConnectionError, ESConnectionTimeout)
@@ -56,10 +82,43 @@ _KEYWORD: dict[str, Any] = {"type": "keyword"}
 _FREE: dict[str, Any] = {"type": "keyword", "ignore_above": 1024}
 _LONG: dict[str, Any] = {"type": "long"}
 _DATE: dict[str, Any] = {"type": "date"}
+# Record field -> longest value copied for an unindexed record: the SQL store's column sizes,
+# so that both stores' filters select the same broken records.
+_COPIES = {
+    "event.action": 64,
+    "event.outcome": 16,
+    "user.hash": 64,
+    "ffaudit.session.hash": 64,
+    "ffaudit.client.ip_hash": 64,
+    "ffaudit.target.hash": 64,
+    "trace.id": 256,
+}
+# EventQuery field -> the indexed field its values are matched against.
+_FILTERS = (
+    ("actor_hashes", "user.hash"),
+    ("actions", "event.action"),
+    ("outcomes", "event.outcome"),
+    ("session_hashes", "ffaudit.session.hash"),
+    ("target_hashes", "ffaudit.target.hash"),
+    ("job_ids", "trace.id"),
+    ("streams", _STREAM),
+    ("verdicts", _VERDICT),
+)
+_STATS_FIELDS = {
+    "action": "event.action",
+    "outcome": "event.outcome",
+    "actor": "user.hash",
+    "verdict": _VERDICT,
+}
+_STATS_PAGE = 1000
 
 
 def _obj(**properties: Mapping[str, Any]) -> dict[str, Any]:
     return {"properties": dict(properties)}
+
+
+# The annotations that exist for queries (module docstring).
+_QUERY_INGEST: dict[str, Mapping[str, Any]] = {"time_us": _LONG, "search_words": _KEYWORD}
 
 
 MAPPINGS: dict[str, Any] = {
@@ -106,6 +165,7 @@ MAPPINGS: dict[str, Any] = {
                 event_hash=_KEYWORD,
                 timestamp=_DATE,
                 record={"type": "object", "enabled": False},
+                **_QUERY_INGEST,
             ),
         ),
         "user": _obj(hash=_KEYWORD),
@@ -117,6 +177,10 @@ MAPPINGS: dict[str, Any] = {
         ),
     },
 }
+
+
+# The fields added after the first release, put on indices the older template made.
+QUERY_MAPPINGS: dict[str, Any] = {"ffaudit": _obj(ingest=_obj(**_QUERY_INGEST))}
 
 
 def index_settings(replicas: int) -> dict[str, Any]:
@@ -235,6 +299,18 @@ class ElasticEventStore:
                     composed_of=[settings, mappings],
                     priority=200,
                     meta={"managed_by": "ffaudit"},
+                ),
+            )
+            # Templates only shape new indices; today's index may predate the query fields,
+            # and with `dynamic: false` it would keep them unindexed. Adding fields is allowed
+            # on live indices and a no-op when they are there.
+            await self._retrying(
+                "mapping",
+                lambda: self.client.indices.put_mapping(
+                    index=f"{self.prefix}-*",
+                    properties=QUERY_MAPPINGS,
+                    allow_no_indices=True,
+                    ignore_unavailable=True,
                 ),
             )
             self._templates_ready = True
@@ -446,6 +522,190 @@ class ElasticEventStore:
         )
         return int(response["count"])
 
+    # -- queries ----------------------------------------------------------------------------
+
+    async def search(
+        self, query: EventQuery, *, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        check_limit(limit)
+        after = None if cursor is None else list(decode_cursor(query, cursor))
+        if not _TENANT_RE.fullmatch(query.tenant):
+            return EventPage(events=[], next_cursor=None)
+        await self._visible(query.tenant)
+        order = query.order
+        sort: list[dict[str, Any]] = [
+            # Documents not yet backfilled have no time_us: they sort last in either order.
+            {_TIME_US: {"order": order, "missing": "_last", "unmapped_type": "long"}},
+            {_STREAM: order},
+            {_SEQUENCE: order},
+            {_DOC_ID: order},
+        ]
+        scope = self._scope(query.tenant, *_filters(query))
+        hits = await self._sorted("search", query.tenant, scope, sort, limit + 1, after)
+        # The cursor carries Elasticsearch's own sort values, which search_after expects back.
+        return make_page(query, [(_event(hit["_source"]), hit["sort"]) for hit in hits], limit)
+
+    async def stats(self, query: EventQuery, *, by: StatsBy) -> dict[str, int]:
+        check_stats_by(by)
+        if not _TENANT_RE.fullmatch(query.tenant):
+            return {}
+        await self._visible(query.tenant)
+        source: dict[str, Any]
+        if by == "day":
+            source = {
+                "date_histogram": {
+                    "field": _TIMESTAMP,
+                    "calendar_interval": "1d",
+                    "time_zone": "UTC",
+                    "format": "yyyy-MM-dd",
+                }
+            }
+        else:
+            source = {"terms": {"field": _STATS_FIELDS[by], "missing_bucket": True}}
+        scope = self._scope(query.tenant, *_filters(query))
+        counts: dict[str, int] = {}
+        after: dict[str, Any] | None = None
+        # A composite aggregation pages through every group with exact counts, where a
+        # `terms` aggregation's counts are approximate once groups outnumber its size.
+        while True:
+            composite: dict[str, Any] = {"size": _STATS_PAGE, "sources": [{"key": source}]}
+            if after is not None:
+                composite["after"] = after
+            response = await self._retrying(
+                "stats",
+                partial(
+                    self.client.search,
+                    index=self._pattern(query.tenant),
+                    query=scope,
+                    size=0,
+                    aggs={"groups": {"composite": composite}},
+                    track_total_hits=False,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                ),
+            )
+            # No aggregations at all when the tenant has no index yet.
+            groups: dict[str, Any] = response.body.get("aggregations", {}).get("groups", {})
+            buckets: list[dict[str, Any]] = groups.get("buckets", [])
+            for bucket in buckets:
+                key = bucket["key"]["key"]
+                name = "" if key is None else str(key)
+                counts[name] = counts.get(name, 0) + int(bucket["doc_count"])
+            after = groups.get("after_key")
+            if len(buckets) < _STATS_PAGE or after is None:
+                return counts
+
+    async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
+        check_job(tenant, job_id)
+        check_limit(limit)
+        if not _TENANT_RE.fullmatch(tenant):
+            return []
+        await self._visible(tenant)
+        scope = self._scope(tenant, _term("trace.id", job_id))
+        sort: list[dict[str, Any]] = [{_STREAM: "asc"}, {_SEQUENCE: "asc"}, {_DOC_ID: "asc"}]
+        hits = await self._sorted("by job", tenant, scope, sort, limit, None)
+        return [_event(hit["_source"]) for hit in hits]
+
+    def _scope(self, tenant: str, *filters: Mapping[str, Any]) -> dict[str, Any]:
+        """A bool query over `tenant`'s own documents only.
+
+        Besides the tenant annotation, the index name: `<tenant>-*` also matches the indices
+        of a neighbour `<tenant>-eu`, whose names have a further `-` where a day has none.
+        (This is `_owns` as a query, so aggregations are scoped as well as hits.)
+        """
+        own = f"{self.prefix}-{tenant}-*"
+        return {
+            "bool": {
+                "filter": [_term(_TENANT, tenant), {"wildcard": {"_index": own}}, *filters],
+                "must_not": [{"wildcard": {"_index": f"{own}-*"}}],
+            }
+        }
+
+    async def _sorted(
+        self,
+        what: str,
+        tenant: str,
+        query: Mapping[str, Any],
+        sort: list[dict[str, Any]],
+        count: int,
+        after: list[Any] | None,
+    ) -> list[dict[str, Any]]:
+        """Up to `count` hits in `sort` order after `after`, fetched in pages of at most
+        `page_size` (one search may not reach past 10 000 hits)."""
+        hits: list[dict[str, Any]] = []
+        while len(hits) < count:
+            size = min(self.page_size, count - len(hits))
+            extra: dict[str, Any] = {} if after is None else {"search_after": after}
+            page = await self._search(what, tenant, query=query, sort=sort, size=size, **extra)
+            hits += page
+            if len(page) < size:
+                break
+            after = page[-1]["sort"]
+        return hits
+
+    async def backfill(self, *, batch: int = 500) -> int:
+        """Give documents stored before the query annotations existed their `time_us`,
+        `search_words` and, for unindexed records, query-field copies: the Elasticsearch
+        counterpart of SQL migration 0003, run once after upgrading. Resumable and
+        idempotent (it takes documents still without `time_us` until none is left; records
+        written meanwhile have it already). Returns how many documents it updated."""
+        if batch < 1:
+            raise UsageError("batch must be at least 1")
+        await self.ensure_templates()
+        pattern = f"{self.prefix}-*"
+        # Our documents only: another deployment's prefix may share ours as its own prefix.
+        lacking = {
+            "bool": {
+                "filter": [{"exists": {"field": _DOC_ID}}, {"exists": {"field": _TIMESTAMP}}],
+                "must_not": [{"exists": {"field": _TIME_US}}],
+            }
+        }
+        updated = 0
+        while True:
+            # Updated documents must drop out of the next round's search.
+            await self._retrying(
+                "refresh",
+                partial(
+                    self.client.indices.refresh,
+                    index=pattern,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                ),
+            )
+            response = await self._retrying(
+                "backfill",
+                partial(
+                    self.client.search,
+                    index=pattern,
+                    query=lacking,
+                    size=batch,
+                    track_total_hits=False,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                ),
+            )
+            hits: list[dict[str, Any]] = response["hits"]["hits"]
+            if not hits:
+                return updated
+            operations: list[Mapping[str, Any]] = []
+            for hit in hits:
+                source = hit["_source"]
+                unindexed = isinstance(source.get(_RECORD), dict)
+                operations.append(
+                    {"update": {"_index": hit["_index"], "_id": hit["_id"], "retry_on_conflict": 5}}
+                )
+                operations.append({"doc": _query_fields(_event(source), unindexed=unindexed)})
+            result = await self._retrying(
+                "backfill", partial(self.client.bulk, operations=operations)
+            )
+            done = sum(1 for item in result["items"] if 200 <= item["update"]["status"] < 300)
+            if done == 0:
+                # Nothing moved: the same documents would come back forever.
+                raise StoreUnavailableError(
+                    f"elasticsearch refused the backfill: {result['items'][0]['update']}"
+                )
+            updated += done
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -473,6 +733,25 @@ def _term(field: str, value: str) -> dict[str, Any]:
     return {"term": {field: value}}
 
 
+def _filters(query: EventQuery) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = []
+    for name, field in _FILTERS:
+        values: tuple[str, ...] = getattr(query, name)
+        if values:
+            filters.append({"terms": {field: list(values)}})
+    since, until = query.range_us()
+    bounds: dict[str, int] = {}
+    if since is not None:
+        bounds["gte"] = since
+    if until is not None:
+        bounds["lt"] = until
+    if bounds:
+        filters.append({"range": {_TIME_US: bounds}})
+    # The words were case-folded when stored: a plain prefix on the keyword is exact.
+    filters += [{"prefix": {_WORDS: word}} for word in query.words()]
+    return filters
+
+
 def _indexable(record: Mapping[str, Any]) -> bool:
     # Keys under ffaudit.ingest are ours: a record carrying any could spoof an annotation
     # (its tenant, say) and would not read back exactly.
@@ -481,7 +760,7 @@ def _indexable(record: Mapping[str, Any]) -> bool:
 
 def _document(event: StoredEvent, *, indexed: bool = True) -> dict[str, Any]:
     annotations = {
-        INGEST + "verdict": event.verdict,
+        _VERDICT: event.verdict,
         INGEST + "failure": event.failure,
         INGEST + "received_at": event.received_at.astimezone(UTC).isoformat(),
         _TENANT: event.tenant,
@@ -489,11 +768,26 @@ def _document(event: StoredEvent, *, indexed: bool = True) -> dict[str, Any]:
         _SEQUENCE: event.sequence,
         _DOC_ID: event.doc_id,
         INGEST + "event_hash": event.event_hash,
-        INGEST + "timestamp": event.timestamp.astimezone(UTC).isoformat(),
+        _TIMESTAMP: event.timestamp.astimezone(UTC).isoformat(),
     }
     if indexed and _indexable(event.record):
-        return {**event.record, **annotations}
-    return {**annotations, _RECORD: event.record}
+        return {**event.record, **annotations, **_query_fields(event, unindexed=False)}
+    return {**annotations, **_query_fields(event, unindexed=True), _RECORD: event.record}
+
+
+def _query_fields(event: StoredEvent, *, unindexed: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        _TIME_US: to_micros(event.timestamp),
+        _WORDS: searchable_words(event.record),
+    }
+    if unindexed:
+        # Beside the unindexed record, its valid query fields, so filters still find it; read
+        # back, the record comes from ffaudit.ingest.record alone.
+        for field, longest in _COPIES.items():
+            value = event.record.get(field)
+            if isinstance(value, str) and len(value) <= longest:
+                fields[field] = value
+    return fields
 
 
 def _event(source: Mapping[str, Any]) -> StoredEvent:

@@ -10,6 +10,9 @@ every implementation keeps:
   value read from the producer's record.
 * `StoredEvent.record` reads back equal to what was written (the JSON value; the SQL store
   keeps its RFC 8785 form, so `1.0` may read back as `1`, which hashes the same).
+* Queries (`search`, `stats`, `by_job`) select by the same fields on every backend and return
+  the same records in the same order; the query types, the cursor and the free-text rule are
+  in audit.store.query (tests/store/test_query.py is their contract suite).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from audit.store.query import EventPage, EventQuery, StatsBy
 
 # (doc_id, timestamp, verdict, failure); the timestamp addresses the record's daily index.
 VerdictUpdate = tuple[str, datetime, str, str | None]
@@ -67,6 +72,30 @@ class EventStore(Protocol):
         ...
 
     async def count(self, tenant: str, stream: str | None = None) -> int: ...
+
+    async def search(
+        self, query: EventQuery, *, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        """Up to `limit` (>= 1) of the query's records, ordered by (@timestamp, stream,
+        sequence, doc_id) in `query.order`, after the record `cursor` points at.
+
+        Keyset pagination: a page starts strictly after the previous page's last sort key, so
+        records stored meanwhile never shift or repeat later pages; they appear or not in the
+        part not yet read. `next_cursor` is None on the last page. A malformed cursor, or one
+        issued for another query (other tenant, filters or order), raises InvalidInputError.
+        """
+        ...
+
+    async def stats(self, query: EventQuery, *, by: StatsBy) -> dict[str, int]:
+        """Exact record counts per group over the whole query (not a page): "action",
+        "outcome", "actor" (user.hash), "verdict", or "day" (UTC date of @timestamp,
+        YYYY-MM-DD). Records without the field count under ""; empty groups are absent."""
+        ...
+
+    async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
+        """The first `limit` records with trace.id = `job_id`, in chain order (stream,
+        sequence, doc_id)."""
+        ...
 
     async def refresh(self) -> None:
         """Make writes visible to search now (Elasticsearch refresh; SQL: nothing to do)."""

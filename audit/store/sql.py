@@ -4,16 +4,39 @@ The schema comes from the Alembic migrations only; this module never creates tab
 Synchronous SQLAlchemy runs in worker threads (`asyncio.to_thread`) so the event loop never
 waits on the database. A write commits before it returns (SQLite in WAL mode with
 `synchronous=FULL`, see audit.db.session), so an acknowledged record survives a crash.
+
+Queries (`search`, `stats`, `by_job`) filter on the copied columns, so a value the copy left
+out (wrong type, too long) matches no filter, as in Elasticsearch. Pages are keyset reads on
+(timestamp, stream, sequence, doc_id) through the (tenant, timestamp) index; ties on stream
+and doc_id break in the database's collation: byte order on SQLite and under PostgreSQL's
+"C", as in Elasticsearch. Free text is `LIKE '% word%'` on `search_text` (migration 0003
+fills it for rows stored before it existed); no index serves a leading-wildcard LIKE, so it
+narrows what the other filters and the tenant's time range select.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import Engine, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -22,6 +45,20 @@ from audit.errors import StoreUnavailableError, UsageError
 from audit.integrity.canonical import canonicalize
 from audit.models.events import Event
 from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+from audit.store.query import (
+    EventPage,
+    EventQuery,
+    StatsBy,
+    check_job,
+    check_limit,
+    check_stats_by,
+    decode_cursor,
+    from_micros,
+    like_prefix,
+    make_page,
+    search_text,
+    sort_key,
+)
 
 T = TypeVar("T")
 _TABLE = cast(Table, Event.__table__)
@@ -37,6 +74,24 @@ _COPIED = {
     "ffaudit.target.hash": ("target_hash", 64),
     "trace.id": ("trace_id", 256),
 }
+# EventQuery field -> the column its values are matched against.
+_FILTERS = (
+    ("actor_hashes", Event.user_hash),
+    ("actions", Event.action),
+    ("outcomes", Event.outcome),
+    ("session_hashes", Event.session_hash),
+    ("target_hashes", Event.target_hash),
+    ("job_ids", Event.trace_id),
+    ("streams", Event.stream),
+    ("verdicts", Event.verdict),
+)
+_STATS_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "action": _TABLE.c.action,
+    "outcome": _TABLE.c.outcome,
+    "actor": _TABLE.c.user_hash,
+    "verdict": _TABLE.c.verdict,
+}
+_PAGE_ORDER = (Event.timestamp, Event.stream, Event.sequence, Event.doc_id)
 
 
 class SqlEventStore:
@@ -170,6 +225,79 @@ class SqlEventStore:
         with self._sessions() as session:
             return int(session.scalar(stmt) or 0)
 
+    # -- queries ----------------------------------------------------------------------------
+
+    async def search(
+        self, query: EventQuery, *, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        check_limit(limit)
+        after: tuple[datetime, str, int, str] | None = None
+        if cursor is not None:
+            time_us, stream, sequence, doc_id = decode_cursor(query, cursor)
+            after = (from_micros(time_us), stream, sequence, doc_id)
+        found = await self._run(self._search, query, limit + 1, after)
+        return make_page(query, [(event, sort_key(event)) for event in found], limit)
+
+    def _search(
+        self, query: EventQuery, size: int, after: tuple[datetime, str, int, str] | None
+    ) -> list[StoredEvent]:
+        conditions = _where(query)
+        if after is not None:
+            key = tuple_(*_PAGE_ORDER)
+            bound = tuple_(*(literal(v, c.type) for v, c in zip(after, _PAGE_ORDER, strict=True)))
+            # The row comparison is the keyset condition; the redundant bound on timestamp
+            # alone is what lets the (tenant, timestamp) index start at the cursor.
+            if query.order == "asc":
+                conditions += [Event.timestamp >= after[0], key > bound]
+            else:
+                conditions += [Event.timestamp <= after[0], key < bound]
+        order = _PAGE_ORDER if query.order == "asc" else tuple(c.desc() for c in _PAGE_ORDER)
+        stmt = select(Event).where(*conditions).order_by(*order).limit(size)
+        with self._sessions() as session:
+            return [_event(row) for row in session.scalars(stmt)]
+
+    async def stats(self, query: EventQuery, *, by: StatsBy) -> dict[str, int]:
+        check_stats_by(by)
+        return await self._run(self._stats, query, by)
+
+    def _stats(self, query: EventQuery, by: str) -> dict[str, int]:
+        if by == "day":
+            group: ColumnElement[Any] = self._day()
+        else:
+            group = _STATS_COLUMNS[by]
+        # Grouped in a subquery: PostgreSQL refuses GROUP BY on an expression whose literals
+        # are bound separately from the select list's.
+        keyed = select(group.label("k")).where(*_where(query)).subquery()
+        stmt = select(keyed.c.k, func.count()).group_by(keyed.c.k)
+        counts: dict[str, int] = {}
+        with self._engine.connect() as conn:
+            for key, n in conn.execute(stmt):
+                name = "" if key is None else str(key)
+                counts[name] = counts.get(name, 0) + int(n)
+        return counts
+
+    def _day(self) -> ColumnElement[Any]:
+        if self._engine.dialect.name == "postgresql":
+            utc = func.timezone("UTC", Event.timestamp)
+            return func.to_char(utc, "YYYY-MM-DD", type_=String)
+        # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text.
+        return func.substr(Event.timestamp, 1, 10, type_=String)
+
+    async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
+        check_job(tenant, job_id)
+        check_limit(limit)
+        return await self._run(self._by_job, tenant, job_id, limit)
+
+    def _by_job(self, tenant: str, job_id: str, limit: int) -> list[StoredEvent]:
+        stmt = (
+            select(Event)
+            .where(Event.tenant == tenant, Event.trace_id == job_id)
+            .order_by(Event.stream, Event.sequence, Event.doc_id)
+            .limit(limit)
+        )
+        with self._sessions() as session:
+            return [_event(row) for row in session.scalars(stmt)]
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -202,6 +330,7 @@ def _row(event: StoredEvent) -> dict[str, Any]:
         "failure": event.failure,
         "received_at": event.received_at,
         "record": canonicalize(event.record).decode("utf-8"),
+        "search_text": search_text(event.record),
     }
     for field, (column, limit) in _COPIED.items():
         value = event.record.get(field)
@@ -209,6 +338,23 @@ def _row(event: StoredEvent) -> dict[str, Any]:
         # is left out of its column, while the record text keeps it verbatim.
         row[column] = value if isinstance(value, str) and len(value) <= limit else None
     return row
+
+
+def _where(query: EventQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [Event.tenant == query.tenant]
+    for name, column in _FILTERS:
+        values: tuple[str, ...] = getattr(query, name)
+        if values:
+            conditions.append(column.in_(values))
+    if query.since is not None:
+        conditions.append(Event.timestamp >= query.since)
+    if query.until is not None:
+        conditions.append(Event.timestamp < query.until)
+    # search_text and the words are both case-folded in Python: SQLite's lower() is
+    # ASCII-only, so lowering in SQL would differ between the two databases.
+    for word in query.words():
+        conditions.append(Event.search_text.like(like_prefix(word), escape="\\"))
+    return conditions
 
 
 def _event(row: Event) -> StoredEvent:

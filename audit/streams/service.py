@@ -73,6 +73,10 @@ class StreamService:
                 closed=head.closed,
             )
 
+    def names(self, tenant_id: str) -> list[str]:
+        with self._sessions() as session:
+            return [s.id for s in StreamRepository(session).list_streams(tenant_id)]
+
     def verifier(self, stream_id: str) -> Verifier:
         with self._sessions() as session:
             stream = StreamRepository(session).get_stream(stream_id)

@@ -1,0 +1,174 @@
+"""POST /v1/exports (a verifiable bundle for a query) and GET its files."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from audit.auth.tokens import Role
+from audit.deps import Caller, allow
+from audit.errors import NotFoundError, UsageError
+from audit.exports.bundle import write_export
+from audit.integrity.events import EventAction, Outcome
+from audit.query.routes import _tenant
+from audit.query.service import Filters, QueryService
+
+router = APIRouter(prefix="/v1/exports", tags=["exports"])
+_FILES = (
+    "manifest.json",
+    "manifest.sig",
+    "records.ndjson",
+    "records.csv",
+    "links.ndjson",
+    "checkpoints.ndjson",
+    "service.pub",
+)
+_PAGE = 1000
+
+
+class ExportRequest(BaseModel):
+    actor: str | None = Field(default=None, max_length=512)
+    action: list[EventAction] = Field(default_factory=list)
+    outcome: list[Outcome] = Field(default_factory=list)
+    job: list[str] = Field(default_factory=list)
+    stream: list[str] = Field(default_factory=list)
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str | None = Field(default=None, max_length=200)
+
+
+class ExportOut(BaseModel):
+    export_id: str
+    records: int
+    manifest: dict[str, Any]
+    files: list[str]
+
+
+@router.post(
+    "",
+    response_model=ExportOut,
+    status_code=201,
+    responses={401: {}, 403: {}, 413: {"description": "too many records"}},
+)
+async def create_export(
+    request: Request,
+    who: Caller,
+    body: ExportRequest,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> ExportOut:
+    """A bundle that anyone can check offline with `ffaudit verify-export`. Every export is
+    recorded in the log of the logs."""
+    allow(request, who, Role.AUDITOR, Role.ADMIN)
+    scope = _tenant(request, who, tenant)
+    settings = request.app.state.settings
+    service: QueryService = request.app.state.queries
+    filters = Filters(
+        actor=body.actor,
+        actions=tuple(a.value for a in body.action),
+        outcomes=tuple(o.value for o in body.outcome),
+        jobs=tuple(body.job),
+        streams=tuple(body.stream),
+        since=body.since,
+        until=body.until,
+        text=body.q,
+        order="asc",
+    )
+    query = service.build(scope, who, filters)
+    selected: set[tuple[str, int]] = set()
+    cursor = None
+    while True:
+        page = await service.search(query, _PAGE, cursor)
+        selected.update(
+            (e.stream, e.sequence) for e in page.events if e.doc_id == f"{e.stream}:{e.sequence}"
+        )
+        if len(selected) > settings.max_export_records:
+            raise _TooLarge(f"more than {settings.max_export_records} records: narrow the query")
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    records: list[dict[str, Any]] = []
+    keys: dict[str, str] = {}
+    for stream in sorted({s for s, _ in selected}):
+        wanted = sorted(seq for s, seq in selected if s == stream)
+        service.streams.read(stream, tenant_id=scope)  # 404 unless the caller's tenant's
+        keys[stream] = service.streams.verifier(stream).pem().decode()
+        async for event in service.store.scan(scope, stream, start=wanted[0]):
+            if event.doc_id != f"{stream}:{event.sequence}":
+                continue
+            records.append(event.record)
+            # The range ends at the first checkpoint at or after the last selected record,
+            # so that a producer signature covers it.
+            if event.sequence >= wanted[-1] and event.record["event.action"] == "audit.checkpoint":
+                break
+    export_id = uuid.uuid4().hex
+    directory = Path(settings.exports_dir) / scope / export_id
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    servicelog = request.app.state.servicelog
+    result = await asyncio.to_thread(
+        write_export,
+        directory,
+        records,
+        selected,
+        keys,
+        {"filters": filters.names(), "export_id": export_id},
+        servicelog.keys.signer,
+        tenant=scope,
+    )
+    await servicelog.record(
+        who,
+        scope,
+        EventAction.AUDIT_EXPORTED,
+        metadata={
+            "export_id": export_id,
+            "records": len(selected),
+            "filters": filters.names(),
+            "streams": sorted(keys),
+        },
+        client_ip=request.client.host if request.client else None,
+    )
+    return ExportOut(
+        export_id=export_id,
+        records=len(selected),
+        manifest=result.manifest,
+        files=[f for f in _FILES if (directory / f).exists()],
+    )
+
+
+@router.get(
+    "/{export_id}/{name}", response_class=FileResponse, responses={401: {}, 403: {}, 404: {}}
+)
+async def export_file(
+    request: Request,
+    who: Caller,
+    export_id: str,
+    name: Literal[
+        "manifest.json",
+        "manifest.sig",
+        "records.ndjson",
+        "records.csv",
+        "links.ndjson",
+        "checkpoints.ndjson",
+        "service.pub",
+    ],
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> FileResponse:
+    """One file of an export of the caller's tenant."""
+    allow(request, who, Role.AUDITOR, Role.ADMIN)
+    scope = _tenant(request, who, tenant)
+    if not export_id.isalnum():
+        raise NotFoundError("no such export")
+    path = Path(request.app.state.settings.exports_dir) / scope / export_id / name
+    if not path.is_file():
+        raise NotFoundError("no such export file")
+    return FileResponse(path)
+
+
+class _TooLarge(UsageError):
+    http_status = 413

@@ -1,0 +1,262 @@
+"""GET /v1/events, /v1/events/{id}, /v1/stats, /v1/jobs/{job_id}; POST /v1/verify."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, model_validator
+
+from audit.auth.tokens import Principal, Role
+from audit.deps import Caller, allow
+from audit.errors import InvalidInputError
+from audit.integrity.events import EventAction, Outcome
+from audit.query.service import Filters, QueryService, describe
+
+router = APIRouter(prefix="/v1", tags=["who-did-what"])
+_READERS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN, Role.SUBJECT)
+_ANALYSTS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN)
+_TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
+
+
+class EventOut(BaseModel):
+    id: str
+    stream: str
+    sequence: int
+    verdict: str
+    failure: str | None
+    record: dict[str, Any]
+
+
+class EventPageOut(BaseModel):
+    events: list[EventOut]
+    next_cursor: str | None = Field(description="pass back as `cursor` for the next page")
+
+
+class StatsOut(BaseModel):
+    by: str
+    counts: dict[str, int]
+
+
+class JobTimeline(BaseModel):
+    job_id: str
+    events: list[EventOut]
+    outcome: str | None
+    failed_frames: int
+
+
+class VerifyRequest(BaseModel):
+    stream: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> VerifyRequest:
+        if self.stream is None and self.since is None and self.until is None:
+            raise ValueError("name a stream, or a time range (since/until) of the tenant")
+        return self
+
+
+class FailureOut(BaseModel):
+    kind: str
+    line: int | None
+    sequence: int | None
+    detail: str
+
+
+class StreamVerifyOut(BaseModel):
+    stream: str
+    records: int
+    ok: bool
+    failures: list[FailureOut]
+    head_sequence: int
+    stored_last_sequence: int
+    signed_through: int
+    matches_head: bool
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    streams: list[StreamVerifyOut]
+
+
+def _service(request: Request) -> QueryService:
+    service: QueryService = request.app.state.queries
+    return service
+
+
+def _tenant(request: Request, who: Principal | None, tenant: str | None) -> str:
+    """The token's tenant; in open mode (development) the caller must name one."""
+    if who is not None:
+        return who.tenant
+    if tenant is None:
+        raise InvalidInputError("open mode: pass ?tenant=")
+    return tenant
+
+
+async def _log(
+    request: Request, who: Principal | None, tenant: str, action: EventAction, **metadata: Any
+) -> None:
+    await request.app.state.servicelog.record(
+        who,
+        tenant,
+        action,
+        metadata=metadata,
+        client_ip=request.client.host if request.client else None,
+    )
+
+
+@router.get("/events", response_model=EventPageOut, responses={401: {}, 403: {}, 409: {}})
+async def list_events(
+    request: Request,
+    who: Caller,
+    actor: Annotated[str | None, Query(max_length=512, description="raw user id")] = None,
+    session: Annotated[str | None, Query(max_length=512)] = None,
+    target: Annotated[str | None, Query(max_length=4096, description="raw input path")] = None,
+    action: Annotated[list[EventAction] | None, Query()] = None,
+    outcome: Annotated[list[Outcome] | None, Query()] = None,
+    job: Annotated[list[str] | None, Query(max_length=20)] = None,
+    stream: Annotated[list[str] | None, Query(max_length=20)] = None,
+    verdict: Annotated[list[Literal["ok", "pending", "broken"]] | None, Query()] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="free text, non-PII")] = None,
+    order: Literal["asc", "desc"] = "desc",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> EventPageOut:
+    """Events of the caller's tenant, newest first, with stable cursor pagination."""
+    allow(request, who, *_READERS)
+    scope = _tenant(request, who, tenant)
+    filters = Filters(
+        actor=actor,
+        session=session,
+        target=target,
+        actions=tuple(a.value for a in action or ()),
+        outcomes=tuple(o.value for o in outcome or ()),
+        jobs=tuple(job or ()),
+        streams=tuple(stream or ()),
+        verdicts=tuple(verdict or ()),
+        since=since,
+        until=until,
+        text=q,
+        order=order,
+    )
+    service = _service(request)
+    limit = min(limit, request.app.state.settings.max_page_size)
+    page = await service.search(service.build(scope, who, filters), limit, cursor)
+    await _log(
+        request,
+        who,
+        scope,
+        EventAction.AUDIT_QUERIED,
+        endpoint="events",
+        filters=filters.names(),
+        results=len(page.events),
+    )
+    return EventPageOut(
+        events=[EventOut(**describe(e)) for e in page.events], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/events/{event_id}", response_model=EventOut, responses={401: {}, 403: {}, 404: {}})
+async def get_event(
+    request: Request,
+    who: Caller,
+    event_id: str,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> EventOut:
+    """One event of the caller's tenant (a subject sees only its own)."""
+    allow(request, who, *_READERS)
+    scope = _tenant(request, who, tenant)
+    event = await _service(request).one(scope, who, event_id)
+    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="event", results=1)
+    return EventOut(**describe(event))
+
+
+@router.get("/stats", response_model=StatsOut, responses={401: {}, 403: {}})
+async def stats(
+    request: Request,
+    who: Caller,
+    by: Literal["action", "outcome", "actor", "day", "verdict"] = "action",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> StatsOut:
+    """Counts by action, outcome, actor (pseudonym), day or verdict over a time range."""
+    allow(request, who, *_ANALYSTS)
+    scope = _tenant(request, who, tenant)
+    service = _service(request)
+    query = service.build(scope, who, Filters(since=since, until=until))
+    counts = await service.store.stats(query, by=by)
+    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
+    return StatsOut(by=by, counts=counts)
+
+
+@router.get("/jobs/{job_id}", response_model=JobTimeline, responses={401: {}, 403: {}, 404: {}})
+async def job_timeline(
+    request: Request,
+    who: Caller,
+    job_id: str,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> JobTimeline:
+    """A job's events in order: inputs, models and hashes, steps, failed frames, outcome."""
+    allow(request, who, *_TIMELINES)
+    scope = _tenant(request, who, tenant)
+    events = await _service(request).store.by_job(scope, job_id)
+    if not events:
+        from audit.errors import NotFoundError
+
+        raise NotFoundError(f"no job {job_id!r}")
+    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="job", results=len(events))
+    final = [
+        e.record["event.action"]
+        for e in events
+        if e.record["event.action"] in ("job.completed", "job.failed")
+    ]
+    return JobTimeline(
+        job_id=job_id,
+        events=[EventOut(**describe(e)) for e in events],
+        outcome=final[-1] if final else None,
+        failed_frames=sum(e.record["event.action"] == "frame.failed" for e in events),
+    )
+
+
+@router.post("/verify", response_model=VerifyOut, responses={401: {}, 403: {}, 404: {}})
+async def verify(
+    request: Request,
+    who: Caller,
+    body: VerifyRequest,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> VerifyOut:
+    """Re-verify stored chains: hashes, links, signatures, and that the store still ends at
+    the head the service accepted (deletions or edits inside the store are detected)."""
+    allow(request, who, *_ANALYSTS)
+    scope = _tenant(request, who, tenant)
+    service = _service(request)
+    # A time range verifies every stream of the tenant: a chain is only provable whole.
+    names = [body.stream] if body.stream is not None else service.streams.names(scope)
+    results = [await service.verify_stream(scope, name) for name in names]
+    out = VerifyOut(
+        ok=all(not r.failures and r.matches_head for r in results),
+        streams=[
+            StreamVerifyOut(
+                stream=r.stream,
+                records=r.records,
+                ok=not r.failures and r.matches_head,
+                failures=[
+                    FailureOut(kind=f.kind.value, line=f.line, sequence=f.sequence, detail=f.detail)
+                    for f in r.failures
+                ],
+                head_sequence=r.head_sequence,
+                stored_last_sequence=r.stored_last_sequence,
+                signed_through=r.signed_through,
+                matches_head=r.matches_head,
+            )
+            for r in results
+        ],
+    )
+    await _log(request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok)
+    return out

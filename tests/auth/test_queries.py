@@ -1,0 +1,249 @@
+"""Who-did-what through the API, as auditors, engineers, subjects and other tenants use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from audit.app import create_app
+from audit.db.session import upgrade
+from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.events import EventAction, Outcome
+from audit.integrity.keys import Keyring, Signer
+from audit.integrity.pseudonym import Pseudonymizer
+from audit.integrity.seal import AuditEvent, Sealer
+from audit.settings import AuditSettings
+from tests.integrity.conftest import T0
+
+SECRET = "q" * 40
+ISS, AUD = "https://idp.example", "ffaudit"
+
+
+def token(**overrides: Any) -> dict[str, str]:
+    now = int(time.time())
+    claims = {
+        "sub": "auditor-1",
+        "tenant": "acme",
+        "roles": ["auditor"],
+        "iss": ISS,
+        "aud": AUD,
+        "exp": now + 600,
+        "nbf": now - 5,
+        "amr": ["pwd", "otp"],
+    }
+    claims.update(overrides)
+    return {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+
+
+def sealed_history(
+    signer: Signer, keyring: Keyring, stream: str = "cam-1", tenant: str = "acme"
+) -> list[dict[str, Any]]:
+    """Three people, two jobs, a failed frame; sealed as an engine would."""
+    sealer = Sealer(
+        ChainWriter(stream, tenant, signer, policy=CheckpointPolicy(7, None)),
+        Pseudonymizer(keyring, tenant),
+    )
+    out = []
+    for i in range(24):
+        actor = ("alice", "bob", "carol")[i % 3]
+        action = (EventAction.JOB_STARTED, EventAction.FACE_SWAPPED, EventAction.FRAME_FAILED)[
+            i % 3
+        ]
+        out += [
+            r.record
+            for r in sealer.seal(
+                AuditEvent(
+                    action=action,
+                    outcome=Outcome.FAILURE
+                    if action is EventAction.FRAME_FAILED
+                    else Outcome.SUCCESS,
+                    timestamp=T0 + timedelta(minutes=i),
+                    actor=actor,
+                    session=f"s-{actor}",
+                    client_ip="198.51.100.7",
+                    target=f"/in/{i}.png",
+                    job_id=f"job-{i % 2}",
+                    error_type="NoFaceDetected" if action is EventAction.FRAME_FAILED else None,
+                    error_message="no face in frame"
+                    if action is EventAction.FRAME_FAILED
+                    else None,
+                    metadata={"frame": i},
+                )
+            )
+        ]
+    return out + [r.record for r in sealer.close(T0 + timedelta(hours=1))]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, list[dict[str, Any]], AuditSettings]]:
+    settings = AuditSettings(
+        database_url=f"sqlite:///{tmp_path}/q.db",
+        forward_enabled=False,
+        jwt_hs256_secret=SECRET,
+        jwt_issuer=ISS,
+        jwt_audience=AUD,
+        service_keys_dir=tmp_path / "service-keys",
+        keyrings_dir=tmp_path / "keyrings",
+        exports_dir=tmp_path / "exports",
+    )
+    upgrade(settings.database_url)
+    signer, keyring = Signer.generate(), Keyring.generate()
+    records = sealed_history(signer, keyring)
+    (tmp_path / "pii.key").write_bytes(keyring.dumps())
+    with TestClient(create_app(settings)) as client:
+        admin = token(sub="root", roles=["admin"])
+        client.post(
+            "/v1/streams",
+            headers=admin,
+            json={
+                "stream": "cam-1",
+                "tenant": "acme",
+                "public_key_pem": signer.verifier.pem().decode(),
+            },
+        ).raise_for_status()
+        client.post(
+            "/v1/streams/cam-1/records",
+            content=orjson.dumps(records),
+            headers={**token(roles=["ingest"]), "content-type": "application/json"},
+        ).raise_for_status()
+        from audit.query.keyrings import TenantKeyrings
+
+        TenantKeyrings(settings.keyrings_dir).import_keyring("acme", keyring.dumps())
+        yield client, records, settings
+
+
+def test_who_did_what_by_raw_actor_with_paging(env: Any) -> None:
+    client, records, _ = env
+    alice = [r for r in records if r.get("user.hash") and r["event.action"] == "job.started"]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"actor": "alice", "limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/events", params=params, headers=token()).json()
+        seen += [e["record"]["event.hash"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == len(alice) == 8
+    newest_first = [
+        e["record"]["@timestamp"]
+        for e in client.get("/v1/events", params={"actor": "alice"}, headers=token()).json()[
+            "events"
+        ]
+    ]
+    assert newest_first == sorted(newest_first, reverse=True)
+    failed = client.get("/v1/events", params={"outcome": "failure"}, headers=token()).json()
+    assert {e["record"]["event.action"] for e in failed["events"]} == {"frame.failed"}
+    assert client.get("/v1/events", params={"q": "no face"}, headers=token()).json()["events"]
+
+
+def test_stats_and_job_timeline(env: Any) -> None:
+    client, records, _ = env
+    by_action = client.get("/v1/stats", params={"by": "action"}, headers=token()).json()
+    assert by_action["counts"]["frame.failed"] == 8
+    timeline = client.get("/v1/jobs/job-1", headers=token(roles=["engineer"])).json()
+    sequences = [e["sequence"] for e in timeline["events"]]
+    assert sequences == sorted(sequences)
+    assert timeline["failed_frames"] == sum(
+        r.get("trace.id") == "job-1" and r["event.action"] == "frame.failed" for r in records
+    )
+    assert client.get("/v1/jobs/nope", headers=token(roles=["engineer"])).status_code == 404
+
+
+def test_verify_detects_edits_and_deletions_inside_the_store(env: Any) -> None:
+    client, records, settings = env
+    assert client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()["ok"]
+    db = create_engine(settings.database_url)
+    with db.begin() as conn:  # someone with database access edits a record after ingest
+        row = conn.execute(text("SELECT record FROM events WHERE doc_id = 'cam-1:5'")).one()
+        edited = row[0].replace('"success"', '"failure"')
+        conn.execute(text("UPDATE events SET record = :r WHERE doc_id = 'cam-1:5'"), {"r": edited})
+    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
+    assert report["ok"] is False
+    assert [(f["kind"], f["sequence"]) for f in report["streams"][0]["failures"]] == [
+        ("modified", 5)
+    ]
+    last = len(records)
+    with db.begin() as conn:  # ...and deletes the tail
+        conn.execute(text("DELETE FROM events WHERE doc_id = :d"), {"d": f"cam-1:{last}"})
+    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
+    assert report["streams"][0]["matches_head"] is False
+    assert report["streams"][0]["stored_last_sequence"] == last - 1
+
+
+def test_export_verifies_offline(env: Any, tmp_path: Path) -> None:
+    client, _, settings = env
+    made = client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    assert made.status_code == 201, made.text
+    export = made.json()
+    assert export["records"] == 8
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in export["files"]:
+        got = client.get(f"/v1/exports/{export['export_id']}/{name}", headers=token())
+        assert got.status_code == 200
+        (bundle / name).write_bytes(got.content)
+    pub = settings.service_keys_dir / "signing.pub"
+    result = subprocess.run(
+        [sys.executable, "-m", "audit", "verify-export", str(bundle), "--pubkey", str(pub)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"alice" not in (bundle / "records.ndjson").read_bytes()
+    other = client.get(
+        f"/v1/exports/{export['export_id']}/records.ndjson", headers=token(tenant="other")
+    )
+    assert other.status_code == 404
+
+
+def test_subject_sees_only_their_own_records_and_tenants_are_isolated(env: Any) -> None:
+    client, _, _ = env
+    bob = client.get("/v1/events", headers=token(sub="bob", roles=["subject"])).json()["events"]
+    assert bob
+    hashes = {e["record"].get("user.hash") for e in bob}
+    assert len(hashes) == 1
+    asks_for_alice = client.get(
+        "/v1/events", params={"actor": "alice"}, headers=token(sub="bob", roles=["subject"])
+    ).json()
+    assert asks_for_alice["events"] == []
+    for path in ("/v1/events", "/v1/stats", "/v1/jobs/job-1"):
+        response = client.get(path, headers=token(tenant="other", roles=["auditor", "engineer"]))
+        assert response.status_code in (200, 404, 409)
+        if response.status_code == 200:
+            body = response.json()
+            # Only the other tenant's own log of the logs (its reads), nothing of acme's.
+            assert {e["record"]["ffaudit.tenant"] for e in body.get("events", [])} <= {"other"}
+            assert set(body.get("counts", {})) <= {"audit.queried"}
+    assert client.get("/v1/stats", headers=token(roles=["subject"])).status_code == 403
+    assert client.get("/v1/events", headers=token(roles=["ingest"])).status_code == 403
+
+
+def test_every_read_is_in_the_log_of_the_logs(env: Any) -> None:
+    client, _, _ = env
+    client.get("/v1/events", params={"actor": "alice"}, headers=token())
+    client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    servicelog = client.app.state.servicelog
+    stream = servicelog.stream_for("acme")
+    events = client.get(
+        "/v1/events", params={"stream": stream, "order": "asc"}, headers=token()
+    ).json()["events"]
+    actions = [e["record"]["event.action"] for e in events]
+    assert "audit.queried" in actions
+    assert "audit.exported" in actions
+    assert all(e["verdict"] == "ok" for e in events)
+    assert "alice" not in orjson.dumps(events).decode()  # filter values are never logged
