@@ -93,3 +93,10 @@ class ForbiddenError(FFAuditError):
 
     exit_code = 2
     http_status = 403
+
+
+class ServiceRefusedError(FFAuditError):
+    """The audit service answered a CLI request with an error."""
+
+    exit_code = 2
+    http_status = 502

@@ -12,6 +12,7 @@ from audit.cli.demo import demo
 from audit.cli.dev import dev
 from audit.cli.exports import verify_export
 from audit.cli.integrity import keygen, keys, seal, verify
+from audit.cli.query import job, query
 from audit.cli.service import db, keyrings, serve, streams
 from audit.errors import FFAuditError
 
@@ -32,6 +33,8 @@ cli.add_command(streams)
 cli.add_command(db)
 cli.add_command(demo)
 cli.add_command(keyrings)
+cli.add_command(query)
+cli.add_command(job)
 cli.add_command(verify_export)
 
 

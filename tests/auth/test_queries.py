@@ -247,3 +247,57 @@ def test_every_read_is_in_the_log_of_the_logs(env: Any) -> None:
     assert "audit.exported" in actions
     assert all(e["verdict"] == "ok" for e in events)
     assert "alice" not in orjson.dumps(events).decode()  # filter values are never logged
+
+
+def test_query_and_job_commands_against_a_running_service(tmp_path: Path) -> None:
+    from audit.cli.demo import ServiceThread
+
+    service = ServiceThread(tmp_path / "svc")  # open mode: no token, the tenant is named
+    service.start()
+    try:
+        signer = Signer.generate()
+        records = sealed_history(signer, Keyring.generate())
+        import httpx
+
+        httpx.post(
+            f"{service.url}/v1/streams",
+            json={
+                "stream": "cam-1",
+                "tenant": "acme",
+                "public_key_pem": signer.verifier.pem().decode(),
+            },
+        ).raise_for_status()
+        httpx.post(
+            f"{service.url}/v1/streams/cam-1/records",
+            content=orjson.dumps(records),
+            headers={"content-type": "application/json"},
+        ).raise_for_status()
+
+        def ffaudit(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "audit",
+                    *args,
+                    "--service",
+                    service.url,
+                    "--tenant",
+                    "acme",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        listed = ffaudit("query", "--action", "frame.failed", "--all", "--limit", "3", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert len(orjson.loads(listed.stdout)) == 8
+        table = ffaudit("query", "--action", "frame.failed")
+        assert "no face in frame" in table.stdout
+        timeline = ffaudit("job", "job-1")
+        assert timeline.returncode == 0, timeline.stderr
+        assert "failed frame(s)" in timeline.stdout
+        assert ffaudit("job", "nope").returncode == 2
+    finally:
+        service.stop()
