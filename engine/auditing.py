@@ -10,12 +10,11 @@ memory, and the service sees that loss as a gap — never as a fork.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -25,10 +24,14 @@ from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
 from engine.errors import UsageError
+from engine.files import write_atomic
 from engine.settings import EngineSettings
 from engine.transport.emitter import AuditEmitter
 from engine.transport.forward import ForwardDelivery
 from engine.transport.spool import Spool, SpoolAlarm
+
+if TYPE_CHECKING:
+    from engine.jobs.runner import JobRunner
 
 log = logging.getLogger("engine.audit")
 HEAD_FILE = "chain-head.json"
@@ -67,7 +70,7 @@ class HeadTrackingSpool(Spool):
     def append(self, lines: Sequence[bytes]) -> None:
         if lines:
             last = orjson.loads(lines[-1])
-            _write_atomic(
+            write_atomic(
                 self._head_file,
                 orjson.dumps(
                     {
@@ -150,14 +153,18 @@ def _alarm(alarm: SpoolAlarm) -> None:
     log.error("audit spool %s: %s", "filling up" if alarm else "alarm", alarm)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def build_runner(settings: EngineSettings, trail: AuditTrail) -> JobRunner:
+    """The job runner of an engine process, audited through `trail`; jobs a crash left
+    unfinished are failed (and audited) first."""
+    from engine.jobs.runner import JobRunner
+    from engine.pipeline.engine import FacePipeline
+
+    emit = trail.emitter.emit
+    runner = JobRunner(
+        FacePipeline(settings, emit),
+        emit,
+        settings.work_dir,
+        audit_ready=lambda: trail.emitter.stats().accepting,
+    )
+    runner.recover()
+    return runner

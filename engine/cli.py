@@ -73,9 +73,8 @@ def run(
     session: str | None,
 ) -> None:
     """Run one job, audited. Prints the job record as JSON."""
-    from engine.auditing import build_audit_trail
-    from engine.jobs.runner import Caller, JobRunner
-    from engine.pipeline.engine import FacePipeline
+    from engine.auditing import build_audit_trail, build_runner
+    from engine.jobs.runner import Caller
     from engine.settings import EngineSettings
 
     overrides = {"model_dir": model_dir} if model_dir is not None else {}
@@ -83,14 +82,7 @@ def run(
     trail = build_audit_trail(settings, audit_file=audit_file, audit_forward=audit_forward)
     trail.emitter.start()
     try:
-        pipeline = FacePipeline(settings, trail.emitter.emit)
-        runner = JobRunner(
-            pipeline,
-            trail.emitter.emit,
-            settings.work_dir,
-            audit_ready=lambda: trail.emitter.stats().accepting,
-        )
-        runner.recover()
+        runner = build_runner(settings, trail)
         spec = runner.prepare(
             job_type="swap"
             if (job_type or ("swap" if source else "anonymize")) == "swap"
@@ -123,23 +115,14 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from engine.api import Engine, create_app
-    from engine.auditing import build_audit_trail
-    from engine.jobs.runner import JobRunner
-    from engine.pipeline.engine import FacePipeline
+    from engine.auditing import build_audit_trail, build_runner
     from engine.settings import EngineSettings
 
     settings = EngineSettings()
     trail = build_audit_trail(settings)
     trail.emitter.start()
     try:
-        pipeline = FacePipeline(settings, trail.emitter.emit)
-        runner = JobRunner(
-            pipeline,
-            trail.emitter.emit,
-            settings.work_dir,
-            audit_ready=lambda: trail.emitter.stats().accepting,
-        )
-        runner.recover()
+        runner = build_runner(settings, trail)
         app = create_app(Engine(settings, runner, trail.emitter.emit))
         uvicorn.run(
             app,

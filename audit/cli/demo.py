@@ -82,9 +82,8 @@ def demo(workdir: Path) -> int:
     try:
         import insightface
 
-        from engine.auditing import build_audit_trail
-        from engine.jobs.runner import Caller, JobRunner
-        from engine.pipeline.engine import FacePipeline
+        from engine.auditing import build_audit_trail, build_runner
+        from engine.jobs.runner import Caller
         from engine.settings import EngineSettings
     except ImportError as exc:
         raise UsageError(f"the demo needs the engine: pip install -e '.[engine]' ({exc})") from None
@@ -129,13 +128,7 @@ def demo(workdir: Path) -> int:
         )
 
         trail.emitter.start()
-        pipeline = FacePipeline(engine, trail.emitter.emit)
-        runner = JobRunner(
-            pipeline,
-            trail.emitter.emit,
-            engine.work_dir,
-            audit_ready=lambda: trail.emitter.stats().accepting,
-        )
+        runner = build_runner(engine, trail)
         output = workdir / "t1-anonymized.jpg"
         spec = runner.prepare(job_type="anonymize", target=sample, output=output)
         record = runner.run(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from engine.errors import InputError, NotFoundError
+from engine.files import write_atomic
 from engine.jobs.schemas import JobRecord
 
 
@@ -16,17 +15,7 @@ class JobStore:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def save(self, record: JobRecord) -> None:
-        data = record.model_dump_json(indent=2).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".job-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._path(record.spec.job_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(record.spec.job_id), record.model_dump_json(indent=2).encode())
 
     def load(self, job_id: str) -> JobRecord:
         path = self._path(job_id)
