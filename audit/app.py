@@ -7,12 +7,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import __version__
 from audit.auth.tokens import TokenVerifier
@@ -87,6 +90,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(
+        responses=_ERROR_RESPONSES,
         title="ffaudit",
         version=__version__,
         summary="Tamper-evident audit trail for face-swap engines",
@@ -104,6 +108,15 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             body["index"] = exc.index
         headers = {"Retry-After": "5"} if isinstance(exc, StoreUnavailableError) else None
         return JSONResponse({"error": body}, status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The framework's own refusals (unparseable body, unknown path) in our error shape.
+        return JSONResponse(
+            {"error": {"type": "HTTPError", "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,6 +149,31 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _ErrorDetail(BaseModel):
+    type: str
+    message: str
+    index: int | None = None  # the offending record, for batch input
+
+
+class ErrorBody(BaseModel):
+    error: _ErrorDetail
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "malformed request (e.g. a body that is not JSON)"),
+        (401, "no valid bearer token"),
+        (403, "the token's role or tenant does not allow this"),
+        (404, "not found (or not the caller's tenant's)"),
+        (409, "conflicts with stored state"),
+        (413, "too large"),
+        (422, "invalid input; `index` names the offending record"),
+        (503, "temporarily unavailable (event store down, contention): retry"),
+    )
+}
 
 
 def _database_ok(request: Request) -> bool:
