@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from cryptography.hazmat.primitives import hashes
-
 from engine.errors import ModelError
+from engine.hashing import sha256_file as sha256_file  # re-exported: part of the API
 
 if TYPE_CHECKING:
     import onnx
@@ -45,7 +44,6 @@ ROLES: tuple[Role, ...] = get_args(Role)
 Check = Literal["manifest", "file", "sha256", "signature", "licence"]
 Dim = int | str | None
 
-_CHUNK = 1 << 20
 _MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -120,15 +118,6 @@ _Fail = Callable[[Check, str], ModelCheckError]
 
 
 # -- reading files ---------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 (hex) of a file, streamed: a model never has to fit in memory to be checked."""
-    digest = hashes.Hash(hashes.SHA256())
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.finalize().hex()
 
 
 def _load_graph(path: Path) -> onnx.ModelProto:
