@@ -208,6 +208,9 @@ async def test_two_replicas_never_accept_conflicting_heads(env_factory: Factory)
         *(b.service.ingest(forked[i : i + 5], source="b") for i in range(0, len(forked), 5)),
     )
     head = a.streams.read("cam-1")
+    # Replica b's writes are searchable through a's store within the refresh interval;
+    # make them visible now (a store always sees its own writes at once).
+    await a.store.refresh()
     stored = [e async for e in a.store.scan("acme", "cam-1")]
     by_seq: dict[int, list[str]] = {}
     for e in stored:
