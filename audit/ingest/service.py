@@ -260,8 +260,9 @@ class IngestService:
         foreign: dict[str, Incoming] = {}
         clean = True
         ours = {w.doc_id: w for w in writes}
+        held = await self.store.get_many(tenant, existing)
         for doc in existing:
-            stored = await self.store.get(tenant, doc)
+            stored = held.get(doc)
             mine = ours[doc]
             if stored is not None and stored.event_hash == mine.event_hash:
                 if (stored.verdict, stored.failure) != (mine.verdict, mine.failure):
@@ -278,20 +279,19 @@ class IngestService:
     async def _stored_hashes(
         self, tenant: str, stream: str, head: Head, items: list[Incoming]
     ) -> dict[str, str]:
-        """Stored hashes under every doc id a repeated sequence of this batch could use."""
-        out: dict[str, str] = {}
-        for item in items:
-            if item.sequence > head.sequence:
-                continue
+        """Stored hashes under every doc id a repeated sequence of this batch could use
+        (one read for the batch: a replay after a crash repeats thousands of records)."""
+        wanted = [
+            doc
+            for item in items
+            if item.sequence <= head.sequence
             for doc in (
                 doc_id(stream, item.sequence),
                 doc_id(stream, item.sequence, item.event_hash),
-            ):
-                if doc not in out:
-                    event = await self.store.get(tenant, doc)
-                    if event is not None:
-                        out[doc] = event.event_hash
-        return out
+            )
+        ]
+        found = await self.store.get_many(tenant, wanted) if wanted else {}
+        return {doc: event.event_hash for doc, event in found.items()}
 
     # -- control database (run in a worker thread) -----------------------------------------
 

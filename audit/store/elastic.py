@@ -453,20 +453,29 @@ class ElasticEventStore:
         return hits
 
     async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
-        if not _TENANT_RE.fullmatch(tenant):
-            return None
+        return (await self.get_many(tenant, [doc_id])).get(doc_id)
+
+    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        found: dict[str, StoredEvent] = {}
+        if not _TENANT_RE.fullmatch(tenant) or not doc_ids:
+            return found
         await self._visible(tenant)
-        hits = await self._search(
-            "get",
-            tenant,
-            query={"bool": {"filter": [{"ids": {"values": [doc_id]}}, _term(_TENANT, tenant)]}},
-            sort=[{INGEST + "received_at": "asc"}],
-            size=2,
-        )
-        for hit in hits:
-            if self._owns(tenant, hit["_index"]):
-                return _event(hit["_source"])
-        return None
+        unique = sorted(set(doc_ids))
+        for start in range(0, len(unique), self.page_size):
+            chunk = unique[start : start + self.page_size]
+            hits = await self._search(
+                "get",
+                tenant,
+                query={"bool": {"filter": [{"ids": {"values": chunk}}, _term(_TENANT, tenant)]}},
+                # One id can exist in two daily indices; the first stored one is the record.
+                sort=[{INGEST + "received_at": "asc"}],
+                size=2 * len(chunk),
+            )
+            for hit in hits:
+                if self._owns(tenant, hit["_index"]):
+                    event = _event(hit["_source"])
+                    found.setdefault(event.doc_id, event)
+        return found
 
     async def scan(
         self, tenant: str, stream: str, start: int = 1, end: int | None = None

@@ -64,6 +64,11 @@ class EventStore(Protocol):
         """The tenant's record stored under `doc_id`, also when written moments ago."""
         ...
 
+    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The tenant's records under any of `doc_ids` (missing ones are absent): one round
+        trip for a whole batch, e.g. a producer replaying thousands of records."""
+        ...
+
     def scan(
         self, tenant: str, stream: str, start: int = 1, end: int | None = None
     ) -> AsyncIterator[StoredEvent]:

@@ -170,14 +170,21 @@ class SqlEventStore:
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
-        return await self._run(self._get, tenant, doc_id)
+        return (await self.get_many(tenant, [doc_id])).get(doc_id)
 
-    def _get(self, tenant: str, doc_id: str) -> StoredEvent | None:
+    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        return await self._run(self._get_many, tenant, sorted(set(doc_ids)))
+
+    def _get_many(self, tenant: str, doc_ids: list[str]) -> dict[str, StoredEvent]:
+        found: dict[str, StoredEvent] = {}
         with self._sessions() as session:
-            row = session.scalars(
-                select(Event).where(Event.doc_id == doc_id, Event.tenant == tenant)
-            ).first()
-            return None if row is None else _event(row)
+            for start in range(0, len(doc_ids), self.page_size):
+                chunk = doc_ids[start : start + self.page_size]
+                rows = session.scalars(
+                    select(Event).where(Event.tenant == tenant, Event.doc_id.in_(chunk))
+                )
+                found.update((row.doc_id, _event(row)) for row in rows)
+        return found
 
     async def scan(
         self, tenant: str, stream: str, start: int = 1, end: int | None = None

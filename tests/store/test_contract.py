@@ -207,6 +207,24 @@ async def test_count_per_tenant_and_stream(store: EventStore, tenant: str) -> No
     assert await store.count(f"{tenant}-eu") == 1
 
 
+async def test_get_many_reads_a_batch_with_first_stored_winning(
+    make_store: StoreFactory, tenant: str
+) -> None:
+    store = make_store(page_size=2)  # several chunks, so chunking is exercised too
+    events = [make_event(tenant, n) for n in range(1, 6)]
+    await store.write(events)
+    neighbour = make_event(f"{tenant}-eu", 1)
+    await store.write([neighbour])
+    # The same id on another day: the first stored record is the one read back.
+    later = make_event(tenant, 2, timestamp=T0 + timedelta(days=1), extra={"late": True})
+    await store.write([later])
+    asked = [e.doc_id for e in events] + ["cam-1:99", events[0].doc_id, neighbour.doc_id]
+    found = await store.get_many(tenant, asked)
+    assert found == {e.doc_id: e for e in events}  # missing ids absent, duplicates once
+    assert await store.get_many(tenant, []) == {}
+    assert await store.get_many("*", asked) == {}
+
+
 async def test_tenant_isolation(store: EventStore, tenant: str) -> None:
     # "<t>-eu" is the tricky neighbour: its index names start with "<t>-".
     neighbour, stranger = f"{tenant}-eu", f"{tenant}z"
