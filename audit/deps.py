@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.auth.tokens import Principal, Role, TokenVerifier, require
-from audit.errors import AuthenticationError
+from audit.errors import AuthenticationError, InvalidInputError
 from audit.settings import AuditSettings
 
 if TYPE_CHECKING:
@@ -55,6 +55,15 @@ def principal_dep(
 
 
 Caller = Annotated[Principal | None, Depends(principal_dep)]
+
+
+def tenant_scope(who: Principal | None, tenant: str | None) -> str:
+    """The token's tenant; only in open mode (development) does the caller name one."""
+    if who is not None:
+        return who.tenant
+    if tenant is None:
+        raise InvalidInputError("open mode: pass ?tenant=")
+    return tenant
 
 
 def allow(request: Request, who: Principal | None, *roles: Role) -> Principal | None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import getpass
 import logging
-import sys
-import traceback
 import uuid
 from pathlib import Path
 
 import click
 
 from audit import __version__
+from audit.cli.runner import run_cli
 from audit.errors import FFAuditError
 from engine.errors import FFEngineError
 from engine.models.cli import models
@@ -139,20 +138,4 @@ cli.add_command(models)
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="ffengine: %(message)s")
-    try:
-        result = cli.main(args=argv, prog_name="ffengine", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(130)
-    except (FFEngineError, FFAuditError) as exc:
-        click.echo(f"ffengine: error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception:
-        traceback.print_exc()
-        click.echo("ffengine: internal error (a bug; please report it)", err=True)
-        sys.exit(70)
-    sys.exit(result if isinstance(result, int) else 0)
+    run_cli(cli, "ffengine", argv, handled=(FFEngineError, FFAuditError), internal_exit=70)

@@ -37,6 +37,7 @@ from audit.devtools import (
     stop_process_group,
     tail,
 )
+from audit.integrity.digest import file_hex
 
 ES_VERSION = "8.19.21"
 MAVEN_URL = (
@@ -159,7 +160,7 @@ def fetch_archive(version: str, cache: Path) -> Path:
     archive = cache / f"elasticsearch-{version}.zip"
     checksum_file = cache / f"elasticsearch-{version}.zip.sha512"
     if archive.is_file() and checksum_file.is_file():
-        if _sha512(archive) == checksum_file.read_text().strip():
+        if file_hex(archive, hashes.SHA512()) == checksum_file.read_text().strip():
             return archive
         log(f"cached {archive} does not match its checksum; downloading again")
     url = MAVEN_URL.format(version=version)
@@ -194,14 +195,6 @@ def _download_text(url: str) -> str:
             return str(response.read().decode("ascii"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ProvisioningError(f"cannot fetch {url}: {exc}") from exc
-
-
-def _sha512(path: Path) -> str:
-    digest = hashes.Hash(hashes.SHA512())
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.finalize().hex()
 
 
 def java_major(java_home: Path) -> int | None:

@@ -6,22 +6,21 @@ import asyncio
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow
+from audit.deps import Caller, allow, tenant_scope
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
 from audit.integrity.events import EventAction, Outcome
-from audit.query.routes import _tenant
 from audit.query.service import Filters, QueryService
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
-_FILES = (
+ExportFile = Literal[
     "manifest.json",
     "manifest.sig",
     "records.ndjson",
@@ -29,7 +28,8 @@ _FILES = (
     "links.ndjson",
     "checkpoints.ndjson",
     "service.pub",
-)
+]
+_FILES: tuple[str, ...] = get_args(ExportFile)
 _PAGE = 1000
 
 
@@ -66,7 +66,7 @@ async def create_export(
     """A bundle that anyone can check offline with `ffaudit verify-export`. Every export is
     recorded in the log of the logs."""
     allow(request, who, Role.AUDITOR, Role.ADMIN)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     settings = request.app.state.settings
     service: QueryService = request.app.state.queries
     filters = Filters(
@@ -148,20 +148,12 @@ async def export_file(
     request: Request,
     who: Caller,
     export_id: str,
-    name: Literal[
-        "manifest.json",
-        "manifest.sig",
-        "records.ndjson",
-        "records.csv",
-        "links.ndjson",
-        "checkpoints.ndjson",
-        "service.pub",
-    ],
+    name: ExportFile,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> FileResponse:
     """One file of an export of the caller's tenant."""
     allow(request, who, Role.AUDITOR, Role.ADMIN)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     if not export_id.isalnum():
         raise NotFoundError("no such export")
     path = Path(request.app.state.settings.exports_dir) / scope / export_id / name

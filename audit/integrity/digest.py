@@ -6,6 +6,8 @@ context halves that, which matters on the seal and verify hot paths.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptography.hazmat.primitives import hashes, hmac
 
 _EMPTY_SHA256 = hashes.Hash(hashes.SHA256())
@@ -19,6 +21,15 @@ def sha256(data: bytes) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return sha256(data).hex()
+
+
+def file_hex(path: Path, algorithm: hashes.HashAlgorithm | None = None) -> str:
+    """Hex digest of a file (SHA-256 unless told), streamed: no file has to fit in memory."""
+    digest = hashes.Hash(algorithm or hashes.SHA256())
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.finalize().hex()
 
 
 class KeyedHash:

@@ -15,7 +15,7 @@ from pathlib import Path
 from audit.errors import ConflictError, UsageError
 from audit.integrity.keys import Keyring
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer
-from audit.streams.schemas import _tenant
+from audit.streams.schemas import validate_tenant
 
 
 class TenantKeyrings:
@@ -56,7 +56,7 @@ class TenantKeyrings:
 
     def _path(self, tenant: str) -> Path:
         try:
-            _tenant(tenant)
+            validate_tenant(tenant)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return self.directory / f"{tenant}.pii.key"

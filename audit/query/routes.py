@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from audit.auth.tokens import Principal, Role
-from audit.deps import Caller, allow
-from audit.errors import InvalidInputError
+from audit.deps import Caller, allow, tenant_scope
+from audit.errors import NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, describe
 
@@ -86,15 +86,6 @@ def _service(request: Request) -> QueryService:
     return service
 
 
-def _tenant(request: Request, who: Principal | None, tenant: str | None) -> str:
-    """The token's tenant; in open mode (development) the caller must name one."""
-    if who is not None:
-        return who.tenant
-    if tenant is None:
-        raise InvalidInputError("open mode: pass ?tenant=")
-    return tenant
-
-
 async def _log(
     request: Request, who: Principal | None, tenant: str, action: EventAction, **metadata: Any
 ) -> None:
@@ -129,7 +120,7 @@ async def list_events(
 ) -> EventPageOut:
     """Events of the caller's tenant, newest first, with stable cursor pagination."""
     allow(request, who, *_READERS)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     filters = Filters(
         actor=actor,
         session=session,
@@ -170,7 +161,7 @@ async def get_event(
 ) -> EventOut:
     """One event of the caller's tenant (a subject sees only its own)."""
     allow(request, who, *_READERS)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     event = await _service(request).one(scope, who, event_id)
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="event", results=1)
     return EventOut(**describe(event))
@@ -187,7 +178,7 @@ async def stats(
 ) -> StatsOut:
     """Counts by action, outcome, actor (pseudonym), day or verdict over a time range."""
     allow(request, who, *_ANALYSTS)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     service = _service(request)
     query = service.build(scope, who, Filters(since=since, until=until))
     counts = await service.store.stats(query, by=by)
@@ -204,11 +195,9 @@ async def job_timeline(
 ) -> JobTimeline:
     """A job's events in order: inputs, models and hashes, steps, failed frames, outcome."""
     allow(request, who, *_TIMELINES)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     events = await _service(request).store.by_job(scope, job_id)
     if not events:
-        from audit.errors import NotFoundError
-
         raise NotFoundError(f"no job {job_id!r}")
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="job", results=len(events))
     final = [
@@ -234,7 +223,7 @@ async def verify(
     """Re-verify stored chains: hashes, links, signatures, and that the store still ends at
     the head the service accepted (deletions or edits inside the store are detected)."""
     allow(request, who, *_ANALYSTS)
-    scope = _tenant(request, who, tenant)
+    scope = tenant_scope(who, tenant)
     service = _service(request)
     # A time range verifies every stream of the tenant: a chain is only provable whole.
     names = [body.stream] if body.stream is not None else service.streams.names(scope)

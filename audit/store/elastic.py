@@ -332,7 +332,7 @@ class ElasticEventStore:
                 existing[i] = event.doc_id
             else:
                 seen.add((event.tenant, event.doc_id))
-                docs[i] = _document(event)
+                docs[i] = to_document(event)
         written = 0
         unindexed: set[int] = set()
         todo = sorted(docs)
@@ -368,7 +368,7 @@ class ElasticEventStore:
                         # Not indexable as it is (a value of the wrong type, say): keep
                         # it whole and unindexed rather than refuse a record.
                         unindexed.add(i)
-                        docs[i] = _document(events[i], indexed=False)
+                        docs[i] = to_document(events[i], indexed=False)
                         retry.append(i)
                     else:
                         error = result.get("error", {})
@@ -767,7 +767,7 @@ def _indexable(record: Mapping[str, Any]) -> bool:
     return not any(key in ("ffaudit", "ffaudit.ingest") or key.startswith(INGEST) for key in record)
 
 
-def _document(event: StoredEvent, *, indexed: bool = True) -> dict[str, Any]:
+def to_document(event: StoredEvent, *, indexed: bool = True) -> dict[str, Any]:
     annotations = {
         _VERDICT: event.verdict,
         INGEST + "failure": event.failure,

@@ -10,7 +10,7 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
-def _tenant(value: str) -> str:
+def validate_tenant(value: str) -> str:
     # Tenants name Elasticsearch indices: lowercase, no separators ES reserves.
     if not _TENANT.match(value):
         raise ValueError("tenant must be 1-63 chars of a-z, 0-9, '_' or '-', starting alphanumeric")
@@ -23,7 +23,7 @@ def _stream(value: str) -> str:
     return value
 
 
-TenantId = Annotated[str, AfterValidator(_tenant)]
+TenantId = Annotated[str, AfterValidator(validate_tenant)]
 StreamId = Annotated[str, AfterValidator(_stream)]
 
 

@@ -34,7 +34,7 @@ from audit.ingest.forward import ForwardServer
 from audit.ingest.service import IngestService
 from audit.integrity.keys import Signer
 from audit.settings import AuditSettings
-from audit.store.elastic import ElasticEventStore, _document
+from audit.store.elastic import ElasticEventStore, to_document
 from audit.store.protocol import StoredEvent
 from audit.streams.schemas import StreamRegistration
 from audit.streams.service import StreamService
@@ -154,7 +154,7 @@ async def raw_bulk(es_url: str, prefix: str, records: list[dict[str, Any]], batc
             failure=None,
             received_at=now,
         )
-        docs.append((store.index_for("bench", event.timestamp), event.doc_id, _document(event)))
+        docs.append((store.index_for("bench", event.timestamp), event.doc_id, to_document(event)))
     await store.close()
     client = AsyncElasticsearch(es_url)
     try:

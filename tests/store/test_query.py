@@ -20,7 +20,7 @@ from audit.db.session import alembic_config, upgrade
 from audit.errors import InvalidInputError
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
-from audit.store.elastic import INGEST, MAPPINGS, ElasticEventStore, _document
+from audit.store.elastic import INGEST, MAPPINGS, ElasticEventStore, to_document
 from audit.store.protocol import EventStore, StoredEvent
 from audit.store.query import STATS_BY, EventQuery, searchable_words
 from audit.store.sql import SqlEventStore
@@ -615,7 +615,7 @@ async def test_es_backfill_of_documents_from_before_the_query_fields(
         index = store.index_for(tenant, events[0].timestamp)
         await client.indices.create(index=index, mappings=old_mappings)
         for event in events:
-            doc = _document(event, indexed=event is not events[5])
+            doc = to_document(event, indexed=event is not events[5])
             # The first release wrote neither the two fields nor, beside an unindexed
             # record, the copies of its query fields.
             new = {INGEST + "time_us", INGEST + "search_words"}
