@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
 
 from audit.auth.tokens import Principal, Role, TokenVerifier, require
 from audit.errors import AuthenticationError, InvalidInputError
@@ -20,11 +19,6 @@ if TYPE_CHECKING:
 def settings_dep(request: Request) -> AuditSettings:
     settings: AuditSettings = request.app.state.settings
     return settings
-
-
-def sessions_dep(request: Request) -> sessionmaker[Session]:
-    sessions: sessionmaker[Session] = request.app.state.sessions
-    return sessions
 
 
 def ingest_service(request: Request) -> IngestService:

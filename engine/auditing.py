@@ -10,7 +10,6 @@ memory, and the service sees that loss as a gap — never as a fork.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from audit.integrity.keys import SIGNING_KEY, KeySet, keygen
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
-from engine.errors import UsageError
 from engine.files import write_atomic
 from engine.settings import EngineSettings
 from engine.transport.emitter import AuditEmitter
@@ -120,33 +118,13 @@ def build_audit_trail(
         fsync=settings.spool_fsync,
         on_alarm=_alarm,
     )
-    forward = audit_forward or settings.audit_forward
-    delivery = None
-    if forward:
-        host, _, port = forward.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"--audit-forward must be HOST:PORT, got {forward!r}")
-        delivery = ForwardDelivery(
-            host,
-            int(port),
-            tls=_tls(settings),
-            shared_key=settings.forward_shared_key,
-            username=settings.forward_username,
-            password=settings.forward_password,
-        )
+    if audit_forward is not None:
+        settings = settings.model_copy(update={"audit_forward": audit_forward})
+    delivery = ForwardDelivery.from_settings(settings)
     emitter = AuditEmitter(
         sealer, spool, delivery=delivery, file_sink=audit_file or settings.audit_file
     )
     return AuditTrail(emitter, keys, sealer)
-
-
-def _tls(settings: EngineSettings) -> ssl.SSLContext | None:
-    if not settings.forward_tls:
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.forward_tls_ca) if settings.forward_tls_ca else None
-    )
-    return context
 
 
 def _alarm(alarm: SpoolAlarm) -> None:

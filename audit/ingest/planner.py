@@ -139,12 +139,6 @@ class Planner:
         self._flag_stale_gaps()
         return self.plan
 
-    def sweep(self) -> Plan:
-        """No new records: settle what can be settled, flag gaps open too long."""
-        self._drain()
-        self._flag_stale_gaps()
-        return self.plan
-
     # -- classification -------------------------------------------------------------------
 
     def _one(self, item: Incoming) -> None:

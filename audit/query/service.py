@@ -7,7 +7,6 @@ tenant always comes from the token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -153,7 +152,3 @@ def describe(event: StoredEvent) -> dict[str, Any]:
         "failure": event.failure,
         "record": event.record,
     }
-
-
-def streams_of(events: Sequence[StoredEvent]) -> list[str]:
-    return sorted({e.stream for e in events})

@@ -114,10 +114,6 @@ class FacePipeline:
         else:
             self.detector = HaarDetector()
 
-    @property
-    def can_swap(self) -> bool:
-        return self._pack is not None
-
     def swapper(self) -> Swapper:
         if self._pack is None:
             raise ModelError(
