@@ -94,6 +94,10 @@ def build_audit_trail(
     audit_file: Path | None = None,
     audit_forward: str | None = None,
 ) -> AuditTrail:
+    # Validate the delivery first: a typo in an address must not leave keys or a spool behind.
+    if audit_forward is not None:
+        settings = settings.model_copy(update={"audit_forward": audit_forward})
+    delivery = ForwardDelivery.from_settings(settings)
     keys = ensure_keys(settings.keys_dir)
     settings.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     head_file = settings.spool_dir / HEAD_FILE
@@ -118,9 +122,6 @@ def build_audit_trail(
         fsync=settings.spool_fsync,
         on_alarm=_alarm,
     )
-    if audit_forward is not None:
-        settings = settings.model_copy(update={"audit_forward": audit_forward})
-    delivery = ForwardDelivery.from_settings(settings)
     emitter = AuditEmitter(
         sealer, spool, delivery=delivery, file_sink=audit_file or settings.audit_file
     )

@@ -214,3 +214,23 @@ def test_full_spool_refuses_the_job_rather_than_run_it_unaudited(
     assert run.returncode == 5, err.decode()  # AuditUnavailableError
     assert b"audit" in err.lower()
     assert not (tmp_path / "a.png").exists()
+
+
+def test_bad_forward_address_is_refused_before_anything_is_created(
+    tmp_path: Path, sample_image_path: Path
+) -> None:
+    env = engine_env(tmp_path)
+    run = ffengine(
+        "--target",
+        str(sample_image_path),
+        "--output",
+        str(tmp_path / "a.png"),
+        "--audit-forward",
+        "no-port-here",
+        env=env,
+    )
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 2
+    assert b"forward address must be HOST:PORT" in err
+    assert not (tmp_path / "engine").exists()  # no keys, no spool, no job records
+    assert not (tmp_path / "a.png").exists()

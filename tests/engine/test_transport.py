@@ -882,17 +882,13 @@ def test_emit_never_blocks_with_the_service_down_and_the_worker_stalled(
     spool = RecordingSpool(tmp_path / "spool", max_bytes=16 << 20)
     emitter = emitter_for(StalledSealer(signer, gate), spool, port)
     n = 5000
-    durations = []
     for i in range(n):
-        started = time.perf_counter_ns()
         emitter.emit(AuditEvent(action=EventAction.FACE_SWAPPED, actor=f"u{i}"))
-        durations.append(time.perf_counter_ns() - started)
-    # Every call returned while nothing could be sealed or sent: emit only enqueues (the
-    # stalled worker holds at most one batch of 500).
-    assert emitter.stats().queued >= n - 500
+    # Every call returned while nothing could be sealed or sent (the worker waits on a gate
+    # opened only below): emit only enqueues. A blocking emit would hang here. How long a
+    # call takes is measured by tests/benchmarks/bench_engine.py, not asserted.
+    assert emitter.stats().queued >= n - 500  # the stalled worker holds one batch at most
     assert spool.appended == []
-    durations.sort()
-    assert durations[-1] < 0.5e9  # a sanity bound only; timings live in the benchmark
     gate.set()
     svc.start(port)
     assert emitter.close(60)
