@@ -161,3 +161,13 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def register_stream(base_url: str, stream: str, tenant: str, public_key_pem: str) -> None:
+    """Register a stream with a running service (open mode) over its HTTP API."""
+    import httpx
+
+    httpx.post(
+        f"{base_url}/v1/streams",
+        json={"stream": stream, "tenant": tenant, "public_key_pem": public_key_pem},
+    ).raise_for_status()

@@ -24,6 +24,7 @@ from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
 from audit.settings import AuditSettings
+from tests.conftest import register_stream
 from tests.integrity.conftest import T0
 
 SECRET = "q" * 40
@@ -259,14 +260,7 @@ def test_query_and_job_commands_against_a_running_service(tmp_path: Path) -> Non
         records = sealed_history(signer, Keyring.generate())
         import httpx
 
-        httpx.post(
-            f"{service.url}/v1/streams",
-            json={
-                "stream": "cam-1",
-                "tenant": "acme",
-                "public_key_pem": signer.verifier.pem().decode(),
-            },
-        ).raise_for_status()
+        register_stream(service.url, "cam-1", "acme", signer.verifier.pem().decode())
         httpx.post(
             f"{service.url}/v1/streams/cam-1/records",
             content=orjson.dumps(records),

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 
@@ -21,6 +20,7 @@ from audit.cli.demo import ServiceThread
 from audit.store.sql import SqlEventStore
 from engine.auditing import ensure_keys
 from engine.pipeline.media import read_image
+from tests.conftest import register_stream
 
 STREAM, TENANT = "engine-1", "acme"
 
@@ -49,14 +49,7 @@ def engine_env(tmp_path: Path) -> dict[str, str]:
 
 def register(service: ServiceThread, tmp_path: Path) -> None:
     keys = ensure_keys(tmp_path / "engine" / "keys")
-    httpx.post(
-        f"{service.url}/v1/streams",
-        json={
-            "stream": STREAM,
-            "tenant": TENANT,
-            "public_key_pem": keys.signer.verifier.pem().decode(),
-        },
-    ).raise_for_status()
+    register_stream(service.url, STREAM, TENANT, keys.signer.verifier.pem().decode())
 
 
 def ffengine(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:

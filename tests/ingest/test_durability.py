@@ -25,6 +25,7 @@ from audit.devtools.elasticsearch import up as es_up
 from audit.integrity.keys import Signer
 from audit.store.elastic import ElasticEventStore
 from audit.store.sql import SqlEventStore
+from tests.conftest import register_stream
 
 from .conftest import make_records
 
@@ -122,14 +123,7 @@ async def test_kill9_mid_stream_then_resend_stores_every_record_once(tmp_path: P
     batches = [records[i : i + 10] for i in range(0, len(records), 10)]
     service.start()
     try:
-        httpx.post(
-            f"{service.url}/v1/streams",
-            json={
-                "stream": "cam-1",
-                "tenant": "acme",
-                "public_key_pem": signer.verifier.pem().decode(),
-            },
-        ).raise_for_status()
+        register_stream(service.url, "cam-1", "acme", signer.verifier.pem().decode())
         producer = Producer(service.url, batches)
         producer.start()
         for kill_at in (8, 20, 31):  # three crashes at different points of the stream
@@ -183,14 +177,7 @@ async def test_elasticsearch_down_mid_stream_loses_nothing(
     batches = [records[i : i + 10] for i in range(0, len(records), 10)]
     service.start()
     try:
-        httpx.post(
-            f"{service.url}/v1/streams",
-            json={
-                "stream": "cam-1",
-                "tenant": "acme",
-                "public_key_pem": signer.verifier.pem().decode(),
-            },
-        ).raise_for_status()
+        register_stream(service.url, "cam-1", "acme", signer.verifier.pem().decode())
         producer = Producer(service.url, batches)
         producer.start()
         while producer.acked < 10 and producer.is_alive():
