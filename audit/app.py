@@ -76,13 +76,16 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             await forward.start()
             log.info("forward protocol on %s:%d", settings.forward_host, forward.port)
         app.state.forward = forward
-        sweeper = asyncio.create_task(_sweep_gaps(ingest))
+        # Background loops of the service (gap sweep; retention, alert evaluation and
+        # webhook delivery add theirs here); cancelled in order at shutdown.
+        loops: list[asyncio.Task[None]] = [asyncio.create_task(_sweep_gaps(ingest))]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in reversed(loops):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if forward is not None:
                 await forward.stop()
             await app.state.servicelog.close()

@@ -94,6 +94,14 @@ class AuditSettings(BaseSettings):
     rate_limit_burst: int = Field(default=10, ge=1, description="token bucket capacity")
     rate_limit_max_sessions: int = Field(default=100_000, ge=1)
 
+    # -- retention, legal holds, archives (issue 6: audit/retention) --------------------------
+
+    # -- GDPR erasure: the subject vault (issue 6: audit/subjects) -----------------------------
+
+    # -- alerts (issue 6: audit/alerts) ---------------------------------------------------------
+
+    # -- webhook delivery (issue 6: audit/webhooks) ---------------------------------------------
+
     @property
     def event_store_database_url(self) -> str:
         return self.store_database_url or self.database_url

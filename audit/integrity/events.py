@@ -36,6 +36,18 @@ class EventAction(StrEnum):
     AUDIT_VERIFIED = "audit.verified"
     AUDIT_EXPORTED = "audit.exported"
     STREAM_REGISTERED = "stream.registered"
+    # Administration of retention, holds, erasure and alerts (also the log of the logs).
+    RETENTION_POLICY_CHANGED = "retention.policy_changed"
+    RETENTION_PURGED = "retention.purged"
+    RETENTION_FAILED = "retention.failed"
+    ARCHIVE_RESTORED = "archive.restored"
+    HOLD_PLACED = "hold.placed"
+    HOLD_RELEASED = "hold.released"
+    SUBJECT_ERASED = "subject.erased"
+    ALERT_RULE_CHANGED = "alert_rule.changed"
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
+    ALERT_RESOLVED = "alert.resolved"
+    WEBHOOK_CHANGED = "webhook.changed"
 
 
 class Outcome(StrEnum):
@@ -53,6 +65,7 @@ class ActionInfo:
 
 
 _P, _F, _L, _A, _D = ("process",), ("file",), ("library",), ("authentication",), ("database",)
+_C = ("configuration",)
 ACTIONS: dict[EventAction, ActionInfo] = {
     EventAction.JOB_SUBMITTED: ActionInfo(_P, ("creation",), critical=False),
     EventAction.JOB_STARTED: ActionInfo(_P, ("start",), critical=False),
@@ -75,6 +88,17 @@ ACTIONS: dict[EventAction, ActionInfo] = {
     EventAction.AUDIT_VERIFIED: ActionInfo(_D, ("access",), critical=True),
     EventAction.AUDIT_EXPORTED: ActionInfo(_D, ("access",), critical=True),
     EventAction.STREAM_REGISTERED: ActionInfo(("configuration",), ("creation",), critical=True),
+    EventAction.RETENTION_POLICY_CHANGED: ActionInfo(_C, ("change",), critical=True),
+    EventAction.RETENTION_PURGED: ActionInfo(_D, ("change",), critical=True),
+    EventAction.RETENTION_FAILED: ActionInfo(_D, ("change", "error"), critical=True),
+    EventAction.ARCHIVE_RESTORED: ActionInfo(_D, ("change",), critical=True),
+    EventAction.HOLD_PLACED: ActionInfo(_C, ("creation",), critical=True),
+    EventAction.HOLD_RELEASED: ActionInfo(_C, ("deletion",), critical=True),
+    EventAction.SUBJECT_ERASED: ActionInfo(("iam",), ("user", "deletion"), critical=True),
+    EventAction.ALERT_RULE_CHANGED: ActionInfo(_C, ("change",), critical=True),
+    EventAction.ALERT_ACKNOWLEDGED: ActionInfo(_C, ("change",), critical=True),
+    EventAction.ALERT_RESOLVED: ActionInfo(_C, ("change",), critical=True),
+    EventAction.WEBHOOK_CHANGED: ActionInfo(_C, ("change",), critical=True),
 }
 
 # Plain event files written to the brief's example use snake_case verbs ("face_swap").

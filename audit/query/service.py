@@ -7,6 +7,7 @@ tenant always comes from the token.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -20,6 +21,9 @@ from audit.query.keyrings import TenantKeyrings
 from audit.store.protocol import EventStore, StoredEvent
 from audit.store.query import EventPage, EventQuery
 from audit.streams.service import StreamService
+
+Progress = Callable[[int], Awaitable[None]]
+PROGRESS_EVERY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +114,12 @@ class QueryService:
                 raise NotFoundError(f"no event {doc_id!r}")
         return event
 
-    async def verify_stream(self, tenant: str, stream: str) -> StreamVerification:
+    async def verify_stream(
+        self, tenant: str, stream: str, *, on_progress: Progress | None = None
+    ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
-        edits or deletions made inside the store after ingest show up here."""
+        edits or deletions made inside the store after ingest show up here. `on_progress`
+        gets the records checked so far every PROGRESS_EVERY records (long chains)."""
         read = self.streams.read(stream, tenant_id=tenant)
         verifier = ChainVerifier(self.streams.verifier(stream), strict=False)
         failures: list[Failure] = []
@@ -125,6 +132,8 @@ class QueryService:
             count += 1
             failures += verifier.feed(line, canonicalize(event.record))
             last_seq, last_hash = event.sequence, event.event_hash
+            if on_progress is not None and count % PROGRESS_EVERY == 0:
+                await on_progress(count)
         failures += verifier.finish()
         matches = last_seq == read.head_sequence and (
             last_hash == read.head_hash or read.head_sequence == 0
