@@ -9,8 +9,10 @@ from typing import IO
 
 import click
 import orjson
+from click.core import ParameterSource
 from tqdm import tqdm
 
+from audit.cli.remote import DEFAULT_SERVICE, verify_remote
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord
 from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
@@ -132,11 +134,15 @@ def _write(out: IO[bytes], records: list[SealedRecord]) -> None:
 
 
 @click.command()
-@click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--pubkey",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Files: the producer's signing.pub (required).",
+)
 @click.option(
     "--strict",
     is_flag=True,
-    help="Also fail when a stream lacks its closing checkpoint (truncation).",
+    help="Files: also fail when a stream lacks its closing checkpoint (truncation).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.option(
@@ -144,11 +150,91 @@ def _write(out: IO[bytes], records: list[SealedRecord]) -> None:
     type=click.IntRange(min=1),
     default=1024,
     show_default=True,
-    help="Records of reordering tolerated per stream.",
+    help="Files: records of reordering tolerated per stream.",
 )
-@click.argument("records", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
-def verify(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path) -> int:
-    """Verify RECORDS.ndjson. Exit 0 intact, 1 integrity failure, 2 usage or unreadable input."""
+@click.option(
+    "--service",
+    envvar="FFAUDIT_SERVICE_URL",
+    default=None,
+    help=f"Verify what a running service stores [FFAUDIT_SERVICE_URL; default {DEFAULT_SERVICE}].",
+)
+@click.option("--stream", "streams", multiple=True, help="Service: a stream (repeatable).")
+@click.option("--since", help="Service: every stream of the tenant (with --until), RFC 3339.")
+@click.option("--until", help="Service: see --since.")
+@click.option("--token", envvar="FFAUDIT_TOKEN", default=None, help="Service: bearer token.")
+@click.option("--tenant", default=None, help="Service in open mode (no tokens): the tenant.")
+@click.option("--progress", is_flag=True, help="Service: progress on stderr even when not a tty.")
+@click.argument(
+    "records",
+    required=False,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+)
+def verify(
+    pubkey: Path | None,
+    strict: bool,
+    as_json: bool,
+    window: int,
+    service: str | None,
+    streams: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    token: str | None,
+    tenant: str | None,
+    progress: bool,
+    records: Path | None,
+) -> int:
+    """Verify RECORDS.ndjson offline, or (--service, --stream or --since/--until) the chains
+    a running audit service stores, with progress on stderr. Exit 0 intact, 1 integrity
+    failure, 2 usage error, unreadable input or a service error."""
+    ctx = click.get_current_context()
+    # FFAUDIT_SERVICE_URL in the environment does not make a file check remote.
+    named_service = ctx.get_parameter_source("service") is ParameterSource.COMMANDLINE
+    remote = [
+        name
+        for name, given in (
+            ("--service", named_service),
+            ("--stream", bool(streams)),
+            ("--since", since is not None),
+            ("--until", until is not None),
+            ("--progress", progress),
+        )
+        if given
+    ]
+    if records is not None:
+        if remote:
+            raise UsageError(
+                f"{', '.join(remote)}: for a service's stored chains, not with a RECORDS file"
+            )
+        if pubkey is None:
+            # As click words a missing required option: for files, --pubkey is one.
+            option = next(p for p in ctx.command.params if p.name == "pubkey")
+            raise click.MissingParameter(ctx=ctx, param=option)
+        return _verify_file(pubkey, strict, as_json, window, records)
+    if not remote:
+        raise UsageError(
+            "name a RECORDS.ndjson file (with --pubkey), or --stream / --since to verify "
+            "what a running service stores"
+        )
+    local = [n for n, given in (("--pubkey", pubkey), ("--strict", strict)) if given]
+    if local:
+        raise UsageError(f"{', '.join(local)}: for files; the service uses its own keys")
+    if streams and (since or until):
+        raise UsageError("--stream or --since/--until: a time range verifies every stream")
+    if not streams and since is None and until is None:
+        raise UsageError("name --stream, or --since/--until for every stream of the tenant")
+    return verify_remote(
+        service or DEFAULT_SERVICE,
+        token,
+        tenant,
+        streams,
+        since,
+        until,
+        progress=progress,
+        as_json=as_json,
+    )
+
+
+def _verify_file(pubkey: Path, strict: bool, as_json: bool, window: int, records: Path) -> int:
     verifier = ChainVerifier(Verifier.load(pubkey), strict=strict, window=window)
     failures: list[Failure] = []
 

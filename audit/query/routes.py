@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from audit.auth.tokens import Principal, Role
 from audit.deps import Caller, allow, tenant_scope
-from audit.errors import NotFoundError
+from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
-from audit.query.service import Filters, QueryService, describe
+from audit.query.service import Filters, QueryService, StreamVerification, describe
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
 _READERS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN, Role.SUBJECT)
 _ANALYSTS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN)
 _TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
+NDJSON = "application/x-ndjson"
+log = logging.getLogger("audit.query")
 
 
 class EventOut(BaseModel):
@@ -79,6 +87,42 @@ class StreamVerifyOut(BaseModel):
 class VerifyOut(BaseModel):
     ok: bool
     streams: list[StreamVerifyOut]
+
+
+class VerifyProgress(BaseModel):
+    stream: str
+    records: int = Field(description="records of the stream checked so far")
+    expected: int = Field(description="the accepted head's sequence: what the stream should hold")
+
+
+_VERIFY_LINES = {
+    "description": (
+        "Verification report (JSON). With `Accept: application/x-ndjson`, progress as it "
+        "goes instead: one JSON object per line, `progress` lines (one when each stream "
+        "starts, then every thousand records or so), ending with one `result` line (the "
+        "JSON report) or, when verification could not finish, one `error` line in the "
+        "error schema. Errors found before the first line are ordinary error responses."
+    ),
+    "content": {
+        NDJSON: {
+            "schema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["progress"],
+                        "properties": {"progress": VerifyProgress.model_json_schema()},
+                    },
+                    {
+                        "type": "object",
+                        "required": ["result"],
+                        "properties": {"result": {"$ref": "#/components/schemas/VerifyOut"}},
+                    },
+                    {"$ref": "#/components/schemas/ErrorBody"},
+                ]
+            }
+        }
+    },
+}
 
 
 def _service(request: Request) -> QueryService:
@@ -213,22 +257,121 @@ async def job_timeline(
     )
 
 
-@router.post("/verify", response_model=VerifyOut, responses={401: {}, 403: {}, 404: {}})
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    responses={200: _VERIFY_LINES, 401: {}, 403: {}, 404: {}},
+)
 async def verify(
     request: Request,
     who: Caller,
     body: VerifyRequest,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
-) -> VerifyOut:
+) -> Response | VerifyOut:
     """Re-verify stored chains: hashes, links, signatures, and that the store still ends at
-    the head the service accepted (deletions or edits inside the store are detected)."""
+    the head the service accepted (deletions or edits inside the store are detected).
+    Long chains: ask for `application/x-ndjson` to get progress while it runs."""
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
     service = _service(request)
     # A time range verifies every stream of the tenant: a chain is only provable whole.
     names = [body.stream] if body.stream is not None else service.streams.names(scope)
+    if _accepts_ndjson(request):
+        # Read now, so that an unknown stream is a plain 404 rather than an error line.
+        heads = {name: service.streams.read(name, tenant_id=scope).head_sequence for name in names}
+        return StreamingResponse(_verify_lines(request, who, scope, heads), media_type=NDJSON)
     results = [await service.verify_stream(scope, name) for name in names]
-    out = VerifyOut(
+    out = _verify_out(results)
+    await _log(request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok)
+    return out
+
+
+def _accepts_ndjson(request: Request) -> bool:
+    for item in request.headers.get("accept", "").split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() == NDJSON:
+            q = next((p[2:] for p in params if p.lower().startswith("q=")), "1")
+            with contextlib.suppress(ValueError):
+                return float(q) > 0
+    return False
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value) + b"\n"
+
+
+async def _verify_lines(
+    request: Request, who: Principal | None, scope: str, heads: dict[str, int]
+) -> AsyncIterator[bytes]:
+    """The NDJSON body: verification runs in a task that queues lines as it goes; the
+    bounded queue makes a slow reader slow the verification down rather than pile up."""
+    service = _service(request)
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+
+    async def run() -> None:
+        results: list[StreamVerification] = []
+        try:
+            for name, expected in heads.items():
+
+                async def progress(
+                    records: int, name: str = name, expected: int = expected
+                ) -> None:
+                    line = {"stream": name, "records": records, "expected": expected}
+                    await lines.put(_line({"progress": line}))
+
+                await progress(0)
+                result = await service.verify_stream(scope, name, on_progress=progress)
+                await progress(result.records)  # the stream's last line: its final count
+                results.append(result)
+            out = _verify_out(results)
+            await _log(
+                request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok
+            )
+            await lines.put(_line({"result": out.model_dump(mode="json")}))
+        except asyncio.CancelledError:
+            # The caller hung up: what it saw so far is still a read of the trail.
+            await asyncio.shield(_log_unfinished(request, who, scope, len(heads), "abandoned"))
+            raise
+        except FFAuditError as exc:
+            await _log_unfinished(request, who, scope, len(heads), type(exc).__name__)
+            await lines.put(_line({"error": {"type": type(exc).__name__, "message": exc.message}}))
+        except Exception:
+            # The status line went out long ago: the error can only be the last line.
+            log.exception("verification failed mid-stream")
+            await _log_unfinished(request, who, scope, len(heads), "InternalError")
+            error = {"type": "InternalError", "message": "internal error; see the service log"}
+            await lines.put(_line({"error": error}))
+        # Not in a `finally`: once cancelled, nobody reads the queue, and a full one would
+        # never take the end mark.
+        await lines.put(None)
+
+    task = asyncio.create_task(run())
+    try:
+        while (line := await lines.get()) is not None:
+            yield line
+    finally:
+        # Done already, unless the caller went away: then stop verifying on its behalf.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _log_unfinished(
+    request: Request, who: Principal | None, scope: str, streams: int, error: str
+) -> None:
+    with contextlib.suppress(FFAuditError):  # the error line matters more than this record
+        await request.app.state.servicelog.record(
+            who,
+            scope,
+            EventAction.AUDIT_VERIFIED,
+            outcome=Outcome.FAILURE,
+            metadata={"streams": streams, "error": error},
+            client_ip=request.client.host if request.client else None,
+        )
+
+
+def _verify_out(results: list[StreamVerification]) -> VerifyOut:
+    return VerifyOut(
         ok=all(not r.failures and r.matches_head for r in results),
         streams=[
             StreamVerifyOut(
@@ -247,5 +390,3 @@ async def verify(
             for r in results
         ],
     )
-    await _log(request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok)
-    return out

@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from elasticsearch import Elasticsearch
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -24,6 +25,8 @@ from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
 from audit.settings import AuditSettings
+from audit.store.elastic import ElasticEventStore
+from audit.store.sql import SqlEventStore
 from tests.conftest import register_stream
 from tests.integrity.conftest import T0
 
@@ -86,8 +89,19 @@ def sealed_history(
     return out + [r.record for r in sealer.close(T0 + timedelta(hours=1))]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[TestClient, list[dict[str, Any]], AuditSettings]]:
+Env = tuple[TestClient, list[dict[str, Any]], AuditSettings]
+
+
+@pytest.fixture(params=["sqlite", "elasticsearch"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """The service with acme's history on cam-1, on each event store (the control database
+    is SQLite either way): isolation must not depend on which store answers."""
+    store: dict[str, Any] = {}
+    if request.param == "elasticsearch":
+        store = {
+            "elasticsearch_url": request.getfixturevalue("elasticsearch_url"),
+            "elasticsearch_index_prefix": request.getfixturevalue("fresh_es_prefix"),
+        }
     settings = AuditSettings(
         database_url=f"sqlite:///{tmp_path}/q.db",
         forward_enabled=False,
@@ -97,6 +111,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, list[dict[str, Any]], Audi
         service_keys_dir=tmp_path / "service-keys",
         keyrings_dir=tmp_path / "keyrings",
         exports_dir=tmp_path / "exports",
+        **store,
     )
     upgrade(settings.database_url)
     signer, keyring = Signer.generate(), Keyring.generate()
@@ -121,7 +136,45 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, list[dict[str, Any]], Audi
         from audit.query.keyrings import TenantKeyrings
 
         TenantKeyrings(settings.keyrings_dir).import_keyring("acme", keyring.dumps())
+        expected = ElasticEventStore if store else SqlEventStore
+        assert isinstance(client.app.state.store, expected)  # type: ignore[attr-defined]
         yield client, records, settings
+
+
+def edit_stored(settings: AuditSettings, doc_id: str, outcome: str) -> None:
+    """What someone with direct access to the event store could do: change a stored record."""
+    if settings.elasticsearch_url is None:
+        db = create_engine(settings.event_store_database_url)
+        with db.begin() as conn:
+            row = conn.execute(text("SELECT record FROM events WHERE doc_id = :d"), {"d": doc_id})
+            edited = row.one()[0].replace('"success"', f'"{outcome}"')
+            conn.execute(
+                text("UPDATE events SET record = :r WHERE doc_id = :d"), {"r": edited, "d": doc_id}
+            )
+        db.dispose()
+        return
+    with Elasticsearch(settings.elasticsearch_url) as es:
+        index = _es_index(es, settings, doc_id)
+        es.update(index=index, id=doc_id, doc={"event.outcome": outcome}, refresh=True)
+
+
+def delete_stored(settings: AuditSettings, doc_id: str) -> None:
+    if settings.elasticsearch_url is None:
+        db = create_engine(settings.event_store_database_url)
+        with db.begin() as conn:
+            conn.execute(text("DELETE FROM events WHERE doc_id = :d"), {"d": doc_id})
+        db.dispose()
+        return
+    with Elasticsearch(settings.elasticsearch_url) as es:
+        es.delete(index=_es_index(es, settings, doc_id), id=doc_id, refresh=True)
+
+
+def _es_index(es: Elasticsearch, settings: AuditSettings, doc_id: str) -> str:
+    found = es.search(
+        index=f"{settings.elasticsearch_index_prefix}-*", query={"ids": {"values": [doc_id]}}
+    )
+    (hit,) = found["hits"]["hits"]
+    return str(hit["_index"])
 
 
 def test_who_did_what_by_raw_actor_with_paging(env: Any) -> None:
@@ -167,19 +220,14 @@ def test_stats_and_job_timeline(env: Any) -> None:
 def test_verify_detects_edits_and_deletions_inside_the_store(env: Any) -> None:
     client, records, settings = env
     assert client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()["ok"]
-    db = create_engine(settings.database_url)
-    with db.begin() as conn:  # someone with database access edits a record after ingest
-        row = conn.execute(text("SELECT record FROM events WHERE doc_id = 'cam-1:5'")).one()
-        edited = row[0].replace('"success"', '"failure"')
-        conn.execute(text("UPDATE events SET record = :r WHERE doc_id = 'cam-1:5'"), {"r": edited})
+    edit_stored(settings, "cam-1:5", "failure")  # someone with store access edits a record
     report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
     assert report["ok"] is False
     assert [(f["kind"], f["sequence"]) for f in report["streams"][0]["failures"]] == [
         ("modified", 5)
     ]
     last = len(records)
-    with db.begin() as conn:  # ...and deletes the tail
-        conn.execute(text("DELETE FROM events WHERE doc_id = :d"), {"d": f"cam-1:{last}"})
+    delete_stored(settings, f"cam-1:{last}")  # ...and deletes the tail
     report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
     assert report["streams"][0]["matches_head"] is False
     assert report["streams"][0]["stored_last_sequence"] == last - 1
@@ -295,3 +343,124 @@ def test_query_and_job_commands_against_a_running_service(tmp_path: Path) -> Non
         assert ffaudit("job", "nope").returncode == 2
     finally:
         service.stop()
+
+
+# (method, path, body) of every who-did-what endpoint, and the roles each one admits.
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
+    ("GET", "/v1/events", None, {"auditor", "security", "admin", "subject"}),
+    ("GET", "/v1/events/cam-1:1", None, {"auditor", "security", "admin", "subject"}),
+    ("GET", "/v1/stats", None, {"auditor", "security", "admin"}),
+    ("GET", "/v1/jobs/job-0", None, {"engineer", "auditor", "security", "admin"}),
+    ("POST", "/v1/verify", {"stream": "cam-1"}, {"auditor", "security", "admin"}),
+    ("POST", "/v1/exports", {"stream": ["cam-1"]}, {"auditor", "admin"}),
+    ("GET", "/v1/streams/cam-1", None, {"admin", "auditor", "security", "engineer"}),
+]
+ROLES = ("auditor", "security", "engineer", "subject", "admin", "ingest")
+
+
+def test_role_matrix_on_every_endpoint(env: Env) -> None:
+    client, _, _ = env
+    for method, path, body, admitted in ENDPOINTS:
+        for role in ROLES:
+            # cam-1:1 is alice's, so the subject alice may read it.
+            who = token(sub="alice" if role == "subject" else f"{role}-1", roles=[role])
+            got = client.request(method, path, json=body, headers=who)
+            if role in admitted:
+                assert got.status_code in (200, 201), (method, path, role, got.text)
+            else:
+                assert got.status_code == 403, (method, path, role, got.text)
+                assert got.json()["error"]["type"] == "ForbiddenError"
+        assert client.request(method, path, json=body).status_code == 401
+
+
+def test_a_subject_reaches_only_their_own_records_on_every_endpoint(env: Env) -> None:
+    client, records, _ = env
+    bob = token(sub="bob", roles=["subject"])
+    # sealed_history: frame i is alice's when i % 3 == 0.
+    alices = next(
+        f"cam-1:{r['event.sequence']}"
+        for r in records
+        if r["event.action"] == "job.started" and r["ffaudit.metadata"]["frame"] == 3
+    )
+    assert client.get(f"/v1/events/{alices}", headers=token()).status_code == 200
+    hidden = client.get(f"/v1/events/{alices}", headers=bob)
+    assert hidden.status_code == 404  # not 403: nothing confirms that the record exists
+    assert hidden.json() == {"error": {"type": "NotFoundError", "message": f"no event {alices!r}"}}
+    by_job = client.get("/v1/events", params={"job": "job-0"}, headers=bob).json()["events"]
+    own = {e["record"]["user.hash"] for e in by_job}
+    assert len(own) == 1
+    text_search = client.get("/v1/events", params={"q": "no face"}, headers=bob).json()["events"]
+    assert {e["record"]["user.hash"] for e in text_search} <= own
+
+
+def test_another_tenant_reaches_nothing_of_acme(env: Env) -> None:
+    client, _, _ = env
+    made = client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    assert made.status_code == 201, made.text
+    export_id = made.json()["export_id"]
+    # Tenant B with every role, a second factor, and acme named where open mode reads it.
+    other = token(tenant="other", roles=["auditor", "security", "engineer", "admin"])
+    acme = {"tenant": "acme"}
+    for path in ("/v1/events/cam-1:1", "/v1/jobs/job-0", "/v1/streams/cam-1"):
+        got = client.get(path, params=acme, headers=other)
+        assert got.status_code == 404, (path, got.text)
+    for name in ("manifest.json", "records.ndjson"):
+        got = client.get(f"/v1/exports/{export_id}/{name}", params=acme, headers=other)
+        assert got.status_code == 404
+    verify = client.post("/v1/verify", params=acme, json={"stream": "cam-1"}, headers=other)
+    assert verify.status_code == 404
+    every = client.post("/v1/verify", json={"since": "2020-01-01T00:00:00Z"}, headers=other)
+    assert "cam-1" not in {s["stream"] for s in every.json()["streams"]}
+    events = client.get("/v1/events", params={"stream": "cam-1", **acme}, headers=other).json()[
+        "events"
+    ]
+    assert events == []
+    assert client.get("/v1/events", params={"q": "face"}, headers=other).json()["events"] == []
+    counts = client.get("/v1/stats", params=acme, headers=other).json()["counts"]
+    assert set(counts) <= {"audit.queried", "audit.verified"}
+    exported = client.post("/v1/exports", params=acme, json={"stream": ["cam-1"]}, headers=other)
+    assert exported.status_code == 201, exported.text
+    assert exported.json()["records"] == 0
+    # Without the other tenant's keyring, a raw id cannot be pseudonymised: refused, and
+    # acme's keyring is never used in its place.
+    assert client.post("/v1/exports", json={"actor": "bob"}, headers=other).status_code == 409
+
+
+def test_a_tenant_whose_name_extends_anothers_stays_apart(env: Env) -> None:
+    """`acme-eu`: its Elasticsearch indices match the pattern `<prefix>-acme-*`."""
+    client, _, _ = env
+    signer, keyring = Signer.generate(), Keyring.generate()
+    eu = sealed_history(signer, keyring, stream="eu-1", tenant="acme-eu")
+    client.post(
+        "/v1/streams",
+        headers=token(sub="root", tenant="acme-eu", roles=["admin"]),
+        json={
+            "stream": "eu-1",
+            "tenant": "acme-eu",
+            "public_key_pem": signer.verifier.pem().decode(),
+        },
+    ).raise_for_status()
+    client.post(
+        "/v1/streams/eu-1/records",
+        content=orjson.dumps(eu),
+        headers={
+            **token(tenant="acme-eu", roles=["ingest"]),
+            "content-type": "application/json",
+        },
+    ).raise_for_status()
+    acme, acme_eu = token(), token(tenant="acme-eu")
+    assert client.get("/v1/events", params={"stream": "eu-1"}, headers=acme).json()["events"] == []
+    mine = client.get("/v1/events", params={"stream": "eu-1", "limit": 500}, headers=acme_eu)
+    assert len(mine.json()["events"]) == len(eu)
+    assert (
+        client.get("/v1/events", params={"stream": "cam-1"}, headers=acme_eu).json()["events"] == []
+    )
+    acme_counts = client.get("/v1/stats", headers=acme).json()["counts"]
+    eu_counts = client.get("/v1/stats", headers=acme_eu).json()["counts"]
+    assert acme_counts["frame.failed"] == eu_counts["frame.failed"] == 8  # not 16
+    assert {e["stream"] for e in client.get("/v1/jobs/job-0", headers=acme).json()["events"]} == {
+        "cam-1"
+    }
+    assert client.get("/v1/events/eu-1:1", headers=acme).status_code == 404
+    assert client.get("/v1/events/cam-1:1", headers=acme_eu).status_code == 404
+    assert client.post("/v1/verify", json={"stream": "eu-1"}, headers=acme).status_code == 404
