@@ -105,7 +105,11 @@ def require(principal: Principal, settings: AuditSettings, *roles: Role) -> Prin
     if not principal.has(*roles):
         wanted = ", ".join(r.value for r in roles)
         raise ForbiddenError(f"this needs one of the roles: {wanted}")
-    if roles == (Role.ADMIN,) and not principal.amr.intersection(settings.admin_mfa_methods):
+    # Admin grants access only with a second factor, wherever it is one of the roles
+    # allowed: an admin token signed in with a password alone counts only for its other
+    # roles (the brief: administrators need two-factor authentication for the full log).
+    grants = {r for r in roles if principal.has(r)}
+    if grants == {Role.ADMIN} and not principal.amr.intersection(settings.admin_mfa_methods):
         raise ForbiddenError("administrators must sign in with a second factor (amr)")
     return principal
 

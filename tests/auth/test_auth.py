@@ -22,6 +22,7 @@ from audit.db.session import upgrade
 from audit.errors import AuthenticationError
 from audit.integrity.keys import Signer
 from audit.settings import AuditSettings
+from audit.store.protocol import EventStore
 from tests.ingest.conftest import make_records
 
 SECRET = "x" * 40
@@ -121,9 +122,16 @@ def test_eddsa_from_jwks(tmp_path: Path) -> None:
         verifier.verify(jwt.encode(claims(), other, algorithm="EdDSA"))
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    s = settings(tmp_path, jwt_hs256_secret=SECRET)
+@pytest.fixture(params=["sqlite", "elasticsearch"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The service on each event store: roles and tenants must hold on both."""
+    store: dict[str, Any] = {}
+    if request.param == "elasticsearch":
+        store = {
+            "elasticsearch_url": request.getfixturevalue("elasticsearch_url"),
+            "elasticsearch_index_prefix": request.getfixturevalue("fresh_es_prefix"),
+        }
+    s = settings(tmp_path, jwt_hs256_secret=SECRET, **store)
     upgrade(s.database_url)
     with TestClient(create_app(s)) as client:
         yield client
@@ -169,6 +177,19 @@ def test_role_and_tenant_matrix(client: TestClient) -> None:
     assert ok.status_code == 200, ok.text
 
 
+def test_admin_reads_the_full_log_only_with_a_second_factor(client: TestClient) -> None:
+    # Admin is one of several roles allowed to read: it must still need MFA there.
+    for path in ("/v1/events", "/v1/stats", "/v1/alerts", "/v1/retention/policies"):
+        weak = client.get(path, headers=bearer(roles=["admin"], amr=["pwd"]))
+        assert weak.status_code == 403, (path, weak.text)
+        assert "second factor" in weak.json()["error"]["message"]
+        strong = client.get(path, headers=bearer(roles=["admin"], amr=["pwd", "otp"]))
+        assert strong.status_code == 200, (path, strong.text)
+    # Another role on the same token still counts on its own.
+    both = bearer(roles=["admin", "auditor"], amr=["pwd"])
+    assert client.get("/v1/events", headers=both).status_code == 200
+
+
 def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -186,15 +207,13 @@ def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
 
 
 def test_admin_actions_land_in_the_log_of_the_logs(client: TestClient) -> None:
-    from audit.store.sql import SqlEventStore
-
     signer = Signer.generate()
     assert register(client, signer, roles=["admin"], amr=["otp"], sub="root-admin") == 201
     servicelog = client.app.state.servicelog  # type: ignore[attr-defined]
     stream = servicelog.stream_for("acme")
     head = client.get(f"/v1/streams/{stream}", headers=bearer()).json()
     assert head["head_sequence"] == 1
-    store: SqlEventStore = client.app.state.store  # type: ignore[attr-defined]
+    store: EventStore = client.app.state.store  # type: ignore[attr-defined]
 
     async def read() -> list[Any]:
         return [e async for e in store.scan("acme", stream)]
