@@ -29,6 +29,7 @@ from engine.transport.forward import ForwardDelivery
 from engine.transport.spool import Spool, SpoolAlarm
 
 if TYPE_CHECKING:
+    from audit.subjects.vault import SqlSubjectVault
     from engine.jobs.runner import JobRunner
 
 log = logging.getLogger("engine.audit")
@@ -98,6 +99,7 @@ def build_audit_trail(
     if audit_forward is not None:
         settings = settings.model_copy(update={"audit_forward": audit_forward})
     delivery = ForwardDelivery.from_settings(settings)
+    vault = _subject_vault(settings)
     keys = ensure_keys(settings.keys_dir)
     settings.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     head_file = settings.spool_dir / HEAD_FILE
@@ -111,7 +113,13 @@ def build_audit_trail(
     )
     sealer = Sealer(
         writer,
-        Pseudonymizer(keys.keyring, settings.tenant),
+        Pseudonymizer(
+            keys.keyring,
+            settings.tenant,
+            settings.subject_cache_size,
+            vault=vault,
+            vault_ttl_s=settings.subject_cache_ttl_s,
+        ),
         SessionRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
     spool = HeadTrackingSpool(
@@ -126,6 +134,22 @@ def build_audit_trail(
         sealer, spool, delivery=delivery, file_sink=audit_file or settings.audit_file
     )
     return AuditTrail(emitter, keys, sealer)
+
+
+def _subject_vault(settings: EngineSettings) -> SqlSubjectVault | None:
+    """The audit service's subject vault, when configured: user ids and e-mail addresses
+    are then sealed under per-subject keys that an erasure can destroy."""
+    if settings.subject_vault_url is None:
+        return None
+    from audit.subjects.vault import SqlSubjectVault
+
+    vault = SqlSubjectVault.from_url(settings.subject_vault_url)
+    try:
+        vault.ping()  # a wrong URL or an unmigrated database stops the start, clearly
+    except BaseException:
+        vault.close()
+        raise
+    return vault
 
 
 def _alarm(alarm: SpoolAlarm) -> None:

@@ -43,6 +43,18 @@ class EngineSettings(BaseSettings):
     rate_limit_per_s: float = Field(default=10.0, gt=0)
     rate_limit_burst: int = Field(default=10, ge=1)
 
+    # -- GDPR erasure: the subject vault (audit.subjects) -------------------------------------
+    subject_vault_url: str | None = Field(
+        default=None,
+        description="per-subject pseudonym keys, so that a subject can be erased: the audit "
+        "service's vault (SQLAlchemy URL, typically its control database); unset: keyring "
+        "pseudonyms only",
+    )
+    subject_cache_ttl_s: float = Field(
+        default=60.0, gt=0, description="an erasure reaches this engine within this many seconds"
+    )
+    subject_cache_size: int = Field(default=65536, ge=1, description="subjects cached")
+
     # -- HTTP sidecar ----------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
