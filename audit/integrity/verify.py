@@ -15,6 +15,11 @@ How evidence becomes a failure kind (docs/record-spec.md, "Verifying"):
   does verify (a valid signature commits to the whole prefix, so only the signature was
   damaged), else **forged_chain** (hashes were recomputed without the key);
 * with `strict`, a stream that does not end in its closing checkpoint: **truncated**.
+
+Records purged by retention are absent on purpose: `skip_purged` hands the verifier the
+ranges their signed retention checkpoints describe (docs/record-spec.md §12), and the chain
+continues across each one as if its records were there, the first remaining record linking
+to the range's last hash. Streams without purged ranges never reach that code.
 """
 
 from __future__ import annotations
@@ -72,6 +77,17 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgedRange:
+    """Sequences `first`..`last` of a stream, purged by retention: `first_prev` is what the
+    first of them linked to, `last_hash` the hash the next remaining record links to."""
+
+    first: int
+    last: int
+    first_prev: str
+    last_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     """What verification keeps of a record once its content hash was checked."""
 
@@ -100,6 +116,7 @@ class StreamReport:
     rival: _Entry | None = None  # a second record claiming head's sequence
     unredeemed: list[_Entry] = field(default_factory=list)  # failing signatures so far
     wrong_key_reported: bool = False
+    purged: dict[int, PurgedRange] = field(default_factory=dict)  # by first sequence
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -213,10 +230,24 @@ class ChainVerifier:
             self._place(state, _Entry(line_no, seq, stored, prev, None))
         return self._out
 
+    def skip_purged(self, tenant: str, stream: str, ranges: list[PurgedRange]) -> None:
+        """Before feeding: the stream's records in `ranges` were purged, so the chain jumps
+        across each (checking the link into it) where its records are absent. A range whose
+        records are present (restored from an archive) is verified record by record."""
+        state = self.streams.get((tenant, stream))
+        if state is None:
+            state = self.streams[tenant, stream] = StreamReport(
+                stream, tenant, recent=[None] * self.window
+            )
+        for r in ranges:
+            state.purged[r.first] = r
+
     def finish(self) -> list[Failure]:
         """End of input: settle pending records, rivals and signatures."""
         self._out = []
         for state in self.streams.values():
+            if state.purged:
+                self._settle_purged(state)
             while state.pending:
                 self._skip_gap(state)
             if state.rival is not None:
@@ -273,6 +304,12 @@ class ChainVerifier:
                 )
             self._extend_and_drain(state, entry)
         elif seq > state.expected:
+            if state.purged:
+                # A record present inside a purged range (a restored one) stops the jump.
+                before = min(seq, *state.pending) if state.pending else seq
+                if self._jump_purged(state, before):
+                    self._place(state, entry)
+                    return
             if seq in state.pending:
                 self._repeat(state, entry, state.pending[seq].hash, state.pending[seq].line)
                 return
@@ -291,6 +328,83 @@ class ChainVerifier:
                 )
             else:
                 self._repeat(state, entry, seen[1], seen[2])
+
+    def _jump_purged(self, state: StreamReport, before: int | None) -> bool:
+        """Jump over the purged ranges that start where the chain stands and end before
+        sequence `before` (any end when None); True if the chain moved."""
+        for stale in [first for first in state.purged if first < state.expected]:
+            del state.purged[stale]  # its records were present and placed one by one
+        moved = False
+        while state.expected in state.purged:
+            r = state.purged[state.expected]
+            if before is not None and r.last >= before:
+                break  # a record inside the range is present: it is placed, not skipped
+            del state.purged[r.first]
+            self._jump(state, r)
+            moved = True
+            while state.expected in state.pending:
+                self._extend(state, state.pending.pop(state.expected))
+        return moved
+
+    def _settle_purged(self, state: StreamReport) -> None:
+        """End of input: purged ranges still ahead (the stream's tail was purged, or records
+        between the chain and a range are missing: a gap before the range)."""
+        while state.purged:
+            self._jump_purged(state, min(state.pending) if state.pending else None)
+            if not state.purged:
+                return
+            first = min(state.purged)
+            if state.pending and min(state.pending) <= state.purged[first].last:
+                if min(state.pending) < first:
+                    self._skip_gap(state)
+                else:
+                    del state.purged[first]  # partly present: its holes are gaps
+                continue
+            if first > state.expected:
+                missing = (
+                    f"sequence {state.expected}"
+                    if first == state.expected + 1
+                    else f"sequences {state.expected}..{first - 1}"
+                )
+                self._fail(
+                    FailureKind.GAP,
+                    state.stream,
+                    None,
+                    first,
+                    f"missing {missing}, before purged sequences {first}.."
+                    f"{state.purged[first].last}",
+                )
+                state.linked = False
+                state.expected = first
+
+    def _jump(self, state: StreamReport, r: PurgedRange) -> None:
+        if state.rival is not None:
+            # As in _extend: the range links to one of the two, the other was inserted.
+            rival, state.rival = state.rival, None
+            blamed = rival.line
+            if r.first_prev == rival.hash and r.first_prev != state.head_hash:
+                blamed = state.head_line
+                state.head_hash, state.head_line = rival.hash, rival.line
+            self._fail(
+                FailureKind.INSERTED,
+                state.stream,
+                blamed,
+                rival.seq,
+                f"a second record claims sequence {rival.seq} (the chain continues into "
+                f"purged sequences {r.first}..{r.last} from the other)",
+            )
+        if state.linked and r.first_prev != state.head_hash:
+            self._fail(
+                FailureKind.MODIFIED,
+                state.stream,
+                state.head_line or None,
+                r.first - 1,
+                f"event.hash differs from the hash that the retention checkpoint of purged "
+                f"sequences {r.first}..{r.last} links to: edited and re-hashed",
+            )
+        state.linked = True
+        state.expected = r.last + 1
+        state.head_hash, state.head_line = r.last_hash, 0
 
     def _repeat(self, state: StreamReport, entry: _Entry, hash_: str, line: int) -> None:
         if entry.hash == hash_:
