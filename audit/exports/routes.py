@@ -130,6 +130,8 @@ async def create_export(
             "records": len(selected),
             "filters": filters.names(),
             "streams": sorted(keys),
+            # The admin-export alert rule reads them (audit.alerts.rules.AdminExportRule).
+            "roles": sorted(r.value for r in who.roles) if who is not None else [],
         },
         client_ip=request.client.host if request.client else None,
     )

@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.alerts.repository import AlertRepository
+from audit.alerts.service import raise_event_alert, raise_planned_alert
 from audit.errors import BusyError, CanonicalizationError, ConflictError, FFAuditError
 from audit.ingest.planner import Head, Incoming, Plan, Planner, Result, doc_id
 from audit.ingest.repository import IngestRepository
@@ -329,9 +329,10 @@ class IngestService:
                 repo.add_pending(plan.pending_add)
                 for checkpoint in plan.checkpoints:
                     repo.add_checkpoint(checkpoint)
-                alerts = AlertRepository(session)
                 for alert in plan.alerts:
-                    alerts.raise_alert(tenant_id=tenant, stream_id=stream, **alert)
+                    raise_planned_alert(
+                        session, self.settings, tenant_id=tenant, stream_id=stream, planned=alert
+                    )
         except _LostRace:
             return False
         except IntegrityError:
@@ -404,13 +405,14 @@ class IngestService:
                         payload=_payload(obj),
                     )
                 )
-            AlertRepository(session).raise_alert(
+            raise_event_alert(
+                session,
+                self.settings,
                 rule=rule,
-                severity="high",
                 title=f"{len(items)} record(s) quarantined: {reason}",
-                dedup_key=f"{rule}:{stream or '-'}:{peer or '-'}",
                 tenant_id=tenant,
                 stream_id=stream,
+                group=f"{stream or '-'}:{peer or '-'}",
                 detail={"reason": reason, "source": source, "count": len(items)},
             )
 

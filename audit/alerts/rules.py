@@ -1,0 +1,331 @@
+"""The rule catalogue: built-in rules (event-driven and scheduled) and custom threshold rules.
+
+Event-driven rules fire where the evidence appears (ingest: integrity failures, forks,
+persistent gaps, quarantined records; the retention job: its failures). Scheduled rules
+are evaluated by audit.alerts.scheduler over windows of event time: a window of `window`
+seconds ends at every multiple of `step` seconds since the epoch, and each closed window is
+evaluated once. `step < window` gives overlapping (hopping) windows, so a burst that
+straddles one window boundary still falls whole into another window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from audit.integrity.digest import sha256_hex
+from audit.integrity.events import EventAction
+from audit.models import AlertRule
+from audit.settings import AuditSettings
+from audit.store.protocol import EventStore
+from audit.store.query import EventQuery, GroupField
+
+CUSTOM_PREFIX = "custom:"
+_DEDUP_MAX = 256  # alerts.dedup_key
+_PAGE = 500
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinRule:
+    id: str
+    severity: Severity
+    source: str  # "ingest" | "retention" | "schedule"
+    description: str
+
+
+BUILTIN_RULES: dict[str, BuiltinRule] = {
+    rule.id: rule
+    for rule in (
+        BuiltinRule(
+            "integrity_failure",
+            Severity.CRITICAL,
+            "ingest",
+            "a record or checkpoint fails verification (modified, broken link, bad signature)",
+        ),
+        BuiltinRule("fork", Severity.CRITICAL, "ingest", "two records claim one sequence"),
+        BuiltinRule("sequence_gap", Severity.HIGH, "ingest", "records of a stream never arrived"),
+        BuiltinRule("unknown_stream", Severity.HIGH, "ingest", "records of an unregistered stream"),
+        BuiltinRule(
+            "wrong_tenant",
+            Severity.HIGH,
+            "ingest",
+            "records claim another tenant than their stream's",
+        ),
+        BuiltinRule("malformed_record", Severity.MEDIUM, "ingest", "input that is not a record"),
+        BuiltinRule("retention_failed", Severity.HIGH, "retention", "a retention run failed"),
+        BuiltinRule(
+            "rate_limited", Severity.MEDIUM, "schedule", "a producer dropped records (rate limit)"
+        ),
+        BuiltinRule(
+            "client_ip_burst",
+            Severity.HIGH,
+            "schedule",
+            "one client IP pseudonym made too many requests in a window",
+        ),
+        BuiltinRule(
+            "failed_job_ratio",
+            Severity.HIGH,
+            "schedule",
+            "the share of failed jobs of a stream is over the threshold",
+        ),
+        BuiltinRule(
+            "admin_export", Severity.MEDIUM, "schedule", "an administrator exported records"
+        ),
+    )
+}
+
+
+def dedup_key(rule: str, tenant: str | None, group: str) -> str:
+    """rule + tenant + group: one incident per key (a long group is replaced by its digest)."""
+    key = f"{rule}:{tenant or '-'}:{group}"
+    if len(key) <= _DEDUP_MAX:
+        return key
+    return f"{rule}:{tenant or '-'}:sha256:{sha256_hex(group.encode())}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What one window of one rule found for one group: an alert, or a repeat of one."""
+
+    group: str
+    count: int  # the records behind it: the largest groups are alerted first
+    title: str
+    detail: dict[str, Any]
+    stream_id: str | None = None
+
+
+class WindowRule(Protocol):
+    """A scheduled rule: evaluated once per closed window, per tenant."""
+
+    @property
+    def rule(self) -> str: ...  # the alert's rule id, and the watermark's name
+
+    @property
+    def severity(self) -> str: ...
+
+    @property
+    def window(self) -> timedelta: ...
+
+    @property
+    def step(self) -> timedelta: ...
+
+    @property
+    def since(self) -> datetime | None: ...  # no window ends at or before this
+
+    async def evaluate(
+        self, store: EventStore, tenant: str, start: datetime, end: datetime
+    ) -> list[Finding]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdRule:
+    """More than `threshold` records matching `filters` per value of `group_by`."""
+
+    rule: str
+    severity: str
+    name: str
+    group_by: GroupField
+    threshold: int
+    window: timedelta
+    step: timedelta
+    filters: dict[str, Any] = field(default_factory=dict)
+    since: datetime | None = None
+
+    def query(self, tenant: str, start: datetime, end: datetime) -> EventQuery:
+        return EventQuery(
+            tenant=tenant,
+            actions=tuple(self.filters.get("actions", ())),
+            outcomes=tuple(self.filters.get("outcomes", ())),
+            streams=tuple(self.filters.get("streams", ())),
+            verdicts=tuple(self.filters.get("verdicts", ())),
+            text=self.filters.get("text"),
+            since=start,
+            until=end,
+        )
+
+    async def evaluate(
+        self, store: EventStore, tenant: str, start: datetime, end: datetime
+    ) -> list[Finding]:
+        counts = await store.count_by(
+            self.query(tenant, start, end), field=self.group_by, more_than=self.threshold
+        )
+        seconds = int(self.window.total_seconds())
+        return [
+            Finding(
+                group=value,
+                count=n,
+                title=f"{self.name}: {n} records with {self.group_by} {_short(value)} "
+                f"in {seconds} s (threshold {self.threshold})",
+                detail=_window_detail(start, end, group_by=self.group_by, value=value, count=n),
+                stream_id=value if self.group_by == "stream" else None,
+            )
+            for value, n in counts.items()
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJobRatioRule:
+    """job.failed / (job.completed + job.failed) of a stream over `ratio`, given enough jobs."""
+
+    ratio: float
+    min_jobs: int
+    window: timedelta
+    step: timedelta
+    rule: str = "failed_job_ratio"
+    severity: str = Severity.HIGH.value
+    since: datetime | None = None
+
+    async def evaluate(
+        self, store: EventStore, tenant: str, start: datetime, end: datetime
+    ) -> list[Finding]:
+        ended = (EventAction.JOB_COMPLETED.value, EventAction.JOB_FAILED.value)
+        finished = await store.count_by(
+            EventQuery(tenant=tenant, actions=ended, since=start, until=end),
+            field="stream",
+            more_than=self.min_jobs - 1,
+        )
+        if not finished:
+            return []
+        failed = await store.count_by(
+            EventQuery(tenant=tenant, actions=ended[1:], since=start, until=end),
+            field="stream",
+        )
+        findings = []
+        for stream, total in finished.items():
+            share = failed.get(stream, 0) / total
+            if share > self.ratio:
+                findings.append(
+                    Finding(
+                        group=stream,
+                        count=failed[stream],
+                        title=f"{failed[stream]} of {total} jobs failed on stream {stream} "
+                        f"({share:.0%}, threshold {self.ratio:.0%})",
+                        detail=_window_detail(
+                            start, end, failed=failed[stream], finished=total, ratio=share
+                        ),
+                        stream_id=stream,
+                    )
+                )
+        return findings
+
+
+@dataclass(frozen=True, slots=True)
+class AdminExportRule:
+    """An audit.exported record of the service's own stream whose caller held the admin role
+    (the export route records the caller's roles)."""
+
+    service_stream: str
+    window: timedelta
+    step: timedelta
+    rule: str = "admin_export"
+    severity: str = Severity.MEDIUM.value
+    since: datetime | None = None
+
+    async def evaluate(
+        self, store: EventStore, tenant: str, start: datetime, end: datetime
+    ) -> list[Finding]:
+        # Only the service writes its own streams (they are signed with its key and
+        # verified at ingest); a producer's look-alike record elsewhere does not count.
+        own = f"{self.service_stream}.{tenant}."
+        query = EventQuery(
+            tenant=tenant,
+            actions=(EventAction.AUDIT_EXPORTED.value,),
+            since=start,
+            until=end,
+            order="asc",
+        )
+        by_actor: dict[str, list[str]] = {}
+        cursor = None
+        while True:
+            page = await store.search(query, limit=_PAGE, cursor=cursor)
+            for event in page.events:
+                meta = event.record.get("ffaudit.metadata")
+                if not event.stream.startswith(own) or not isinstance(meta, dict):
+                    continue
+                roles = meta.get("roles")
+                if isinstance(roles, list) and "admin" in roles:
+                    actor = str(event.record.get("user.hash", "-"))
+                    by_actor.setdefault(actor, []).append(str(meta.get("export_id", "")))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return [
+            Finding(
+                group=actor,
+                count=len(exports),
+                title=f"an administrator ({_short(actor)}) exported audit records "
+                f"({len(exports)} export(s))",
+                detail=_window_detail(start, end, actor=actor, exports=exports[:20]),
+            )
+            for actor, exports in by_actor.items()
+        ]
+
+
+def builtin_window_rules(settings: AuditSettings) -> list[WindowRule]:
+    """The scheduled built-in rules, with their thresholds from the settings."""
+    s = settings
+    return [
+        ThresholdRule(
+            rule="client_ip_burst",
+            severity=Severity.HIGH.value,
+            name="client IP burst",
+            group_by="ffaudit.client.ip_hash",
+            threshold=s.alert_ip_burst_threshold,
+            window=timedelta(seconds=s.alert_ip_burst_window_s),
+            step=timedelta(seconds=min(s.alert_ip_burst_step_s, s.alert_ip_burst_window_s)),
+            filters={"actions": list(s.alert_ip_request_actions)},
+        ),
+        ThresholdRule(
+            rule="rate_limited",
+            severity=Severity.MEDIUM.value,
+            name="rate-limit drops",
+            group_by="stream",
+            threshold=0,
+            window=timedelta(seconds=s.alert_rate_limit_window_s),
+            step=timedelta(seconds=s.alert_rate_limit_window_s),
+            filters={"actions": [EventAction.AUDIT_RATE_LIMITED.value]},
+        ),
+        FailedJobRatioRule(
+            ratio=s.alert_failed_job_ratio,
+            min_jobs=s.alert_failed_job_min_jobs,
+            window=timedelta(seconds=s.alert_failed_job_window_s),
+            step=timedelta(seconds=s.alert_failed_job_window_s),
+        ),
+        AdminExportRule(
+            service_stream=s.service_stream,
+            window=timedelta(seconds=s.alert_admin_export_window_s),
+            step=timedelta(seconds=s.alert_admin_export_window_s),
+        ),
+    ]
+
+
+def custom_rule(row: AlertRule) -> ThresholdRule:
+    return ThresholdRule(
+        rule=f"{CUSTOM_PREFIX}{row.id}",
+        severity=row.severity,
+        name=row.name,
+        group_by=row.group_by,  # type: ignore[arg-type]  # validated when stored
+        threshold=row.threshold,
+        window=timedelta(seconds=row.window_s),
+        step=timedelta(seconds=row.step_s),
+        filters=dict(row.filters),
+        # A new or changed rule looks at windows ending after the change, not at history.
+        since=row.updated_at,
+    )
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 24 else value[:16] + "…"
+
+
+def _window_detail(start: datetime, end: datetime, **extra: Any) -> dict[str, Any]:
+    return {"window_start": start.isoformat(), "window_end": end.isoformat(), **extra}

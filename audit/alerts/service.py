@@ -1,0 +1,321 @@
+"""Alerts for security teams: raising event-driven alerts, the alert workflow (open ->
+acknowledged -> resolved) and custom threshold rules. Every change people make is recorded
+in the log of the logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit.alerts.repository import ACKNOWLEDGED, OPEN, RESOLVED, AlertRepository
+from audit.alerts.rules import BUILTIN_RULES, CUSTOM_PREFIX, dedup_key
+from audit.alerts.schemas import (
+    AlertOut,
+    AlertPageOut,
+    BuiltinRuleOut,
+    RuleIn,
+    RuleOut,
+    RulesOut,
+)
+from audit.auth.tokens import Principal
+from audit.db.base import utcnow
+from audit.errors import ConflictError, InvalidInputError, NotFoundError
+from audit.integrity.events import EventAction
+from audit.models import Alert, AlertRule
+from audit.servicelog import ServiceLog
+from audit.settings import AuditSettings
+
+_CURSOR_MAX = 2**31 - 1
+# Target state -> the states it may be reached from.
+_TRANSITIONS = {ACKNOWLEDGED: (OPEN,), RESOLVED: (OPEN, ACKNOWLEDGED)}
+
+
+def raise_event_alert(
+    session: Session,
+    settings: AuditSettings,
+    *,
+    rule: str,
+    title: str,
+    tenant_id: str | None,
+    stream_id: str | None,
+    group: str,
+    detail: dict[str, Any] | None = None,
+) -> Alert:
+    """An event-driven built-in rule fired (ingest, retention), in the caller's transaction:
+    severity from the catalogue, deduplicated on rule + tenant + group."""
+    spec = BUILTIN_RULES[rule]
+    return AlertRepository(session).raise_alert(
+        rule=rule,
+        severity=spec.severity.value,
+        title=title,
+        dedup_key=dedup_key(rule, tenant_id, group),
+        tenant_id=tenant_id,
+        stream_id=stream_id,
+        detail=detail,
+        suppression=timedelta(seconds=settings.alert_suppression_s),
+    )
+
+
+def raise_planned_alert(
+    session: Session,
+    settings: AuditSettings,
+    *,
+    tenant_id: str,
+    stream_id: str,
+    planned: Mapping[str, Any],
+) -> Alert:
+    """An alert the ingest planner asked for (audit.ingest.planner: rule, title, detail),
+    mapped onto the catalogue: a fork is its own rule; one incident per stream and kind."""
+    detail: dict[str, Any] = dict(planned.get("detail") or {})
+    rule = str(planned["rule"])
+    kind = detail.get("kind")
+    if rule == "integrity_failure" and kind == "fork":
+        rule = "fork"
+    group = stream_id if rule != "integrity_failure" else f"{stream_id}:{kind}"
+    return raise_event_alert(
+        session,
+        settings,
+        rule=rule,
+        title=str(planned["title"]),
+        tenant_id=tenant_id,
+        stream_id=stream_id,
+        group=group,
+        detail=detail,
+    )
+
+
+class AlertService:
+    def __init__(
+        self, settings: AuditSettings, sessions: sessionmaker[Session], servicelog: ServiceLog
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._servicelog = servicelog
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        states: Sequence[str] = (),
+        rules: Sequence[str] = (),
+        severities: Sequence[str] = (),
+    ) -> AlertPageOut:
+        before = _decode_cursor(cursor)
+
+        def read() -> list[Alert]:
+            with self._sessions() as session:
+                return AlertRepository(session).page(
+                    tenant,
+                    limit=limit + 1,
+                    before=before,
+                    states=states,
+                    rules=rules,
+                    severities=severities,
+                )
+
+        found = await asyncio.to_thread(read)
+        page = found[:limit]
+        more = len(found) > limit
+        return AlertPageOut(
+            alerts=[AlertOut.of(a) for a in page],
+            next_cursor=str(page[-1].id) if more and page else None,
+        )
+
+    async def get(self, tenant: str, alert_id: int) -> AlertOut:
+        return AlertOut.of(await asyncio.to_thread(self._get, tenant, alert_id))
+
+    def _get(self, tenant: str, alert_id: int) -> Alert:
+        with self._sessions() as session:
+            alert = AlertRepository(session).get(tenant, alert_id)
+        if alert is None:
+            raise NotFoundError(f"no alert {alert_id}")
+        return alert
+
+    async def transition(
+        self,
+        who: Principal | None,
+        tenant: str,
+        alert_id: int,
+        to: str,
+        *,
+        client_ip: str | None = None,
+    ) -> AlertOut:
+        """open -> acknowledged, open|acknowledged -> resolved; anything else is a 409."""
+        alert = await asyncio.to_thread(self._transition, tenant, alert_id, to)
+        action = (
+            EventAction.ALERT_ACKNOWLEDGED if to == ACKNOWLEDGED else EventAction.ALERT_RESOLVED
+        )
+        await self._servicelog.record(
+            who,
+            tenant,
+            action,
+            metadata={"alert_id": alert.id, "rule": alert.rule, "severity": alert.severity},
+            client_ip=client_ip,
+        )
+        return AlertOut.of(alert)
+
+    def _transition(self, tenant: str, alert_id: int, to: str) -> Alert:
+        allowed = _TRANSITIONS[to]
+        with self._sessions.begin() as session:
+            repo = AlertRepository(session)
+            current = repo.get(tenant, alert_id)
+            if current is None:
+                raise NotFoundError(f"no alert {alert_id}")
+            # The compare-and-set settles a race between two people acting at once.
+            if current.state not in allowed or not repo.transition(
+                tenant, alert_id, to=to, allowed_from=allowed, at=utcnow()
+            ):
+                session.expire(current)
+                raise ConflictError(f"alert {alert_id} is {current.state}: it cannot become {to}")
+            session.expire(current)
+            alert = repo.get(tenant, alert_id)
+            assert alert is not None
+            return alert
+
+    # -- custom rules -----------------------------------------------------------------------
+
+    async def rules(self, tenant: str) -> RulesOut:
+        def read() -> list[AlertRule]:
+            with self._sessions() as session:
+                return AlertRepository(session).rules(tenant)
+
+        rows = await asyncio.to_thread(read)
+        return RulesOut(
+            builtin=[
+                BuiltinRuleOut(
+                    rule=r.id, severity=r.severity.value, source=r.source, description=r.description
+                )
+                for r in BUILTIN_RULES.values()
+            ],
+            custom=[_out(row) for row in rows],
+        )
+
+    async def rule(self, tenant: str, rule_id: int) -> RuleOut:
+        def read() -> AlertRule:
+            with self._sessions() as session:
+                row = AlertRepository(session).get_rule(tenant, rule_id)
+            if row is None:
+                raise NotFoundError(f"no alert rule {rule_id}")
+            return row
+
+        return _out(await asyncio.to_thread(read))
+
+    async def create_rule(
+        self, who: Principal | None, tenant: str, body: RuleIn, *, client_ip: str | None = None
+    ) -> RuleOut:
+        def write() -> AlertRule:
+            with self._sessions.begin() as session:
+                repo = AlertRepository(session)
+                if len(repo.rules(tenant)) >= self._settings.alert_max_rules_per_tenant:
+                    raise ConflictError(
+                        f"at most {self._settings.alert_max_rules_per_tenant} rules per tenant"
+                    )
+                now = utcnow()
+                row = AlertRule(tenant_id=tenant, created_at=now, **_columns(body), updated_at=now)
+                return repo.add_rule(row)
+
+        row = await asyncio.to_thread(write)
+        await self._record_change(who, tenant, row, "created", client_ip)
+        return _out(row)
+
+    async def update_rule(
+        self,
+        who: Principal | None,
+        tenant: str,
+        rule_id: int,
+        body: RuleIn,
+        *,
+        client_ip: str | None = None,
+    ) -> RuleOut:
+        def write() -> AlertRule:
+            with self._sessions.begin() as session:
+                repo = AlertRepository(session)
+                row = repo.get_rule(tenant, rule_id)
+                if row is None:
+                    raise NotFoundError(f"no alert rule {rule_id}")
+                for name, value in _columns(body).items():
+                    setattr(row, name, value)
+                row.updated_at = utcnow()
+                # Windows change shape: the rule starts again from now (rules.custom_rule).
+                repo.forget_watermarks(f"{CUSTOM_PREFIX}{row.id}")
+                return row
+
+        row = await asyncio.to_thread(write)
+        await self._record_change(who, tenant, row, "updated", client_ip)
+        return _out(row)
+
+    async def delete_rule(
+        self, who: Principal | None, tenant: str, rule_id: int, *, client_ip: str | None = None
+    ) -> None:
+        def write() -> AlertRule:
+            with self._sessions.begin() as session:
+                repo = AlertRepository(session)
+                row = repo.get_rule(tenant, rule_id)
+                if row is None:
+                    raise NotFoundError(f"no alert rule {rule_id}")
+                repo.forget_watermarks(f"{CUSTOM_PREFIX}{row.id}")
+                repo.delete_rule(row)
+                return row
+
+        row = await asyncio.to_thread(write)
+        await self._record_change(who, tenant, row, "deleted", client_ip)
+
+    async def _record_change(
+        self,
+        who: Principal | None,
+        tenant: str,
+        row: AlertRule,
+        change: str,
+        client_ip: str | None,
+    ) -> None:
+        await self._servicelog.record(
+            who,
+            tenant,
+            EventAction.ALERT_RULE_CHANGED,
+            metadata={
+                "change": change,
+                "rule_id": row.id,
+                "name": row.name,
+                "group_by": row.group_by,
+                "window_s": row.window_s,
+                "step_s": row.step_s,
+                "threshold": row.threshold,
+                "enabled": row.enabled,
+            },
+            client_ip=client_ip,
+        )
+
+
+def _columns(body: RuleIn) -> dict[str, Any]:
+    return {
+        "name": body.name,
+        "severity": body.severity,
+        "filters": body.filter.stored(),
+        "group_by": body.group_by,
+        "window_s": body.window_s,
+        "step_s": body.step_s or body.window_s,
+        "threshold": body.threshold,
+        "enabled": body.enabled,
+    }
+
+
+def _out(row: AlertRule) -> RuleOut:
+    return RuleOut.of(row, f"{CUSTOM_PREFIX}{row.id}")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 10):
+        raise InvalidInputError("malformed cursor")
+    if not 0 < int(cursor) <= _CURSOR_MAX:
+        raise InvalidInputError("malformed cursor")
+    return int(cursor)
