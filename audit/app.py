@@ -18,6 +18,9 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import __version__
+from audit.alerts.routes import router as alerts_router
+from audit.alerts.scheduler import AlertScheduler
+from audit.alerts.service import AlertService
 from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
 from audit.errors import FFAuditError, StoreUnavailableError
@@ -29,11 +32,19 @@ from audit.metrics import Metrics
 from audit.query.keyrings import TenantKeyrings
 from audit.query.routes import router as query_router
 from audit.query.service import QueryService
+from audit.retention.routes import router as retention_router
+from audit.retention.service import RetentionService
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store import make_event_store
 from audit.streams.routes import router as streams_router
 from audit.streams.service import StreamService
+from audit.subjects.routes import router as subjects_router
+from audit.subjects.service import SubjectService
+from audit.subjects.vault import SqlSubjectVault
+from audit.webhooks.delivery import WebhookDeliverer
+from audit.webhooks.routes import router as webhooks_router
+from audit.webhooks.service import WebhookService
 
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0
@@ -57,9 +68,20 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.streams = StreamService(sessions)
         app.state.tokens = TokenVerifier(settings)
         app.state.servicelog = ServiceLog(settings, sessions, ingest)
-        app.state.queries = QueryService(
-            store, TenantKeyrings(settings.keyrings_dir), app.state.streams
+        # The subject vault: per-subject keys shared with the engines that seal with it.
+        vault = (
+            SqlSubjectVault.from_url(settings.subject_vault_url)
+            if settings.subject_vault_url
+            else SqlSubjectVault(sessions)
         )
+        keyrings = TenantKeyrings(settings.keyrings_dir, vault=vault)
+        app.state.retention = RetentionService(
+            settings, sessions, store, app.state.servicelog, keyrings
+        )
+        app.state.queries = QueryService(
+            store, keyrings, app.state.streams, purged=app.state.retention.purged
+        )
+        app.state.subjects = SubjectService(vault, keyrings, store, app.state.servicelog)
         if not app.state.tokens.configured:
             log.warning(
                 "no token verification key configured: OPEN MODE, every caller is "
@@ -79,6 +101,17 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         # Background loops of the service (gap sweep; retention, alert evaluation and
         # webhook delivery add theirs here); cancelled in order at shutdown.
         loops: list[asyncio.Task[None]] = [asyncio.create_task(_sweep_gaps(ingest))]
+        if settings.retention_interval_s > 0:
+            loops.append(asyncio.create_task(app.state.retention.runner.loop()))
+        app.state.alerts = AlertService(settings, sessions, app.state.servicelog)
+        app.state.alert_scheduler = AlertScheduler(settings, sessions, store)
+        if settings.alert_evaluation_enabled:
+            loops.append(asyncio.create_task(app.state.alert_scheduler.run()))
+        app.state.webhooks = WebhookService(sessions)
+        app.state.webhook_delivery = None
+        if settings.webhook_delivery_enabled:
+            app.state.webhook_delivery = WebhookDeliverer(settings, sessions)
+            loops.append(asyncio.create_task(app.state.webhook_delivery.run_forever()))
         try:
             yield
         finally:
@@ -90,6 +123,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 await forward.stop()
             await app.state.servicelog.close()
             await store.close()
+            vault.close()
             engine.dispose()
 
     app = FastAPI(
@@ -103,6 +137,10 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(streams_router)
     app.include_router(query_router)
     app.include_router(exports_router)
+    app.include_router(retention_router)
+    app.include_router(alerts_router)
+    app.include_router(subjects_router)
+    app.include_router(webhooks_router)
 
     @app.exception_handler(FFAuditError)
     async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:

@@ -100,3 +100,15 @@ class ServiceRefusedError(FFAuditError):
 
     exit_code = 2
     http_status = 502
+
+
+class SubjectVaultUnavailableError(FFAuditError):
+    """The subject vault (per-subject pseudonym keys) cannot be read or written now."""
+
+    exit_code = 2
+    http_status = 503
+
+
+class WebhookSignatureError(AuthenticationError):
+    """A webhook request's signature header is malformed, stale, or does not match the body
+    (raised on the receiver's side, by audit.webhooks.signing.verify_signature)."""

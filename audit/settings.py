@@ -95,12 +95,85 @@ class AuditSettings(BaseSettings):
     rate_limit_max_sessions: int = Field(default=100_000, ge=1)
 
     # -- retention, legal holds, archives (issue 6: audit/retention) --------------------------
+    retention_default_days: int = Field(
+        default=180, ge=1, le=36_500, description="kept this long when no policy says otherwise"
+    )
+    retention_min_days: int = Field(
+        default=180, ge=1, le=36_500, description="the floor no retention policy may go below"
+    )
+    retention_interval_s: float = Field(
+        default=86_400.0, ge=0, description="scheduled retention runs (daily rolling); 0: off"
+    )
+    retention_lease_s: float = Field(
+        default=900.0, ge=10, description="a retention run's lease, renewed while it works"
+    )
+    retention_archive_dir: Path = Field(
+        default=Path("var/archives"), description="SQL store: NDJSON.gz archives and manifests"
+    )
+    retention_snapshot_repository: str = Field(
+        default="ffaudit-retention", description="Elasticsearch: the `fs` snapshot repository"
+    )
+    retention_snapshot_location: str = Field(
+        default="ffaudit-retention",
+        description="its location: relative to Elasticsearch's path.repo, or a path under it",
+    )
 
     # -- GDPR erasure: the subject vault (issue 6: audit/subjects) -----------------------------
+    # Engines that seal with a vault (FFENGINE_SUBJECT_VAULT_URL) must point at this database.
+    subject_vault_url: str | None = Field(
+        default=None,
+        description="per-subject pseudonym keys (SQLAlchemy URL); unset: the control database",
+    )
 
     # -- alerts (issue 6: audit/alerts) ---------------------------------------------------------
+    alert_evaluation_enabled: bool = Field(
+        default=True, description="run the scheduled alert rules (one replica at a time)"
+    )
+    alert_tick_s: float = Field(default=10.0, gt=0, description="how often windows are checked")
+    alert_delay_s: float = Field(
+        default=30.0, ge=0, description="a window is evaluated this long after it ends"
+    )
+    alert_lease_s: float = Field(default=120.0, gt=0, description="the scheduler lease's lifetime")
+    alert_max_catchup_windows: int = Field(
+        default=1440, ge=1, description="windows per rule caught up after downtime"
+    )
+    alert_suppression_s: float = Field(
+        default=3600.0, ge=0, description="a repeat this long after the last one re-opens"
+    )
+    alert_max_groups_per_window: int = Field(
+        default=100, ge=1, description="alerts one rule window may raise (the largest groups)"
+    )
+    alert_max_rules_per_tenant: int = Field(default=100, ge=1)
+    alert_ip_burst_threshold: int = Field(default=10, ge=0, description="requests per client IP...")
+    alert_ip_burst_window_s: int = Field(default=60, ge=5, description="...in this window")
+    alert_ip_burst_step_s: int = Field(default=15, ge=5, description="windows end this often")
+    alert_ip_request_actions: list[str] = Field(
+        default_factory=lambda: ["job.submitted", "auth.failed", "access.denied"],
+        description="the actions that count as a client's request",
+    )
+    alert_failed_job_ratio: float = Field(
+        default=0.5, ge=0, le=1, description="job.failed / finished jobs above this alerts"
+    )
+    alert_failed_job_min_jobs: int = Field(default=10, ge=1, description="finished jobs needed")
+    alert_failed_job_window_s: int = Field(default=900, ge=5)
+    alert_rate_limit_window_s: int = Field(default=300, ge=5, description="drop summaries window")
+    alert_admin_export_window_s: int = Field(default=60, ge=5, description="admin export window")
 
     # -- webhook delivery (issue 6: audit/webhooks) ---------------------------------------------
+    webhook_delivery_enabled: bool = Field(
+        default=True, description="run the delivery loop in this replica"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="per HTTP attempt")
+    webhook_backoff_base_s: float = Field(
+        default=5.0, gt=0, description="retry n waits a random time in [0, base * 2^(n-1)]"
+    )
+    webhook_backoff_cap_s: float = Field(default=3600.0, gt=0, description="longest retry wait")
+    webhook_max_attempts: int = Field(default=12, ge=1, description="then the delivery fails")
+    webhook_poll_interval_s: float = Field(default=2.0, gt=0, description="due-delivery scan")
+    webhook_concurrency: int = Field(default=16, ge=1, description="attempts in flight")
+    webhook_lease_s: float = Field(
+        default=60.0, gt=0, description="a claimed attempt's lease (at least the timeout + 5 s)"
+    )
 
     @property
     def event_store_database_url(self) -> str:

@@ -3,18 +3,41 @@
 Importing this package registers every table with the metadata Alembic compares against.
 """
 
-from audit.models.alerts import Alert
+from audit.models.alerts import Alert, AlertLease, AlertRule, AlertWatermark
 from audit.models.events import Event
 from audit.models.quarantine import QuarantinedRecord
+from audit.models.retention import (
+    LegalHold,
+    RetentionArchive,
+    RetentionCheckpoint,
+    RetentionLease,
+    RetentionPolicy,
+    RetentionRun,
+)
 from audit.models.streams import ChainHead, Checkpoint, PendingRecord, Stream, Tenant
+from audit.models.subjects import SubjectErasure, SubjectKey
+from audit.models.webhooks import Webhook, WebhookDelivery
 
 __all__ = [
     "Alert",
+    "AlertLease",
+    "AlertRule",
+    "AlertWatermark",
     "ChainHead",
     "Checkpoint",
     "Event",
+    "LegalHold",
     "PendingRecord",
     "QuarantinedRecord",
+    "RetentionArchive",
+    "RetentionCheckpoint",
+    "RetentionLease",
+    "RetentionPolicy",
+    "RetentionRun",
     "Stream",
+    "SubjectErasure",
+    "SubjectKey",
     "Tenant",
+    "Webhook",
+    "WebhookDelivery",
 ]

@@ -34,10 +34,11 @@ then they sort last and match no time range or free text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -47,12 +48,14 @@ from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch import ConnectionTimeout as ESConnectionTimeout
 from elasticsearch.serializer import OrjsonSerializer
 
-from audit.errors import StoreUnavailableError, UsageError
-from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+from audit.errors import ConflictError, StoreUnavailableError, UsageError
+from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
 from audit.store.query import (
     EventPage,
     EventQuery,
+    GroupField,
     StatsBy,
+    check_count_by,
     check_job,
     check_limit,
     check_stats_by,
@@ -111,6 +114,16 @@ _STATS_FIELDS = {
     "verdict": _VERDICT,
 }
 _STATS_PAGE = 1000
+# GroupField -> the indexed field `count_by` groups on.
+_GROUP_FIELDS = {
+    "user.hash": "user.hash",
+    "ffaudit.client.ip_hash": "ffaudit.client.ip_hash",
+    "ffaudit.session.hash": "ffaudit.session.hash",
+    "event.action": "event.action",
+    "event.outcome": "event.outcome",
+    "trace.id": "trace.id",
+    "stream": _STREAM,
+}
 
 
 def _obj(**properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -554,6 +567,19 @@ class ElasticEventStore:
         # The cursor carries Elasticsearch's own sort values, which search_after expects back.
         return make_page(query, [(_event(hit["_source"]), hit["sort"]) for hit in hits], limit)
 
+    async def count_by(
+        self, query: EventQuery, *, field: GroupField, more_than: int = 0
+    ) -> dict[str, int]:
+        check_count_by(field, more_than)
+        if not _TENANT_RE.fullmatch(query.tenant):
+            return {}
+        await self._visible(query.tenant)
+        # No missing bucket: records without the field belong to no group. The threshold is
+        # applied here: this distribution has no bucket_selector (no scripting module).
+        source = {"terms": {"field": _GROUP_FIELDS[field]}}
+        counts = await self._composite("count by", query, source)
+        return {key: n for key, n in counts.items() if n > more_than}
+
     async def stats(self, query: EventQuery, *, by: StatsBy) -> dict[str, int]:
         check_stats_by(by)
         if not _TENANT_RE.fullmatch(query.tenant):
@@ -571,6 +597,11 @@ class ElasticEventStore:
             }
         else:
             source = {"terms": {"field": _STATS_FIELDS[by], "missing_bucket": True}}
+        return await self._composite("stats", query, source)
+
+    async def _composite(
+        self, what: str, query: EventQuery, source: dict[str, Any]
+    ) -> dict[str, int]:
         scope = self._scope(query.tenant, *_filters(query))
         counts: dict[str, int] = {}
         after: dict[str, Any] | None = None
@@ -581,7 +612,7 @@ class ElasticEventStore:
             if after is not None:
                 composite["after"] = after
             response = await self._retrying(
-                "stats",
+                what,
                 partial(
                     self.client.search,
                     index=self._pattern(query.tenant),
@@ -715,6 +746,84 @@ class ElasticEventStore:
                 )
             updated += done
 
+    # -- retention --------------------------------------------------------------------------
+
+    async def scan_day(self, tenant: str, day: date) -> AsyncIterator[StoredEvent]:
+        if not _TENANT_RE.fullmatch(tenant):
+            return
+        index = self.index_for(tenant, day_bounds(day)[0])
+        # Refreshed even if this process did not write it: another replica may have.
+        await self._refresh_index(index)
+        after: list[Any] | None = None
+        while True:
+            extra: dict[str, Any] = {} if after is None else {"search_after": after}
+            response = await self._retrying(
+                "scan day",
+                partial(
+                    self.client.search,
+                    index=index,
+                    query={"bool": {"filter": [_term(_TENANT, tenant)]}},
+                    sort=[{_STREAM: "asc"}, {_SEQUENCE: "asc"}, {_DOC_ID: "asc"}],
+                    size=self.page_size,
+                    track_total_hits=False,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                    **extra,
+                ),
+            )
+            hits: list[dict[str, Any]] = response["hits"]["hits"]
+            for hit in hits:
+                yield _event(hit["_source"])
+            if len(hits) < self.page_size:
+                return
+            after = hits[-1]["sort"]
+
+    async def delete_day(self, tenant: str, day: date, *, expected: int) -> int:
+        index = self.index_for(tenant, day_bounds(day)[0])
+        if not await self._retrying("exists", partial(self.client.indices.exists, index=index)):
+            if expected:
+                raise ConflictError(f"index {index} is gone where {expected} records were archived")
+            return 0
+        # Writes are blocked before counting, so nothing can land between the count and the
+        # delete; a late record for the day later makes a fresh index.
+        await self._write_block(index, True)
+        try:
+            await self._refresh_index(index)
+            response = await self._retrying("count", partial(self.client.count, index=index))
+            count = int(response["count"])
+            if count != expected:
+                raise ConflictError(
+                    f"{count} records in {index} where {expected} were archived: nothing deleted"
+                )
+            await self._retrying("delete index", partial(self.client.indices.delete, index=index))
+        except Exception:
+            with contextlib.suppress(StoreUnavailableError):  # the first error is the news
+                await self._write_block(index, False)
+            raise
+        return count
+
+    async def _write_block(self, index: str, blocked: bool) -> None:
+        await self._retrying(
+            "write block",
+            partial(
+                self.client.indices.put_settings,
+                index=index,
+                settings={"index.blocks.write": blocked},
+                ignore_unavailable=True,
+            ),
+        )
+
+    async def _refresh_index(self, index: str) -> None:
+        await self._retrying(
+            "refresh",
+            partial(
+                self.client.indices.refresh,
+                index=index,
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            ),
+        )
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -756,6 +865,14 @@ def _filters(query: EventQuery) -> list[dict[str, Any]]:
         bounds["lt"] = until
     if bounds:
         filters.append({"range": {_TIME_US: bounds}})
+        # The same range on the millisecond `date` (widened to whole milliseconds, so it
+        # selects a superset): Elasticsearch skips a shard whose dates lie outside a `date`
+        # range before querying it, but never for a `long` range. With daily indices, a
+        # week's query then touches a week's shards instead of every day's.
+        dates = {op: value // 1000 for op, value in bounds.items()}
+        if "lt" in dates:
+            dates["lte"] = dates.pop("lt")
+        filters.append({"range": {_TIMESTAMP: {**dates, "format": "epoch_millis"}}})
     # The words were case-folded when stored: a plain prefix on the keyword is exact.
     filters += [{"prefix": {_WORDS: word}} for word in query.words()]
     return filters

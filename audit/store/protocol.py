@@ -19,13 +19,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from audit.store.query import EventPage, EventQuery, StatsBy
+from audit.store.query import EventPage, EventQuery, GroupField, StatsBy
 
 # (doc_id, timestamp, verdict, failure); the timestamp addresses the record's daily index.
 VerdictUpdate = tuple[str, datetime, str, str | None]
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day: the records of one daily index."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +103,30 @@ class EventStore(Protocol):
         YYYY-MM-DD). Records without the field count under ""; empty groups are absent."""
         ...
 
+    async def count_by(
+        self, query: EventQuery, *, field: GroupField, more_than: int = 0
+    ) -> dict[str, int]:
+        """Exact record counts per value of `field` over the whole query, only for values
+        with more than `more_than` records (threshold alert rules). Records without the
+        field, or with a value the store does not index (not a string, too long), are in no
+        group."""
+        ...
+
     async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
         """The first `limit` records with trace.id = `job_id`, in chain order (stream,
         sequence, doc_id)."""
+        ...
+
+    def scan_day(self, tenant: str, day: date) -> AsyncIterator[StoredEvent]:
+        """Every record of the tenant whose @timestamp falls on the UTC `day` (one
+        Elasticsearch daily index), stream by stream, each ascending by (sequence, doc_id):
+        what retention archives and purges as one unit."""
+        ...
+
+    async def delete_day(self, tenant: str, day: date, *, expected: int) -> int:
+        """Delete the tenant's records of the UTC `day` only if exactly `expected` are
+        stored (the number archived): otherwise nothing is deleted and ConflictError is
+        raised, so a record that arrived after archiving is never lost. Returns the count."""
         ...
 
     async def refresh(self) -> None:

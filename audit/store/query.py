@@ -47,6 +47,17 @@ if TYPE_CHECKING:
 Order = Literal["asc", "desc"]
 StatsBy = Literal["action", "outcome", "actor", "day", "verdict"]
 STATS_BY: tuple[str, ...] = get_args(StatsBy)
+# What `EventStore.count_by` groups on: record fields, and "stream" (the service-assigned one).
+GroupField = Literal[
+    "user.hash",
+    "ffaudit.client.ip_hash",
+    "ffaudit.session.hash",
+    "event.action",
+    "event.outcome",
+    "trace.id",
+    "stream",
+]
+GROUP_FIELDS: tuple[str, ...] = get_args(GroupField)
 # (@timestamp as epoch microseconds, stream, sequence, doc_id): the order of every page.
 SortKey = tuple[int, str, int, str]
 
@@ -175,6 +186,13 @@ def check_limit(limit: int) -> None:
 def check_stats_by(by: str) -> None:
     if by not in STATS_BY:
         raise InvalidInputError(f"stats by {by!r}: one of {', '.join(STATS_BY)}")
+
+
+def check_count_by(field: str, more_than: int) -> None:
+    if field not in GROUP_FIELDS:
+        raise InvalidInputError(f"count by {field!r}: one of {', '.join(GROUP_FIELDS)}")
+    if isinstance(more_than, bool) or not isinstance(more_than, int) or more_than < 0:
+        raise InvalidInputError("more_than must be an integer of at least 0")
 
 
 def check_job(tenant: str, job_id: str) -> None:

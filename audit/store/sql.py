@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    delete,
     func,
     literal,
     or_,
@@ -41,14 +42,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from audit.db.session import make_engine, session_factory
-from audit.errors import StoreUnavailableError, UsageError
+from audit.errors import ConflictError, StoreUnavailableError, UsageError
 from audit.integrity.canonical import canonicalize
 from audit.models.events import Event
-from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult
+from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
 from audit.store.query import (
     EventPage,
     EventQuery,
+    GroupField,
     StatsBy,
+    check_count_by,
     check_job,
     check_limit,
     check_stats_by,
@@ -92,6 +95,16 @@ _STATS_COLUMNS: dict[str, ColumnElement[Any]] = {
     "verdict": _TABLE.c.verdict,
 }
 _PAGE_ORDER = (Event.timestamp, Event.stream, Event.sequence, Event.doc_id)
+# GroupField -> the column `count_by` groups on.
+_GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "user.hash": _TABLE.c.user_hash,
+    "ffaudit.client.ip_hash": _TABLE.c.client_ip_hash,
+    "ffaudit.session.hash": _TABLE.c.session_hash,
+    "event.action": _TABLE.c.action,
+    "event.outcome": _TABLE.c.outcome,
+    "trace.id": _TABLE.c.trace_id,
+    "stream": _TABLE.c.stream,
+}
 
 
 class SqlEventStore:
@@ -290,6 +303,24 @@ class SqlEventStore:
         # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text.
         return func.substr(Event.timestamp, 1, 10, type_=String)
 
+    async def count_by(
+        self, query: EventQuery, *, field: GroupField, more_than: int = 0
+    ) -> dict[str, int]:
+        check_count_by(field, more_than)
+        return await self._run(self._count_by, query, field, more_than)
+
+    def _count_by(self, query: EventQuery, field: str, more_than: int) -> dict[str, int]:
+        column = _GROUP_COLUMNS[field]
+        n = func.count()
+        stmt = (
+            select(column, n)
+            .where(*_where(query), column.is_not(None))
+            .group_by(column)
+            .having(n > more_than)
+        )
+        with self._engine.connect() as conn:
+            return {str(key): int(count) for key, count in conn.execute(stmt)}
+
     async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
         check_job(tenant, job_id)
         check_limit(limit)
@@ -304,6 +335,88 @@ class SqlEventStore:
         )
         with self._sessions() as session:
             return [_event(row) for row in session.scalars(stmt)]
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def scan_day(self, tenant: str, day: date) -> AsyncIterator[StoredEvent]:
+        window = day_bounds(day)
+        # Per stream, keyset pages between the day's lowest and highest sequence: index
+        # range reads on (stream, sequence), where paging the whole day in (stream,
+        # sequence) order would sort it again for every page.
+        for stream, low, high in await self._run(self._day_spans, tenant, window):
+            after: tuple[int, str] | None = None
+            while True:
+                page = await self._run(self._day_page, tenant, stream, window, low, high, after)
+                for event in page:
+                    yield event
+                if len(page) < self.page_size:
+                    break
+                after = (page[-1].sequence, page[-1].doc_id)
+
+    def _day_spans(
+        self, tenant: str, window: tuple[datetime, datetime]
+    ) -> list[tuple[str, int, int]]:
+        stmt = (
+            select(Event.stream, func.min(Event.sequence), func.max(Event.sequence))
+            .where(Event.tenant == tenant, Event.timestamp >= window[0])
+            .where(Event.timestamp < window[1])
+            .group_by(Event.stream)
+            .order_by(Event.stream)
+        )
+        with self._engine.connect() as conn:
+            return [(str(s), int(low), int(high)) for s, low, high in conn.execute(stmt)]
+
+    def _day_page(
+        self,
+        tenant: str,
+        stream: str,
+        window: tuple[datetime, datetime],
+        low: int,
+        high: int,
+        after: tuple[int, str] | None,
+    ) -> list[StoredEvent]:
+        conditions = [
+            Event.tenant == tenant,
+            Event.stream == stream,
+            Event.sequence >= low,
+            Event.sequence <= high,
+            Event.timestamp >= window[0],
+            Event.timestamp < window[1],
+        ]
+        if after is not None:
+            sequence, doc_id = after
+            conditions.append(
+                or_(
+                    Event.sequence > sequence,
+                    and_(Event.sequence == sequence, Event.doc_id > doc_id),
+                )
+            )
+        stmt = (
+            select(Event)
+            .where(*conditions)
+            .order_by(Event.sequence, Event.doc_id)
+            .limit(self.page_size)
+        )
+        with self._sessions() as session:
+            return [_event(row) for row in session.scalars(stmt)]
+
+    async def delete_day(self, tenant: str, day: date, *, expected: int) -> int:
+        return await self._run(self._delete_day, tenant, day, expected)
+
+    def _delete_day(self, tenant: str, day: date, expected: int) -> int:
+        start, end = day_bounds(day)
+        stmt = delete(_TABLE).where(
+            _TABLE.c.tenant == tenant, _TABLE.c.timestamp >= start, _TABLE.c.timestamp < end
+        )
+        with self._engine.begin() as conn:
+            deleted = int(conn.execute(stmt).rowcount)
+            if deleted != expected:
+                # Raised inside the transaction: the delete is rolled back.
+                raise ConflictError(
+                    f"{deleted} records of tenant {tenant!r} on {day} where {expected} were "
+                    "archived: nothing deleted"
+                )
+        return deleted
 
     # -- lifecycle --------------------------------------------------------------------------
 
