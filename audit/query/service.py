@@ -15,7 +15,6 @@ from typing import Any, Literal, Protocol
 
 from audit.auth.tokens import Principal, Role
 from audit.errors import NotFoundError
-from audit.integrity.canonical import canonicalize
 from audit.integrity.pseudonym import PiiKind
 from audit.integrity.verify import ChainVerifier, Failure, PurgedRange
 from audit.query.keyrings import TenantKeyrings
@@ -152,7 +151,8 @@ class QueryService:
                 continue  # a fork's second record: flagged at ingest, not part of the chain
             line += 1
             count += 1
-            failures += verifier.feed(line, canonicalize(event.record))
+            # The verifier hashes the record as it is: no canonical line is made to be parsed.
+            failures += verifier.feed_record(line, event.record)
             last_seq, last_hash = event.sequence, event.event_hash
             if on_progress is not None and count % PROGRESS_EVERY == 0:
                 await on_progress(count)

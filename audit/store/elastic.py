@@ -508,23 +508,33 @@ class ElasticEventStore:
                 ]
             }
         }
-        after: list[Any] | None = None
-        while True:
+        sort = [{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}]
+
+        def fetch(after: list[Any] | None) -> asyncio.Task[list[dict[str, Any]]]:
             extra: dict[str, Any] = {} if after is None else {"search_after": after}
-            hits = await self._search(
-                "scan",
-                tenant,
-                query=query,
-                sort=[{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}],
-                size=self.page_size,
-                **extra,
+            return asyncio.ensure_future(
+                self._search("scan", tenant, query=query, sort=sort, size=self.page_size, **extra)
             )
-            for hit in hits:
-                if self._owns(tenant, hit["_index"]):
-                    yield _event(hit["_source"])
-            if len(hits) < self.page_size:
-                return
-            after = hits[-1]["sort"]
+
+        # Daily indices: `_owns` once per index name, not per hit.
+        owned: dict[str, bool] = {}
+        page: asyncio.Task[list[dict[str, Any]]] | None = fetch(None)
+        try:
+            while page is not None:
+                hits = await page
+                # The next page is fetched while this one is read: Elasticsearch works on it
+                # while the caller verifies these records.
+                page = fetch(hits[-1]["sort"]) if len(hits) >= self.page_size else None
+                for hit in hits:
+                    index = hit["_index"]
+                    own = owned.get(index)
+                    if own is None:
+                        own = owned[index] = self._owns(tenant, index)
+                    if own:
+                        yield _event(hit["_source"])
+        finally:
+            if page is not None:
+                _discard(page)
 
     async def count(self, tenant: str, stream: str | None = None) -> int:
         if not _TENANT_RE.fullmatch(tenant):
@@ -916,10 +926,49 @@ def _query_fields(event: StoredEvent, *, unindexed: bool) -> dict[str, Any]:
     return fields
 
 
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a prefetch nobody will read; an error it already met is retrieved (so not
+    logged as never retrieved) and dropped: no caller asked for that page."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+# Every annotation `to_document` writes beside an indexed record.
+_ANNOTATIONS = (
+    _VERDICT,
+    INGEST + "failure",
+    INGEST + "received_at",
+    _TENANT,
+    _STREAM,
+    _SEQUENCE,
+    _DOC_ID,
+    INGEST + "event_hash",
+    _TIMESTAMP,
+    _TIME_US,
+    _WORDS,
+)
+_INGEST_KEY = "\n" + INGEST
+
+
+def _strip(source: Mapping[str, Any]) -> dict[str, Any]:
+    """`source` without its `ffaudit.ingest.*` keys."""
+    record = dict(source)
+    pop = record.pop
+    for key in _ANNOTATIONS:
+        pop(key, None)
+    # Any other key under ffaudit.ingest (one joined string searched once, not a test per
+    # key; a false alarm from a key holding a newline only takes the exact path).
+    if _INGEST_KEY in "\n" + "\n".join(record):
+        return {k: v for k, v in source.items() if not k.startswith(INGEST)}
+    return record
+
+
 def _event(source: Mapping[str, Any]) -> StoredEvent:
     record = source.get(_RECORD)
     if not isinstance(record, dict):
-        record = {k: v for k, v in source.items() if not k.startswith(INGEST)}
+        record = _strip(source)
     return StoredEvent(
         doc_id=source[_DOC_ID],
         tenant=source[_TENANT],
