@@ -44,11 +44,14 @@ class AlertRepository:
         re-opened and notified again. A repeat of a resolved alert opens a new one. `at` is
         when the incident was observed (default now; a window's end for scheduled rules)."""
         now = at or utcnow()
+        # Locked: two replicas raising the same incident at once must not both read one
+        # count and write back count + 1 (a lost sighting); the second waits and re-reads.
         alert = self.session.scalars(
             select(Alert)
             .where(Alert.dedup_key == dedup_key, Alert.state != RESOLVED)
             .order_by(Alert.id.desc())
             .limit(1)
+            .with_for_update()
         ).first()
         if alert is not None:
             quiet = now - alert.last_seen
