@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import jwt
 import pytest
-import uvicorn
 
-from audit.app import create_app
 from audit.db.session import upgrade
 from audit.settings import AuditSettings
+from tests.apptools import serving
 
 SECRET = "s" * 40
 
@@ -31,16 +28,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
         exports_dir=tmp_path / "ex",
     )
     upgrade(settings.database_url)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     now = int(time.time())
     # Every role and a second factor: the calls reach the handlers, not just the auth check.
     token = jwt.encode(
@@ -57,12 +44,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
         SECRET,
         algorithm="HS256",
     )
-    try:
+    with serving(settings, log_level="error") as url:
         result = subprocess.run(
             [
                 str(Path(sys.executable).parent / "st"),
                 "run",
-                f"http://127.0.0.1:{port}/openapi.json",
+                f"{url}/openapi.json",
                 "--header",
                 f"Authorization: Bearer {token}",
                 "--checks",
@@ -80,8 +67,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
             timeout=600,
             check=False,
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
     assert result.returncode == 0, result.stdout[-8000:]
     assert "passed" in result.stdout

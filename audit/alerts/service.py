@@ -201,10 +201,7 @@ class AlertService:
     async def rule(self, tenant: str, rule_id: int) -> RuleOut:
         def read() -> AlertRule:
             with self._sessions() as session:
-                row = AlertRepository(session).get_rule(tenant, rule_id)
-            if row is None:
-                raise NotFoundError(f"no alert rule {rule_id}")
-            return row
+                return _existing_rule(AlertRepository(session), tenant, rule_id)
 
         return _out(await asyncio.to_thread(read))
 
@@ -238,9 +235,7 @@ class AlertService:
         def write() -> AlertRule:
             with self._sessions.begin() as session:
                 repo = AlertRepository(session)
-                row = repo.get_rule(tenant, rule_id)
-                if row is None:
-                    raise NotFoundError(f"no alert rule {rule_id}")
+                row = _existing_rule(repo, tenant, rule_id)
                 for name, value in _columns(body).items():
                     setattr(row, name, value)
                 row.updated_at = utcnow()
@@ -258,9 +253,7 @@ class AlertService:
         def write() -> AlertRule:
             with self._sessions.begin() as session:
                 repo = AlertRepository(session)
-                row = repo.get_rule(tenant, rule_id)
-                if row is None:
-                    raise NotFoundError(f"no alert rule {rule_id}")
+                row = _existing_rule(repo, tenant, rule_id)
                 repo.forget_watermarks(f"{CUSTOM_PREFIX}{row.id}")
                 repo.delete_rule(row)
                 return row
@@ -292,6 +285,13 @@ class AlertService:
             },
             client_ip=client_ip,
         )
+
+
+def _existing_rule(repo: AlertRepository, tenant: str, rule_id: int) -> AlertRule:
+    row = repo.get_rule(tenant, rule_id)
+    if row is None:
+        raise NotFoundError(f"no alert rule {rule_id}")
+    return row
 
 
 def _columns(body: RuleIn) -> dict[str, Any]:

@@ -6,73 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import httpx
-import orjson
 
-from audit.errors import AuthenticationError, NotFoundError, ServiceRefusedError, UsageError
+from audit.cli.client import (
+    call,
+    collect,
+    echo_json,
+    json_option,
+    service_option,
+    tenant_option,
+    token_option,
+)
 from audit.store.query import GROUP_FIELDS
 
-_SERVICE = click.option(
-    "--service",
-    envvar="FFAUDIT_SERVICE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="The audit service [FFAUDIT_SERVICE_URL].",
-)
-_TOKEN = click.option(
-    "--token",
-    envvar="FFAUDIT_TOKEN",
-    default=None,
-    help="Bearer token [FFAUDIT_TOKEN]; none in open mode.",
-)
-_TENANT = click.option("--tenant", default=None, help="Open mode only (no tokens): the tenant.")
-_JSON = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+_TOKEN = token_option()
+_TENANT = tenant_option()
 _STATES = ("open", "acknowledged", "resolved")
 _SEVERITIES = ("critical", "high", "medium", "low")
 _VERDICTS = ("ok", "pending", "broken")
-
-
-def _call(
-    method: str,
-    service: str,
-    path: str,
-    token: str | None,
-    tenant: str | None,
-    *,
-    params: dict[str, Any] | None = None,
-    body: Any = None,
-) -> Any:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    query = {**(params or {}), **({"tenant": tenant} if tenant else {})}
-    try:
-        response = httpx.request(
-            method,
-            f"{service.rstrip('/')}{path}",
-            params=query,
-            json=body,
-            headers=headers,
-            timeout=60,
-        )
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the audit service at {service}: {exc}") from None
-    if response.status_code == 204:
-        return None
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = {}
-    message = payload.get("error", {}).get("message", response.text) if payload else response.text
-    if response.status_code == 401:
-        raise AuthenticationError(message)
-    if response.status_code == 404:
-        raise NotFoundError(message)
-    if response.status_code >= 400:
-        raise ServiceRefusedError(f"{response.status_code}: {message}")
-    return payload
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _alert_table(alerts: list[dict[str, Any]]) -> None:
@@ -93,7 +43,7 @@ def alerts() -> None:
 
 
 @alerts.command("list")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--state", multiple=True, type=click.Choice(_STATES))
@@ -101,7 +51,7 @@ def alerts() -> None:
 @click.option("--severity", multiple=True, type=click.Choice(_SEVERITIES))
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--all", "everything", is_flag=True, help="Follow cursors to the end.")
-@_JSON
+@json_option
 def list_alerts(
     service: str,
     token: str | None,
@@ -120,48 +70,42 @@ def list_alerts(
         "severity": list(severity),
         "limit": limit,
     }
-    found: list[dict[str, Any]] = []
-    while True:
-        page = _call("GET", service, "/v1/alerts", token, tenant, params=params)
-        found += page["alerts"]
-        if not everything or page["next_cursor"] is None:
-            break
-        params["cursor"] = page["next_cursor"]
+    found = collect(service, "/v1/alerts", token, tenant, params, "alerts", everything=everything)
     if as_json:
-        _echo_json(found)
+        echo_json(found)
     else:
         _alert_table(found)
 
 
 @alerts.command("show")
 @click.argument("alert_id", type=click.IntRange(1))
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def show(alert_id: int, service: str, token: str | None, tenant: str | None) -> None:
     """One alert, as JSON."""
-    _echo_json(_call("GET", service, f"/v1/alerts/{alert_id}", token, tenant))
+    echo_json(call("GET", service, f"/v1/alerts/{alert_id}", token, tenant))
 
 
 @alerts.command("ack")
 @click.argument("alert_id", type=click.IntRange(1))
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def ack(alert_id: int, service: str, token: str | None, tenant: str | None) -> None:
     """Acknowledge an open alert (security or admin role)."""
-    alert = _call("POST", service, f"/v1/alerts/{alert_id}/acknowledge", token, tenant)
+    alert = call("POST", service, f"/v1/alerts/{alert_id}/acknowledge", token, tenant)
     click.echo(f"alert {alert['id']}: {alert['state']}")
 
 
 @alerts.command("resolve")
 @click.argument("alert_id", type=click.IntRange(1))
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def resolve(alert_id: int, service: str, token: str | None, tenant: str | None) -> None:
     """Resolve an open or acknowledged alert (security or admin role)."""
-    alert = _call("POST", service, f"/v1/alerts/{alert_id}/resolve", token, tenant)
+    alert = call("POST", service, f"/v1/alerts/{alert_id}/resolve", token, tenant)
     click.echo(f"alert {alert['id']}: {alert['state']}")
 
 
@@ -171,15 +115,15 @@ def rules() -> None:
 
 
 @rules.command("list")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
-@_JSON
+@json_option
 def list_rules(service: str, token: str | None, tenant: str | None, as_json: bool) -> None:
     """Every rule that can raise alerts for your tenant."""
-    catalogue = _call("GET", service, "/v1/alert-rules", token, tenant)
+    catalogue = call("GET", service, "/v1/alert-rules", token, tenant)
     if as_json:
-        _echo_json(catalogue)
+        echo_json(catalogue)
         return
     for rule in catalogue["builtin"]:
         click.echo(
@@ -194,7 +138,7 @@ def list_rules(service: str, token: str | None, tenant: str | None, as_json: boo
 
 
 @rules.command("add")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--name", required=True)
@@ -244,16 +188,16 @@ def add_rule(
             "q": q,
         },
     }
-    rule = _call("POST", service, "/v1/alert-rules", token, tenant, body=body)
+    rule = call("POST", service, "/v1/alert-rules", token, tenant, body=body)
     click.echo(f"rule {rule['id']} ({rule['rule']}) added")
 
 
 @rules.command("delete")
 @click.argument("rule_id", type=click.IntRange(1))
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def delete_rule(rule_id: int, service: str, token: str | None, tenant: str | None) -> None:
     """Delete a custom rule (its alerts stay)."""
-    _call("DELETE", service, f"/v1/alert-rules/{rule_id}", token, tenant)
+    call("DELETE", service, f"/v1/alert-rules/{rule_id}", token, tenant)
     click.echo(f"rule {rule_id} deleted")

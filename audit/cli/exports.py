@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import orjson
 
+from audit.cli.client import echo_json
 from audit.errors import UsageError
 from audit.exports.verify import ExportReport
 from audit.exports.verify import verify_export as check_bundle
@@ -45,7 +45,7 @@ def verify_export(
         pinned[stream] = Verifier.load(Path(path))
     report = check_bundle(directory, service_key, stream_keys=pinned)
     if as_json:
-        click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        echo_json(report.as_dict())
     else:
         _print(report)
     return 0 if report.ok else 1

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import IO
 
 import click
-import orjson
 from click.core import ParameterSource
 from tqdm import tqdm
 
-from audit.cli.remote import DEFAULT_SERVICE, verify_remote
+from audit.cli.client import DEFAULT_SERVICE, echo_json
+from audit.cli.remote import verify_remote
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord
 from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
@@ -289,7 +289,7 @@ def _verify_file(pubkey: Path, strict: bool, as_json: bool, window: int, records
     }
     if as_json:
         summary["failures"] = [f.as_dict() for f in failures]
-        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        echo_json(summary)
     else:
         _print_summary(verifier, strict)
     return 0 if verifier.ok else 1

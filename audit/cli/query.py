@@ -6,46 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import httpx
-import orjson
 
-from audit.errors import AuthenticationError, NotFoundError, ServiceRefusedError, UsageError
-
-_SERVICE = click.option(
-    "--service",
-    envvar="FFAUDIT_SERVICE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="The audit service [FFAUDIT_SERVICE_URL].",
-)
-_TOKEN = click.option(
-    "--token",
-    envvar="FFAUDIT_TOKEN",
-    default=None,
-    help="Bearer token [FFAUDIT_TOKEN]; none in open mode.",
-)
-_JSON = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-_TENANT = click.option(
-    "--tenant", default=None, help="Open mode only (no tokens): the tenant to read."
+from audit.cli.client import (
+    call,
+    collect,
+    echo_json,
+    json_option,
+    service_option,
+    tenant_option,
+    token_option,
 )
 
-
-def _get(service: str, path: str, token: str | None, params: Any = None) -> Any:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.get(
-            f"{service.rstrip('/')}{path}", params=params, headers=headers, timeout=60
-        )
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the audit service at {service}: {exc}") from None
-    if response.status_code == 401:
-        raise AuthenticationError(response.json().get("error", {}).get("message", "401"))
-    if response.status_code == 404:
-        raise NotFoundError(response.json().get("error", {}).get("message", "not found"))
-    if response.status_code >= 400:
-        message = response.json().get("error", {}).get("message", response.text)
-        raise ServiceRefusedError(f"{response.status_code}: {message}")
-    return response.json()
+_TENANT = tenant_option("Open mode only (no tokens): the tenant to read.")
 
 
 def _table(events: list[dict[str, Any]]) -> None:
@@ -67,8 +39,8 @@ def _table(events: list[dict[str, Any]]) -> None:
 
 
 @click.command()
-@_SERVICE
-@_TOKEN
+@service_option
+@token_option()
 @click.option("--actor", help="Raw user id (pseudonymised by the service).")
 @click.option("--session")
 @click.option("--target", help="Raw input path (pseudonymised by the service).")
@@ -82,7 +54,7 @@ def _table(events: list[dict[str, Any]]) -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--all", "everything", is_flag=True, help="Follow cursors to the end.")
 @_TENANT
-@_JSON
+@json_option
 def query(
     service: str,
     token: str | None,
@@ -116,35 +88,27 @@ def query(
             "until": until,
             "q": q,
             "limit": limit,
-            "tenant": tenant,
         }.items()
         if v not in (None, [])
     }
-    events: list[dict[str, Any]] = []
-    while True:
-        page = _get(service, "/v1/events", token, params)
-        events += page["events"]
-        if not everything or page["next_cursor"] is None:
-            break
-        params["cursor"] = page["next_cursor"]
+    events = collect(service, "/v1/events", token, tenant, params, "events", everything=everything)
     if as_json:
-        click.echo(orjson.dumps(events, option=orjson.OPT_INDENT_2).decode())
+        echo_json(events)
     else:
         _table(events)
 
 
 @click.command()
 @click.argument("job_id")
-@_SERVICE
-@_TOKEN
+@service_option
+@token_option()
 @_TENANT
-@_JSON
+@json_option
 def job(job_id: str, service: str, token: str | None, tenant: str | None, as_json: bool) -> None:
     """A job's timeline: inputs, models, steps, failed frames, outcome."""
-    params = {"tenant": tenant} if tenant else None
-    timeline = _get(service, f"/v1/jobs/{job_id}", token, params)
+    timeline = call("GET", service, f"/v1/jobs/{job_id}", token, tenant)
     if as_json:
-        click.echo(orjson.dumps(timeline, option=orjson.OPT_INDENT_2).decode())
+        echo_json(timeline)
         return
     click.echo(
         f"job {job_id}: {timeline['outcome'] or 'not finished'}, "

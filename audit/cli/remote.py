@@ -17,17 +17,11 @@ import httpx
 import orjson
 from tqdm import tqdm
 
-from audit.errors import (
-    AuthenticationError,
-    ForbiddenError,
-    IntegrityError,
-    NotFoundError,
-    ServiceRefusedError,
-    UsageError,
-)
+from audit.cli.client import REFUSALS, bearer, echo_json, refusal, unreachable
+from audit.errors import FFAuditError, ForbiddenError, IntegrityError, ServiceRefusedError
 
 NDJSON = "application/x-ndjson"
-DEFAULT_SERVICE = "http://127.0.0.1:8080"
+_REFUSALS: dict[int, type[FFAuditError]] = {**REFUSALS, 403: ForbiddenError}
 # No read timeout between lines would be wrong (a dead service hangs us), but a stream's
 # first progress line may wait for the store's first page of a very large chain.
 _TIMEOUT = httpx.Timeout(30.0, read=600.0)
@@ -63,7 +57,7 @@ def verify_remote(
                     click.echo(line)
     ok = all(r["ok"] for r in reports)
     if as_json:
-        click.echo(orjson.dumps({"ok": ok, "streams": reports}, option=orjson.OPT_INDENT_2))
+        echo_json({"ok": ok, "streams": reports})
     else:
         _summary(reports, ok)
     return 0 if ok else IntegrityError.exit_code
@@ -113,9 +107,7 @@ def _verify_one(
     *,
     progress: bool,
 ) -> dict[str, Any]:
-    headers = {"accept": NDJSON}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
+    headers = {"accept": NDJSON, **bearer(token)}
     url = f"{service.rstrip('/')}/v1/verify"
     bars = _Progress(progress)
     try:
@@ -124,7 +116,7 @@ def _verify_one(
         ) as response:
             if response.status_code != 200:
                 response.read()
-                raise _refusal(response)
+                raise refusal(response, _REFUSALS)
             for raw in response.iter_lines():
                 if not raw.strip():
                     continue
@@ -141,7 +133,7 @@ def _verify_one(
                         f"verification stopped: {error.get('type')}: {error.get('message')}"
                     )
     except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the audit service at {service}: {exc}") from None
+        raise unreachable(service, exc) from None
     finally:
         bars.close()
     raise ServiceRefusedError("the service ended the verification without a result")
@@ -201,17 +193,3 @@ class _Progress:
         for stream, (records, _) in self.last.items():
             if self.printed.get(stream, (0.0, -1))[1] != records:
                 self._plain(stream)
-
-
-def _refusal(response: httpx.Response) -> Exception:
-    try:
-        message = response.json().get("error", {}).get("message", response.text)
-    except ValueError:
-        message = response.text[:500]
-    if response.status_code == 401:
-        return AuthenticationError(message)
-    if response.status_code == 403:
-        return ForbiddenError(message)
-    if response.status_code == 404:
-        return NotFoundError(message)
-    return ServiceRefusedError(f"{response.status_code}: {message}")

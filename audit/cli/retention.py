@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import httpx
-import orjson
 
+from audit.cli.client import call, echo_json, service_option, tenant_option, token_option
 from audit.errors import (
     AuthenticationError,
     BusyError,
@@ -21,7 +20,6 @@ from audit.errors import (
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
-    ServiceRefusedError,
     UsageError,
 )
 
@@ -33,17 +31,8 @@ _BY_STATUS: dict[int, type[FFAuditError]] = {
     422: InvalidInputError,
     503: BusyError,
 }
-_SERVICE = click.option(
-    "--service",
-    envvar="FFAUDIT_SERVICE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="The audit service [FFAUDIT_SERVICE_URL].",
-)
-_TOKEN = click.option(
-    "--token", envvar="FFAUDIT_TOKEN", default=None, help="Admin bearer token [FFAUDIT_TOKEN]."
-)
-_TENANT = click.option("--tenant", default=None, help="Open mode only (no tokens): the tenant.")
+_TOKEN = token_option("Admin bearer token [FFAUDIT_TOKEN].")
+_TENANT = tenant_option()
 
 
 def _call(
@@ -55,34 +44,19 @@ def _call(
     body: Any = None,
     params: dict[str, Any] | None = None,
 ) -> Any:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    query = dict(params or {})
-    if tenant is not None:
-        query["tenant"] = tenant
-    try:
-        # Runs snapshot or archive whole days: allow them time.
-        response = httpx.request(
-            method,
-            f"{service.rstrip('/')}{path}",
-            json=body,
-            params=query,
-            headers=headers,
-            timeout=3600,
-        )
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the audit service at {service}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json().get("error", {}).get("message", response.text)
-        except ValueError:
-            message = response.text
-        error = _BY_STATUS.get(response.status_code, ServiceRefusedError)
-        raise error(f"{response.status_code}: {message}")
-    return response.json()
-
-
-def _print(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+    # Runs snapshot or archive whole days: allow them time.
+    return call(
+        method,
+        service,
+        path,
+        token,
+        tenant,
+        params=params,
+        body=body,
+        timeout=3600,
+        refusals=_BY_STATUS,
+        status_in_message=True,
+    )
 
 
 @click.group()
@@ -91,7 +65,7 @@ def retention() -> None:
 
 
 @retention.command("run")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--dry-run", is_flag=True, help="Only say which days would be purged.")
@@ -99,33 +73,33 @@ def run_command(service: str, token: str | None, tenant: str | None, dry_run: bo
     """Archive, then purge, the tenant's days past retention and not under a legal hold.
     Prints the run report (JSON); exit status 1 when the run failed."""
     report = _call("POST", service, "/v1/retention/run", token, tenant, {"dry_run": dry_run})
-    _print(report)
+    echo_json(report)
     if report.get("status") != "succeeded":
         raise click.exceptions.Exit(1)
 
 
 @retention.command("archives")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def archives_command(service: str, token: str | None, tenant: str | None) -> None:
     """The tenant's archives (one per purged day), with the ids `restore` takes."""
-    _print(_call("GET", service, "/v1/retention/archives", token, tenant))
+    echo_json(_call("GET", service, "/v1/retention/archives", token, tenant))
 
 
 @retention.command("restore")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.argument("archive_id", type=int)
 def restore_command(service: str, token: str | None, tenant: str | None, archive_id: int) -> None:
     """Bring archive ARCHIVE_ID's records back (verified first). Place a legal hold first,
     or the next retention run purges them again."""
-    _print(_call("POST", service, f"/v1/retention/archives/{archive_id}/restore", token, tenant))
+    echo_json(_call("POST", service, f"/v1/retention/archives/{archive_id}/restore", token, tenant))
 
 
 @retention.command("policies")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--set", "assignments", multiple=True, metavar="CLASS=DAYS")
@@ -139,7 +113,7 @@ def policies_command(
             raise UsageError(f"--set wants CLASS=DAYS, not {assignment!r}")
         path = f"/v1/retention/policies/{name}"
         _call("PUT", service, path, token, tenant, {"days": int(days)})
-    _print(_call("GET", service, "/v1/retention/policies", token, tenant))
+    echo_json(_call("GET", service, "/v1/retention/policies", token, tenant))
 
 
 @retention.group("holds")
@@ -148,17 +122,17 @@ def holds() -> None:
 
 
 @holds.command("list")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--all", "everything", is_flag=True, help="Released holds too.")
 def holds_list(service: str, token: str | None, tenant: str | None, everything: bool) -> None:
     params = {"active_only": str(not everything).lower()}
-    _print(_call("GET", service, "/v1/retention/holds", token, tenant, params=params))
+    echo_json(_call("GET", service, "/v1/retention/holds", token, tenant, params=params))
 
 
 @holds.command("place")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.option("--stream", help="Hold a stream.")
@@ -192,11 +166,11 @@ def holds_place(
         )
     scope = "tenant" if whole_tenant else next(iter(given)).replace("actor_hash", "actor")
     body = {"scope": scope, "reason": reason, **given}
-    _print(_call("POST", service, "/v1/retention/holds", token, tenant, body))
+    echo_json(_call("POST", service, "/v1/retention/holds", token, tenant, body))
 
 
 @holds.command("release")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 @click.argument("hold_id", type=int)
@@ -205,4 +179,4 @@ def holds_release(
     service: str, token: str | None, tenant: str | None, hold_id: int, reason: str
 ) -> None:
     path = f"/v1/retention/holds/{hold_id}/release"
-    _print(_call("POST", service, path, token, tenant, {"reason": reason}))
+    echo_json(_call("POST", service, path, token, tenant, {"reason": reason}))

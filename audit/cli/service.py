@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import orjson
 
+from audit.cli.client import echo_json
 from audit.db.session import make_engine, session_factory, upgrade
 from audit.errors import UsageError
 from audit.settings import AuditSettings
@@ -127,7 +127,7 @@ def streams_register(stream: str, tenant: str, pubkey: Path) -> None:
     except ValidationError as exc:
         raise InvalidInputError("; ".join(str(e["msg"]) for e in exc.errors())) from None
     read = _service().register(registration)
-    click.echo(orjson.dumps(read.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    echo_json(read.model_dump(mode="json"))
 
 
 @click.group()
@@ -155,4 +155,4 @@ def keyrings_import(tenant: str, keyring: Path) -> None:
 def streams_show(stream: str) -> None:
     """A stream's registration and accepted chain head."""
     read = _service().read(stream)
-    click.echo(orjson.dumps(read.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    echo_json(read.model_dump(mode="json"))

@@ -6,8 +6,8 @@ import asyncio
 import getpass
 
 import click
-import orjson
 
+from audit.cli.client import echo_json
 from audit.errors import InvalidInputError
 from audit.settings import AuditSettings
 from audit.subjects.schemas import ErasureOut, check_subject
@@ -33,7 +33,7 @@ def erase_subject(tenant: str, subject: str, kind: str, as_json: bool) -> None:
         raise InvalidInputError(f"--subject: {exc}") from None
     out = asyncio.run(_erase(AuditSettings(), tenant, kind, subject))
     if as_json:
-        click.echo(orjson.dumps(out.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+        echo_json(out.model_dump(mode="json"))
         return
     click.echo(
         f"erasure {out.erasure_id}: tenant {out.tenant}, kind {out.kind}, "

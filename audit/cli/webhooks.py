@@ -6,63 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import httpx
-import orjson
 
-from audit.errors import AuthenticationError, NotFoundError, ServiceRefusedError, UsageError
-
-_SERVICE = click.option(
-    "--service",
-    envvar="FFAUDIT_SERVICE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="The audit service [FFAUDIT_SERVICE_URL].",
+from audit.cli.client import (
+    call,
+    echo_json,
+    json_option,
+    service_option,
+    tenant_option,
+    token_option,
 )
-_TOKEN = click.option(
-    "--token", envvar="FFAUDIT_TOKEN", default=None, help="Bearer token [FFAUDIT_TOKEN]."
-)
-_TENANT = click.option("--tenant", default=None, help="Open mode only (no tokens): the tenant.")
-_JSON = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 
-
-def _call(
-    method: str,
-    service: str,
-    path: str,
-    token: str | None,
-    tenant: str | None,
-    *,
-    params: dict[str, Any] | None = None,
-    body: dict[str, Any] | None = None,
-) -> Any:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    query = {**(params or {}), **({"tenant": tenant} if tenant else {})}
-    try:
-        response = httpx.request(
-            method,
-            f"{service.rstrip('/')}{path}",
-            params=query,
-            json=body,
-            headers=headers,
-            timeout=60,
-        )
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the audit service at {service}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json().get("error", {}).get("message", response.text)
-        except ValueError:
-            message = response.text
-        if response.status_code == 401:
-            raise AuthenticationError(message)
-        if response.status_code == 404:
-            raise NotFoundError(message)
-        raise ServiceRefusedError(f"{response.status_code}: {message}")
-    return response.json() if response.content else None
-
-
-def _show(document: Any) -> None:
-    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+_TOKEN = token_option("Bearer token [FFAUDIT_TOKEN].")
+_TENANT = tenant_option()
 
 
 @click.group()
@@ -80,10 +35,10 @@ def webhooks() -> None:
     help="Deliver alerts of this severity and above.",
 )
 @click.option("--description", default="", help="Who or what receives it.")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
-@_JSON
+@json_option
 def add(
     url: str,
     min_severity: str,
@@ -94,7 +49,7 @@ def add(
     as_json: bool,
 ) -> None:
     """Register URL; prints the signing secret, which is shown this once only."""
-    created = _call(
+    created = call(
         "POST",
         service,
         "/v1/webhooks",
@@ -103,22 +58,22 @@ def add(
         body={"url": url, "min_severity": min_severity, "description": description},
     )
     if as_json:
-        _show(created)
+        echo_json(created)
         return
     click.echo(f"webhook {created['id']} -> {created['url']} ({created['min_severity']}+)")
     click.echo(f"signing secret (shown once, store it on the receiver): {created['secret']}")
 
 
 @webhooks.command("list")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
-@_JSON
+@json_option
 def list_(service: str, token: str | None, tenant: str | None, as_json: bool) -> None:
     """The tenant's webhooks."""
-    found = _call("GET", service, "/v1/webhooks", token, tenant)["webhooks"]
+    found = call("GET", service, "/v1/webhooks", token, tenant)["webhooks"]
     if as_json:
-        _show(found)
+        echo_json(found)
         return
     click.echo(f"{'id':<34} {'min':<9} {'created (UTC)':<27} url")
     for hook in found:
@@ -129,12 +84,12 @@ def list_(service: str, token: str | None, tenant: str | None, as_json: bool) ->
 
 @webhooks.command("delete")
 @click.argument("webhook_id")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
 def delete(webhook_id: str, service: str, token: str | None, tenant: str | None) -> None:
     """Stop delivering to a webhook (its delivery log is kept)."""
-    _call("DELETE", service, f"/v1/webhooks/{webhook_id}", token, tenant)
+    call("DELETE", service, f"/v1/webhooks/{webhook_id}", token, tenant)
     click.echo(f"deleted webhook {webhook_id}")
 
 
@@ -142,10 +97,10 @@ def delete(webhook_id: str, service: str, token: str | None, tenant: str | None)
 @click.argument("webhook_id")
 @click.option("--state", type=click.Choice(["pending", "delivered", "failed"]), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
-@_JSON
+@json_option
 def deliveries(
     webhook_id: str,
     state: str | None,
@@ -157,11 +112,11 @@ def deliveries(
 ) -> None:
     """A webhook's delivery log, newest first."""
     params: dict[str, Any] = {"limit": limit, **({"state": state} if state else {})}
-    found = _call(
+    found = call(
         "GET", service, f"/v1/webhooks/{webhook_id}/deliveries", token, tenant, params=params
     )["deliveries"]
     if as_json:
-        _show(found)
+        echo_json(found)
         return
     click.echo(
         f"{'id':>7} {'kind':<13} {'alert':>6} {'state':<10} {'tries':>5} {'next / done':<27} last"
@@ -178,16 +133,16 @@ def deliveries(
 
 @webhooks.command("test")
 @click.argument("webhook_id")
-@_SERVICE
+@service_option
 @_TOKEN
 @_TENANT
-@_JSON
+@json_option
 def test(
     webhook_id: str, service: str, token: str | None, tenant: str | None, as_json: bool
 ) -> None:
     """Queue a signed `webhook.test` delivery; follow it with `deliveries`."""
-    queued = _call("POST", service, f"/v1/webhooks/{webhook_id}/test", token, tenant)
+    queued = call("POST", service, f"/v1/webhooks/{webhook_id}/test", token, tenant)
     if as_json:
-        _show(queued)
+        echo_json(queued)
         return
     click.echo(f"queued test delivery {queued['id']} (event {queued['event_id']})")

@@ -202,30 +202,44 @@ class SqlEventStore:
     async def scan(
         self, tenant: str, stream: str, start: int = 1, end: int | None = None
     ) -> AsyncIterator[StoredEvent]:
-        after: tuple[int, str] | None = None
-        while True:
-            page = await self._run(self._page, tenant, stream, start, end, after)
-            for event in page:
-                yield event
-            if len(page) < self.page_size:
-                return
-            after = (page[-1].sequence, page[-1].doc_id)
+        async for event in self._keyset_scan(self._page, tenant, stream, start, end):
+            yield event
 
     def _page(
         self, tenant: str, stream: str, start: int, end: int | None, after: tuple[int, str] | None
     ) -> list[StoredEvent]:
-        # Keyset paging on (sequence, doc_id): each page is one indexed range read.
         conditions = [Event.tenant == tenant, Event.stream == stream, Event.sequence >= start]
         if end is not None:
             conditions.append(Event.sequence <= end)
+        return self._keyset_page(conditions, after)
+
+    async def _keyset_scan(
+        self, page: Callable[..., list[StoredEvent]], *args: Any
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event of `page(*args, after)`, page after page (see _keyset_page)."""
+        after: tuple[int, str] | None = None
+        while True:
+            found = await self._run(page, *args, after)
+            for event in found:
+                yield event
+            if len(found) < self.page_size:
+                return
+            after = (found[-1].sequence, found[-1].doc_id)
+
+    def _keyset_page(
+        self, conditions: list[ColumnElement[bool]], after: tuple[int, str] | None
+    ) -> list[StoredEvent]:
+        """Keyset paging on (sequence, doc_id) within one stream: the page of the events
+        matching `conditions` after `after`, each page one indexed range read."""
         if after is not None:
             sequence, doc_id = after
-            conditions.append(
+            conditions = [
+                *conditions,
                 or_(
                     Event.sequence > sequence,
                     and_(Event.sequence == sequence, Event.doc_id > doc_id),
-                )
-            )
+                ),
+            ]
         stmt = (
             select(Event)
             .where(*conditions)
@@ -344,14 +358,8 @@ class SqlEventStore:
         # range reads on (stream, sequence), where paging the whole day in (stream,
         # sequence) order would sort it again for every page.
         for stream, low, high in await self._run(self._day_spans, tenant, window):
-            after: tuple[int, str] | None = None
-            while True:
-                page = await self._run(self._day_page, tenant, stream, window, low, high, after)
-                for event in page:
-                    yield event
-                if len(page) < self.page_size:
-                    break
-                after = (page[-1].sequence, page[-1].doc_id)
+            async for event in self._keyset_scan(self._day_page, tenant, stream, window, low, high):
+                yield event
 
     def _day_spans(
         self, tenant: str, window: tuple[datetime, datetime]
@@ -383,22 +391,7 @@ class SqlEventStore:
             Event.timestamp >= window[0],
             Event.timestamp < window[1],
         ]
-        if after is not None:
-            sequence, doc_id = after
-            conditions.append(
-                or_(
-                    Event.sequence > sequence,
-                    and_(Event.sequence == sequence, Event.doc_id > doc_id),
-                )
-            )
-        stmt = (
-            select(Event)
-            .where(*conditions)
-            .order_by(Event.sequence, Event.doc_id)
-            .limit(self.page_size)
-        )
-        with self._sessions() as session:
-            return [_event(row) for row in session.scalars(stmt)]
+        return self._keyset_page(conditions, after)
 
     async def delete_day(self, tenant: str, day: date, *, expected: int) -> int:
         return await self._run(self._delete_day, tenant, day, expected)

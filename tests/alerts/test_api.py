@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,29 +17,21 @@ from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import raise_event_alert
 from audit.app import create_app
 from audit.db.base import utcnow
-from audit.db.session import upgrade
 from audit.settings import AuditSettings
 from audit.store.protocol import EventStore
 from audit.store.query import EventQuery
+from tests.apptools import app_settings, bearer
 
-SECRET = "k" * 40
-ISS, AUD = "https://idp.example", "ffaudit"
 RULE = {"name": "spraying", "group_by": "user.hash", "window_s": 60, "threshold": 3}
 
 
 def token(*roles: str, tenant: str = "acme", mfa: bool = True) -> dict[str, str]:
-    now = int(time.time())
-    claims = {
-        "sub": f"{'-'.join(roles) or 'nobody'}-1",
-        "tenant": tenant,
-        "roles": list(roles),
-        "iss": ISS,
-        "aud": AUD,
-        "exp": now + 600,
-        "nbf": now - 5,
-        "amr": ["pwd", "otp"] if mfa else ["pwd"],
-    }
-    return {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+    return bearer(
+        sub=f"{'-'.join(roles) or 'nobody'}-1",
+        tenant=tenant,
+        roles=list(roles),
+        amr=["pwd", "otp"] if mfa else ["pwd"],
+    )
 
 
 SECURITY, AUDITOR, ADMIN = token("security"), token("auditor"), token("admin")
@@ -79,19 +69,8 @@ class Api:
 
 @contextlib.contextmanager
 def running(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    settings = AuditSettings(
-        database_url=f"sqlite:///{tmp_path}/alerts.db",
-        forward_enabled=False,
-        jwt_hs256_secret=SECRET,
-        jwt_issuer=ISS,
-        jwt_audience=AUD,
-        service_keys_dir=tmp_path / "service-keys",
-        keyrings_dir=tmp_path / "keyrings",
-        exports_dir=tmp_path / "exports",
-        alert_evaluation_enabled=False,  # the tests tick the scheduler themselves
-        **overrides,
-    )
-    upgrade(settings.database_url)
+    # The tests tick the scheduler themselves.
+    settings = app_settings(tmp_path, alert_evaluation_enabled=False, **overrides)
     with TestClient(create_app(settings)) as client:
         yield Api(client, settings)
 

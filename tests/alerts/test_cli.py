@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 from audit.alerts.service import raise_event_alert
-from audit.app import create_app
 from audit.cli import cli
 from audit.db.session import make_engine, session_factory, upgrade
 from audit.errors import ServiceRefusedError
 from audit.settings import AuditSettings
+from tests.apptools import serving
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +29,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Aud
         alert_evaluation_enabled=False,
     )
     upgrade(settings.database_url)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", settings
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(settings, log_level="error") as url:
+        yield url, settings
 
 
 def ffaudit(url: str, *args: str) -> str:

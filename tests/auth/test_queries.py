@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 import pytest
 from elasticsearch import Elasticsearch
@@ -18,7 +16,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from audit.app import create_app
-from audit.db.session import upgrade
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
@@ -27,27 +24,9 @@ from audit.integrity.seal import AuditEvent, Sealer
 from audit.settings import AuditSettings
 from audit.store.elastic import ElasticEventStore
 from audit.store.sql import SqlEventStore
+from tests.apptools import app_settings, bearer
 from tests.conftest import register_stream
 from tests.integrity.conftest import T0
-
-SECRET = "q" * 40
-ISS, AUD = "https://idp.example", "ffaudit"
-
-
-def token(**overrides: Any) -> dict[str, str]:
-    now = int(time.time())
-    claims = {
-        "sub": "auditor-1",
-        "tenant": "acme",
-        "roles": ["auditor"],
-        "iss": ISS,
-        "aud": AUD,
-        "exp": now + 600,
-        "nbf": now - 5,
-        "amr": ["pwd", "otp"],
-    }
-    claims.update(overrides)
-    return {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
 
 
 def sealed_history(
@@ -102,23 +81,12 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
             "elasticsearch_url": request.getfixturevalue("elasticsearch_url"),
             "elasticsearch_index_prefix": request.getfixturevalue("fresh_es_prefix"),
         }
-    settings = AuditSettings(
-        database_url=f"sqlite:///{tmp_path}/q.db",
-        forward_enabled=False,
-        jwt_hs256_secret=SECRET,
-        jwt_issuer=ISS,
-        jwt_audience=AUD,
-        service_keys_dir=tmp_path / "service-keys",
-        keyrings_dir=tmp_path / "keyrings",
-        exports_dir=tmp_path / "exports",
-        **store,
-    )
-    upgrade(settings.database_url)
+    settings = app_settings(tmp_path, **store)
     signer, keyring = Signer.generate(), Keyring.generate()
     records = sealed_history(signer, keyring)
     (tmp_path / "pii.key").write_bytes(keyring.dumps())
     with TestClient(create_app(settings)) as client:
-        admin = token(sub="root", roles=["admin"])
+        admin = bearer(sub="root", roles=["admin"])
         client.post(
             "/v1/streams",
             headers=admin,
@@ -131,7 +99,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         client.post(
             "/v1/streams/cam-1/records",
             content=orjson.dumps(records),
-            headers={**token(roles=["ingest"]), "content-type": "application/json"},
+            headers={**bearer(roles=["ingest"]), "content-type": "application/json"},
         ).raise_for_status()
         from audit.query.keyrings import TenantKeyrings
 
@@ -186,7 +154,7 @@ def test_who_did_what_by_raw_actor_with_paging(env: Any) -> None:
         params: dict[str, Any] = {"actor": "alice", "limit": 3}
         if cursor:
             params["cursor"] = cursor
-        page = client.get("/v1/events", params=params, headers=token()).json()
+        page = client.get("/v1/events", params=params, headers=bearer()).json()
         seen += [e["record"]["event.hash"] for e in page["events"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -194,55 +162,55 @@ def test_who_did_what_by_raw_actor_with_paging(env: Any) -> None:
     assert len(seen) == len(set(seen)) == len(alice) == 8
     newest_first = [
         e["record"]["@timestamp"]
-        for e in client.get("/v1/events", params={"actor": "alice"}, headers=token()).json()[
+        for e in client.get("/v1/events", params={"actor": "alice"}, headers=bearer()).json()[
             "events"
         ]
     ]
     assert newest_first == sorted(newest_first, reverse=True)
-    failed = client.get("/v1/events", params={"outcome": "failure"}, headers=token()).json()
+    failed = client.get("/v1/events", params={"outcome": "failure"}, headers=bearer()).json()
     assert {e["record"]["event.action"] for e in failed["events"]} == {"frame.failed"}
-    assert client.get("/v1/events", params={"q": "no face"}, headers=token()).json()["events"]
+    assert client.get("/v1/events", params={"q": "no face"}, headers=bearer()).json()["events"]
 
 
 def test_stats_and_job_timeline(env: Any) -> None:
     client, records, _ = env
-    by_action = client.get("/v1/stats", params={"by": "action"}, headers=token()).json()
+    by_action = client.get("/v1/stats", params={"by": "action"}, headers=bearer()).json()
     assert by_action["counts"]["frame.failed"] == 8
-    timeline = client.get("/v1/jobs/job-1", headers=token(roles=["engineer"])).json()
+    timeline = client.get("/v1/jobs/job-1", headers=bearer(roles=["engineer"])).json()
     sequences = [e["sequence"] for e in timeline["events"]]
     assert sequences == sorted(sequences)
     assert timeline["failed_frames"] == sum(
         r.get("trace.id") == "job-1" and r["event.action"] == "frame.failed" for r in records
     )
-    assert client.get("/v1/jobs/nope", headers=token(roles=["engineer"])).status_code == 404
+    assert client.get("/v1/jobs/nope", headers=bearer(roles=["engineer"])).status_code == 404
 
 
 def test_verify_detects_edits_and_deletions_inside_the_store(env: Any) -> None:
     client, records, settings = env
-    assert client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()["ok"]
+    assert client.post("/v1/verify", json={"stream": "cam-1"}, headers=bearer()).json()["ok"]
     edit_stored(settings, "cam-1:5", "failure")  # someone with store access edits a record
-    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
+    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=bearer()).json()
     assert report["ok"] is False
     assert [(f["kind"], f["sequence"]) for f in report["streams"][0]["failures"]] == [
         ("modified", 5)
     ]
     last = len(records)
     delete_stored(settings, f"cam-1:{last}")  # ...and deletes the tail
-    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=token()).json()
+    report = client.post("/v1/verify", json={"stream": "cam-1"}, headers=bearer()).json()
     assert report["streams"][0]["matches_head"] is False
     assert report["streams"][0]["stored_last_sequence"] == last - 1
 
 
 def test_export_verifies_offline(env: Any, tmp_path: Path) -> None:
     client, _, settings = env
-    made = client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    made = client.post("/v1/exports", json={"actor": "bob"}, headers=bearer())
     assert made.status_code == 201, made.text
     export = made.json()
     assert export["records"] == 8
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     for name in export["files"]:
-        got = client.get(f"/v1/exports/{export['export_id']}/{name}", headers=token())
+        got = client.get(f"/v1/exports/{export['export_id']}/{name}", headers=bearer())
         assert got.status_code == 200
         (bundle / name).write_bytes(got.content)
     pub = settings.service_keys_dir / "signing.pub"
@@ -255,41 +223,41 @@ def test_export_verifies_offline(env: Any, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"alice" not in (bundle / "records.ndjson").read_bytes()
     other = client.get(
-        f"/v1/exports/{export['export_id']}/records.ndjson", headers=token(tenant="other")
+        f"/v1/exports/{export['export_id']}/records.ndjson", headers=bearer(tenant="other")
     )
     assert other.status_code == 404
 
 
 def test_subject_sees_only_their_own_records_and_tenants_are_isolated(env: Any) -> None:
     client, _, _ = env
-    bob = client.get("/v1/events", headers=token(sub="bob", roles=["subject"])).json()["events"]
+    bob = client.get("/v1/events", headers=bearer(sub="bob", roles=["subject"])).json()["events"]
     assert bob
     hashes = {e["record"].get("user.hash") for e in bob}
     assert len(hashes) == 1
     asks_for_alice = client.get(
-        "/v1/events", params={"actor": "alice"}, headers=token(sub="bob", roles=["subject"])
+        "/v1/events", params={"actor": "alice"}, headers=bearer(sub="bob", roles=["subject"])
     ).json()
     assert asks_for_alice["events"] == []
     for path in ("/v1/events", "/v1/stats", "/v1/jobs/job-1"):
-        response = client.get(path, headers=token(tenant="other", roles=["auditor", "engineer"]))
+        response = client.get(path, headers=bearer(tenant="other", roles=["auditor", "engineer"]))
         assert response.status_code in (200, 404, 409)
         if response.status_code == 200:
             body = response.json()
             # Only the other tenant's own log of the logs (its reads), nothing of acme's.
             assert {e["record"]["ffaudit.tenant"] for e in body.get("events", [])} <= {"other"}
             assert set(body.get("counts", {})) <= {"audit.queried"}
-    assert client.get("/v1/stats", headers=token(roles=["subject"])).status_code == 403
-    assert client.get("/v1/events", headers=token(roles=["ingest"])).status_code == 403
+    assert client.get("/v1/stats", headers=bearer(roles=["subject"])).status_code == 403
+    assert client.get("/v1/events", headers=bearer(roles=["ingest"])).status_code == 403
 
 
 def test_every_read_is_in_the_log_of_the_logs(env: Any) -> None:
     client, _, _ = env
-    client.get("/v1/events", params={"actor": "alice"}, headers=token())
-    client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    client.get("/v1/events", params={"actor": "alice"}, headers=bearer())
+    client.post("/v1/exports", json={"actor": "bob"}, headers=bearer())
     servicelog = client.app.state.servicelog
     stream = servicelog.stream_for("acme")
     events = client.get(
-        "/v1/events", params={"stream": stream, "order": "asc"}, headers=token()
+        "/v1/events", params={"stream": stream, "order": "asc"}, headers=bearer()
     ).json()["events"]
     actions = [e["record"]["event.action"] for e in events]
     assert "audit.queried" in actions
@@ -363,7 +331,7 @@ def test_role_matrix_on_every_endpoint(env: Env) -> None:
     for method, path, body, admitted in ENDPOINTS:
         for role in ROLES:
             # cam-1:1 is alice's, so the subject alice may read it.
-            who = token(sub="alice" if role == "subject" else f"{role}-1", roles=[role])
+            who = bearer(sub="alice" if role == "subject" else f"{role}-1", roles=[role])
             got = client.request(method, path, json=body, headers=who)
             if role in admitted:
                 assert got.status_code in (200, 201), (method, path, role, got.text)
@@ -375,14 +343,14 @@ def test_role_matrix_on_every_endpoint(env: Env) -> None:
 
 def test_a_subject_reaches_only_their_own_records_on_every_endpoint(env: Env) -> None:
     client, records, _ = env
-    bob = token(sub="bob", roles=["subject"])
+    bob = bearer(sub="bob", roles=["subject"])
     # sealed_history: frame i is alice's when i % 3 == 0.
     alices = next(
         f"cam-1:{r['event.sequence']}"
         for r in records
         if r["event.action"] == "job.started" and r["ffaudit.metadata"]["frame"] == 3
     )
-    assert client.get(f"/v1/events/{alices}", headers=token()).status_code == 200
+    assert client.get(f"/v1/events/{alices}", headers=bearer()).status_code == 200
     hidden = client.get(f"/v1/events/{alices}", headers=bob)
     assert hidden.status_code == 404  # not 403: nothing confirms that the record exists
     assert hidden.json() == {"error": {"type": "NotFoundError", "message": f"no event {alices!r}"}}
@@ -395,11 +363,11 @@ def test_a_subject_reaches_only_their_own_records_on_every_endpoint(env: Env) ->
 
 def test_another_tenant_reaches_nothing_of_acme(env: Env) -> None:
     client, _, _ = env
-    made = client.post("/v1/exports", json={"actor": "bob"}, headers=token())
+    made = client.post("/v1/exports", json={"actor": "bob"}, headers=bearer())
     assert made.status_code == 201, made.text
     export_id = made.json()["export_id"]
     # Tenant B with every role, a second factor, and acme named where open mode reads it.
-    other = token(tenant="other", roles=["auditor", "security", "engineer", "admin"])
+    other = bearer(tenant="other", roles=["auditor", "security", "engineer", "admin"])
     acme = {"tenant": "acme"}
     for path in ("/v1/events/cam-1:1", "/v1/jobs/job-0", "/v1/streams/cam-1"):
         got = client.get(path, params=acme, headers=other)
@@ -433,7 +401,7 @@ def test_a_tenant_whose_name_extends_anothers_stays_apart(env: Env) -> None:
     eu = sealed_history(signer, keyring, stream="eu-1", tenant="acme-eu")
     client.post(
         "/v1/streams",
-        headers=token(sub="root", tenant="acme-eu", roles=["admin"]),
+        headers=bearer(sub="root", tenant="acme-eu", roles=["admin"]),
         json={
             "stream": "eu-1",
             "tenant": "acme-eu",
@@ -444,11 +412,11 @@ def test_a_tenant_whose_name_extends_anothers_stays_apart(env: Env) -> None:
         "/v1/streams/eu-1/records",
         content=orjson.dumps(eu),
         headers={
-            **token(tenant="acme-eu", roles=["ingest"]),
+            **bearer(tenant="acme-eu", roles=["ingest"]),
             "content-type": "application/json",
         },
     ).raise_for_status()
-    acme, acme_eu = token(), token(tenant="acme-eu")
+    acme, acme_eu = bearer(), bearer(tenant="acme-eu")
     assert client.get("/v1/events", params={"stream": "eu-1"}, headers=acme).json()["events"] == []
     mine = client.get("/v1/events", params={"stream": "eu-1", "limit": 500}, headers=acme_eu)
     assert len(mine.json()["events"]) == len(eu)

@@ -15,8 +15,9 @@ from sqlalchemy import create_engine, text
 from audit.integrity.keys import Signer
 from audit.query.service import PROGRESS_EVERY
 from audit.settings import AuditSettings
+from tests.apptools import jwt_token
 from tests.ingest.conftest import make_records
-from tests.query.conftest import jwt_token, load_chains
+from tests.query.conftest import load_chains
 
 Service = tuple[str, AuditSettings]
 

@@ -15,14 +15,15 @@ from audit.app import create_app
 from audit.query.routes import NDJSON
 from audit.query.service import PROGRESS_EVERY
 from audit.settings import AuditSettings
-from tests.query.conftest import bearer, load_chains, settings_for
+from tests.apptools import app_settings, bearer
+from tests.query.conftest import load_chains
 
 Env = tuple[TestClient, AuditSettings, dict[str, int]]
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    settings = settings_for(tmp_path)
+    settings = app_settings(tmp_path)
     with TestClient(create_app(settings)) as client:
         # cam-1 spans a few progress intervals; cam-2 is short.
         sizes = load_chains(client, "", {"cam-1": 2 * PROGRESS_EVERY + 400, "cam-2": 30})

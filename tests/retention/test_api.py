@@ -5,47 +5,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from audit.app import create_app
-from audit.db.session import upgrade
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
-from audit.settings import AuditSettings
+from tests.apptools import app_settings, bearer
 from tests.conftest import register_stream
 from tests.retention.conftest import HELD_JOB, OLD, RECENT
 
-SECRET = "r" * 40
-ISS, AUD = "https://idp.example", "ffaudit"
-
 
 def token(**overrides: Any) -> dict[str, str]:
-    now = int(time.time())
-    claims = {
-        "sub": "root",
-        "tenant": "acme",
-        "roles": ["admin"],
-        "iss": ISS,
-        "aud": AUD,
-        "exp": now + 600,
-        "nbf": now - 5,
-        "amr": ["pwd", "otp"],
-    }
-    claims.update(overrides)
-    return {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+    """An administrator of acme, with a second factor, unless `overrides` say otherwise."""
+    return bearer(**{"sub": "root", "roles": ["admin"], **overrides})
 
 
 def old_records(signer: Signer, keyring: Keyring, stream: str, tenant: str) -> list[Any]:
@@ -69,19 +52,9 @@ def old_records(signer: Signer, keyring: Keyring, stream: str, tenant: str) -> l
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = AuditSettings(
-        database_url=f"sqlite:///{tmp_path}/r.db",
-        forward_enabled=False,
-        jwt_hs256_secret=SECRET,
-        jwt_issuer=ISS,
-        jwt_audience=AUD,
-        service_keys_dir=tmp_path / "service-keys",
-        keyrings_dir=tmp_path / "keyrings",
-        exports_dir=tmp_path / "exports",
-        retention_archive_dir=tmp_path / "archives",
-        retention_interval_s=0,
+    settings = app_settings(
+        tmp_path, retention_archive_dir=tmp_path / "archives", retention_interval_s=0
     )
-    upgrade(settings.database_url)
     with TestClient(create_app(settings)) as c:
         yield c
 

@@ -5,7 +5,6 @@ PostgreSQL + Elasticsearch."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -33,10 +31,8 @@ from audit.settings import AuditSettings
 from audit.subjects.vault import SqlSubjectVault
 from engine.auditing import AuditTrail, build_audit_trail
 from engine.settings import EngineSettings
+from tests.apptools import app_settings, bearer
 from tests.integrity.conftest import T0
-
-SECRET = "e" * 40
-ISS, AUD = "https://idp.example", "ffaudit"
 
 
 @dataclass
@@ -49,19 +45,7 @@ class Env:
     keyring: Keyring
 
     def token(self, **overrides: Any) -> dict[str, str]:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "sub": "auditor-1",
-            "tenant": self.tenant,
-            "roles": ["auditor"],
-            "iss": ISS,
-            "aud": AUD,
-            "exp": now + 600,
-            "nbf": now - 5,
-            "amr": ["pwd", "otp"],
-        }
-        claims.update(overrides)
-        return {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+        return bearer(**{"tenant": self.tenant, **overrides})
 
     def admin(self, **overrides: Any) -> dict[str, str]:
         return self.token(**{"sub": "dpo-1", "roles": ["admin"], **overrides})
@@ -126,17 +110,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
             "elasticsearch_url": request.getfixturevalue("elasticsearch_url"),
             "elasticsearch_index_prefix": request.getfixturevalue("fresh_es_prefix"),
         }
-    settings = AuditSettings(
-        database_url=database_url,
-        forward_enabled=False,
-        jwt_hs256_secret=SECRET,
-        jwt_issuer=ISS,
-        jwt_audience=AUD,
-        service_keys_dir=tmp_path / "service-keys",
-        keyrings_dir=tmp_path / "keyrings",
-        exports_dir=tmp_path / "exports",
-        **store,
-    )
+    settings = app_settings(tmp_path, database_url, **store)
     engine = EngineSettings(
         work_dir=tmp_path / "engine",
         keys_dir=tmp_path / "engine" / "keys",

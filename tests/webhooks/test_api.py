@@ -3,8 +3,6 @@ bad input, test deliveries, restarts, a hanging receiver beside ingest, and the 
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,6 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +21,7 @@ from audit.errors import NotFoundError
 from audit.integrity.keys import Signer
 from audit.models import WebhookDelivery
 from audit.settings import AuditSettings
+from tests.apptools import serving
 from tests.ingest.conftest import make_records
 from tests.webhooks.conftest import (
     Receiver,
@@ -328,23 +326,8 @@ def test_ingest_is_not_held_up_by_a_hanging_webhook(
 @pytest.fixture
 def live_service(tmp_path: Path, sqlite_url: str) -> Iterator[str]:
     """The service on a real port, for the CLI (an HTTP client of it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(service_settings(tmp_path, sqlite_url)),
-            host="127.0.0.1",
-            port=port,
-            log_level="error",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the service starts")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(service_settings(tmp_path, sqlite_url), log_level="error") as url:
+        yield url
 
 
 def test_the_cli_manages_webhooks_and_reads_the_delivery_log(
