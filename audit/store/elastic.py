@@ -242,6 +242,7 @@ class ElasticEventStore:
         self._templates_ready = False
         self._templates_lock = asyncio.Lock()
         self._dirty: set[str] = set()  # tenants written since this store last refreshed them
+        self._refreshing: dict[str, asyncio.Lock] = {}  # per tenant: one refresh at a time
 
     # -- naming -----------------------------------------------------------------------------
 
@@ -442,14 +443,24 @@ class ElasticEventStore:
 
     async def _visible(self, tenant: str) -> None:
         """Read-your-writes: refresh the tenant's indices if this store wrote to them."""
-        if tenant in self._dirty:
+        lock = self._refreshing.setdefault(tenant, asyncio.Lock())
+        if tenant not in self._dirty and not lock.locked():
+            return
+        # A reader arriving while another's refresh is in flight waits for it: skipping it
+        # (the flag already cleared) read before the refresh and missed this store's own
+        # writes; the alert scheduler's reads raced ingest's that way, and a resent record
+        # looked "late", not stored.
+        async with lock:
+            if tenant not in self._dirty:
+                return
+            # Cleared first so a write racing the refresh marks the tenant again; restored
+            # when the refresh fails (node down), so the next read tries again.
             self._dirty.discard(tenant)
-            await self._retrying(
-                "refresh",
-                lambda: self.client.indices.refresh(
-                    index=self._pattern(tenant), ignore_unavailable=True, allow_no_indices=True
-                ),
-            )
+            try:
+                await self._refresh(self._pattern(tenant))
+            except BaseException:
+                self._dirty.add(tenant)
+                raise
 
     async def _search(self, what: str, tenant: str, **body: Any) -> list[dict[str, Any]]:
         response = await self._retrying(
@@ -459,6 +470,7 @@ class ElasticEventStore:
                 ignore_unavailable=True,
                 allow_no_indices=True,
                 track_total_hits=False,
+                allow_partial_search_results=False,
                 **body,
             ),
         )
@@ -552,6 +564,7 @@ class ElasticEventStore:
                 allow_no_indices=True,
             ),
         )
+        _whole(response, "count")
         return int(response["count"])
 
     # -- queries ----------------------------------------------------------------------------
@@ -630,6 +643,7 @@ class ElasticEventStore:
                     size=0,
                     aggs={"groups": {"composite": composite}},
                     track_total_hits=False,
+                    allow_partial_search_results=False,
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 ),
@@ -713,15 +727,7 @@ class ElasticEventStore:
         updated = 0
         while True:
             # Updated documents must drop out of the next round's search.
-            await self._retrying(
-                "refresh",
-                partial(
-                    self.client.indices.refresh,
-                    index=pattern,
-                    ignore_unavailable=True,
-                    allow_no_indices=True,
-                ),
-            )
+            await self._refresh(pattern)
             response = await self._retrying(
                 "backfill",
                 partial(
@@ -730,6 +736,7 @@ class ElasticEventStore:
                     query=lacking,
                     size=batch,
                     track_total_hits=False,
+                    allow_partial_search_results=False,
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 ),
@@ -776,6 +783,7 @@ class ElasticEventStore:
                     sort=[{_STREAM: "asc"}, {_SEQUENCE: "asc"}, {_DOC_ID: "asc"}],
                     size=self.page_size,
                     track_total_hits=False,
+                    allow_partial_search_results=False,
                     ignore_unavailable=True,
                     allow_no_indices=True,
                     **extra,
@@ -800,6 +808,7 @@ class ElasticEventStore:
         try:
             await self._refresh_index(index)
             response = await self._retrying("count", partial(self.client.count, index=index))
+            _whole(response, "count")
             count = int(response["count"])
             if count != expected:
                 raise ConflictError(
@@ -824,7 +833,23 @@ class ElasticEventStore:
         )
 
     async def _refresh_index(self, index: str) -> None:
-        await self._retrying(
+        await self._refresh(index)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self._refresh(f"{self.prefix}-*")
+        except BaseException:
+            self._dirty |= dirty  # still unrefreshed (see _visible)
+            raise
+
+    async def _refresh(self, index: str) -> None:
+        """Refresh, and fail unless every shard refreshed: a node that is stopping or
+        recovering answers 200 with failed shards, and trusting that left records this
+        store had written invisible to its next read (a resent record then looked late)."""
+        response = await self._retrying(
             "refresh",
             partial(
                 self.client.indices.refresh,
@@ -833,17 +858,7 @@ class ElasticEventStore:
                 allow_no_indices=True,
             ),
         )
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    async def refresh(self) -> None:
-        self._dirty.clear()
-        await self._retrying(
-            "refresh",
-            lambda: self.client.indices.refresh(
-                index=f"{self.prefix}-*", ignore_unavailable=True, allow_no_indices=True
-            ),
-        )
+        _whole(response, "refresh")
 
     async def ping(self) -> bool:
         # Cluster health rather than HEAD /, which minimal distributions do not serve.
@@ -855,6 +870,15 @@ class ElasticEventStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _whole(response: Any, what: str) -> None:
+    """A count or refresh over shards that are not all started (a node stopping, or
+    recovering after a restart) is not an answer; searches say so themselves with
+    `allow_partial_search_results=False`."""
+    failed = response.get("_shards", {}).get("failed", 0)
+    if failed:
+        raise StoreUnavailableError(f"elasticsearch {what}: {failed} shard(s) unavailable")
 
 
 def _term(field: str, value: str) -> dict[str, Any]:
