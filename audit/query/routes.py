@@ -92,7 +92,10 @@ class VerifyOut(BaseModel):
 class VerifyProgress(BaseModel):
     stream: str
     records: int = Field(description="records of the stream checked so far")
-    expected: int = Field(description="the accepted head's sequence: what the stream should hold")
+    expected: int = Field(
+        description="records the stream should hold: the accepted head's sequence less "
+        "those retention purged"
+    )
 
 
 _VERIFY_LINES = {
@@ -311,7 +314,8 @@ async def _verify_lines(
     async def run() -> None:
         results: list[StreamVerification] = []
         try:
-            for name, expected in heads.items():
+            for name, head in heads.items():
+                expected = await service.expected_records(scope, name, head)
 
                 async def progress(
                     records: int, name: str = name, expected: int = expected

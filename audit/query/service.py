@@ -130,6 +130,14 @@ class QueryService:
                 raise NotFoundError(f"no event {doc_id!r}")
         return event
 
+    async def expected_records(self, tenant: str, stream: str, head_sequence: int) -> int:
+        """How many records verification will find: the accepted head's sequence less the
+        ranges retention purged (progress for long runs counts towards this)."""
+        if self.purged is None:
+            return head_sequence
+        ranges, _ = await asyncio.to_thread(self.purged.ranges, tenant, stream)
+        return max(0, head_sequence - sum(r.last - r.first + 1 for r in ranges))
+
     async def verify_stream(
         self, tenant: str, stream: str, *, on_progress: Progress | None = None
     ) -> StreamVerification:
