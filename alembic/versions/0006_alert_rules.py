@@ -6,11 +6,13 @@ Create Date: 2026-11-21 12:00:00.000000
 
 Custom threshold rules (`alert_rules`), the scheduler's per rule and tenant watermark
 (`alert_watermarks`) and lease (`alert_leases`), and when an alert was acknowledged or
-resolved.
+resolved. At most one unresolved alert per dedup_key (`uq_alerts_open_dedup_key`, partial
+unique index): two replicas raising one incident at once no longer open two alerts.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,6 +28,26 @@ def upgrade() -> None:
     with op.batch_alter_table('alerts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('acknowledged_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True))
+
+    # Before the index could exist, two replicas could each open an alert for one incident.
+    # Keep the newest unresolved alert of each dedup_key open (the one raise_alert counted
+    # sightings on) and resolve the older duplicates, or the unique index cannot be built.
+    op.execute(
+        sa.text(
+            "UPDATE alerts SET state = 'resolved', resolved_at = :now"
+            " WHERE state != 'resolved' AND EXISTS ("
+            "SELECT 1 FROM alerts AS newer WHERE newer.dedup_key = alerts.dedup_key"
+            " AND newer.state != 'resolved' AND newer.id > alerts.id)"
+        ).bindparams(sa.bindparam('now', datetime.now(UTC), type_=sa.DateTime(timezone=True)))
+    )
+    op.create_index(
+        'uq_alerts_open_dedup_key',
+        'alerts',
+        ['dedup_key'],
+        unique=True,
+        postgresql_where=sa.text("state != 'resolved'"),
+        sqlite_where=sa.text("state != 'resolved'"),
+    )
 
     op.create_table('alert_rules',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -66,6 +88,7 @@ def downgrade() -> None:
     with op.batch_alter_table('alert_rules', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_alert_rules_tenant_id'))
     op.drop_table('alert_rules')
+    op.drop_index('uq_alerts_open_dedup_key', table_name='alerts')
     with op.batch_alter_table('alerts', schema=None) as batch_op:
         batch_op.drop_column('resolved_at')
         batch_op.drop_column('acknowledged_at')

@@ -7,14 +7,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from audit.db.base import utcnow
+from audit.errors import BusyError
 from audit.models import Alert, AlertLease, AlertRule, AlertWatermark, Tenant
 from audit.webhooks.service import enqueue_deliveries
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
+# The predicate of the partial unique index uq_alerts_open_dedup_key (models.alerts).
+_UNRESOLVED = text("state != 'resolved'")
+_RAISE_ATTEMPTS = 5
 
 
 class AlertRepository:
@@ -44,45 +50,95 @@ class AlertRepository:
         re-opened and notified again. A repeat of a resolved alert opens a new one. `at` is
         when the incident was observed (default now; a window's end for scheduled rules)."""
         now = at or utcnow()
-        # Locked: two replicas raising the same incident at once must not both read one
-        # count and write back count + 1 (a lost sighting); the second waits and re-reads.
-        alert = self.session.scalars(
+        # Two replicas may raise the same incident at once. The partial unique index
+        # uq_alerts_open_dedup_key (one unresolved alert per dedup_key) decides which insert
+        # opens the alert; the other finds the row the winner opened and counts its
+        # sighting there. The select is locked, so two sightings of one open alert never
+        # read one count and both write back count + 1; the second waits and re-reads.
+        for _ in range(_RAISE_ATTEMPTS):
+            alert = self._unresolved(dedup_key)
+            if alert is not None:
+                self._sighting(alert, now=now, detail=detail, suppression=suppression)
+                return alert
+            alert = self._open(
+                rule=rule,
+                severity=severity,
+                state=OPEN,
+                title=title,
+                dedup_key=dedup_key,
+                tenant_id=tenant_id,
+                stream_id=stream_id,
+                detail=detail or {},
+                count=1,
+                first_seen=now,
+                last_seen=now,
+            )
+            if alert is not None:
+                # Only the insert that opened the alert notifies: a rival's sighting doesn't.
+                enqueue_deliveries(self.session, alert)
+                return alert
+            # Lost the race to another replica's insert: its row is committed now (the
+            # insert waited for it), so the next select finds it, unless it was resolved
+            # in between: then this sighting opens a new alert after all.
+        raise BusyError(f"alert {dedup_key!r}: gave up after {_RAISE_ATTEMPTS} contended raises")
+
+    def _unresolved(self, dedup_key: str) -> Alert | None:
+        return self.session.scalars(
             select(Alert)
             .where(Alert.dedup_key == dedup_key, Alert.state != RESOLVED)
             .order_by(Alert.id.desc())
             .limit(1)
             .with_for_update()
+            # Another replica may have bumped the row since this session last loaded it.
+            .execution_options(populate_existing=True)
         ).first()
-        if alert is not None:
-            quiet = now - alert.last_seen
-            alert.count += 1
-            alert.last_seen = max(alert.last_seen, now)
-            if detail:
-                alert.detail = {**alert.detail, "last": detail}
-            if suppression is not None and quiet > suppression:
-                alert.state = OPEN
-                alert.acknowledged_at = None
-                alert.detail = {**alert.detail, "reopened_at": now.isoformat()}
-                self.session.flush()
-                enqueue_deliveries(self.session, alert)
-            return alert
-        alert = Alert(
-            rule=rule,
-            severity=severity,
-            state=OPEN,
-            title=title,
-            dedup_key=dedup_key,
-            tenant_id=tenant_id,
-            stream_id=stream_id,
-            detail=detail or {},
-            count=1,
-            first_seen=now,
-            last_seen=now,
-        )
-        self.session.add(alert)
-        self.session.flush()  # the id, for the deliveries that name it
-        enqueue_deliveries(self.session, alert)
-        return alert
+
+    def _sighting(
+        self,
+        alert: Alert,
+        *,
+        now: datetime,
+        detail: dict[str, Any] | None,
+        suppression: timedelta | None,
+    ) -> None:
+        quiet = now - alert.last_seen
+        alert.count += 1
+        alert.last_seen = max(alert.last_seen, now)
+        if detail:
+            alert.detail = {**alert.detail, "last": detail}
+        if suppression is not None and quiet > suppression:
+            alert.state = OPEN
+            alert.acknowledged_at = None
+            alert.detail = {**alert.detail, "reopened_at": now.isoformat()}
+            self.session.flush()
+            enqueue_deliveries(self.session, alert)
+
+    def _open(self, **values: Any) -> Alert | None:
+        """Insert an alert of these column values unless an unresolved alert with its
+        dedup_key exists (or is being inserted by a concurrent transaction: the insert waits
+        for it): the stored row, or None when another transaction's alert holds the key.
+
+        INSERT ... ON CONFLICT DO NOTHING rather than an insert in a SAVEPOINT that is
+        rolled back on IntegrityError: on SQLite the pysqlite driver only begins its
+        transaction at the first INSERT/UPDATE/DELETE, so a SAVEPOINT issued before any
+        write starts the transaction itself and its RELEASE commits everything, the
+        caller's transaction included. The upsert aborts nothing on either backend."""
+        self.session.flush()
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            statement: Any = postgresql_insert(Alert)
+        elif dialect == "sqlite":
+            statement = sqlite_insert(Alert)
+        else:  # pragma: no cover - the control database is PostgreSQL or SQLite
+            raise NotImplementedError(f"alerts on {dialect}")
+        inserted = self.session.execute(
+            statement.values(**values)
+            .on_conflict_do_nothing(index_elements=["dedup_key"], index_where=_UNRESOLVED)
+            .returning(Alert.id)
+        ).scalar_one_or_none()
+        if inserted is None:
+            return None
+        return self.session.get(Alert, inserted)
 
     def list(self, *, tenant_id: str | None = None, rule: str | None = None) -> list[Alert]:
         query = select(Alert).order_by(Alert.id)

@@ -5,7 +5,8 @@ in the log of the logs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,10 +25,12 @@ from audit.alerts.schemas import (
 from audit.auth.tokens import Principal
 from audit.db.base import utcnow
 from audit.errors import ConflictError, InvalidInputError, NotFoundError
-from audit.integrity.events import EventAction
+from audit.integrity.events import EventAction, Outcome
 from audit.models import Alert, AlertRule
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
+
+log = logging.getLogger(__name__)
 
 _CURSOR_MAX = 2**31 - 1
 # Target state -> the states it may be reached from.
@@ -148,37 +151,70 @@ class AlertService:
         *,
         client_ip: str | None = None,
     ) -> AlertOut:
-        """open -> acknowledged, open|acknowledged -> resolved; anything else is a 409."""
-        alert = await asyncio.to_thread(self._transition, tenant, alert_id, to)
+        """open -> acknowledged, open|acknowledged -> resolved; anything else is a 409.
+
+        Evidence first: the transition is checked, recorded in the log of the logs, and only
+        then committed, so no alert changes state without its record (a log that cannot be
+        written is a 503 and changes nothing). The record is therefore of an attempt: if
+        the commit then fails (someone else moved the alert in between, or the database
+        went away), a second record with outcome failure says so, as far as it can."""
+        allowed = _TRANSITIONS[to]
+        alert = await asyncio.to_thread(self._get, tenant, alert_id)
+        if alert.state not in allowed:
+            raise ConflictError(f"alert {alert_id} is {alert.state}: it cannot become {to}")
         action = (
             EventAction.ALERT_ACKNOWLEDGED if to == ACKNOWLEDGED else EventAction.ALERT_RESOLVED
         )
-        await self._servicelog.record(
-            who,
-            tenant,
-            action,
-            metadata={"alert_id": alert.id, "rule": alert.rule, "severity": alert.severity},
-            client_ip=client_ip,
-        )
-        return AlertOut.of(alert)
+        metadata = {
+            "alert_id": alert.id,
+            "rule": alert.rule,
+            "severity": alert.severity,
+            "from": alert.state,
+        }
+        await self._servicelog.record(who, tenant, action, metadata=metadata, client_ip=client_ip)
+        try:
+            changed = await asyncio.to_thread(self._transition, tenant, alert_id, to)
+        except Exception as exc:
+            await self._record_failure(who, tenant, action, metadata, exc, client_ip)
+            raise
+        return AlertOut.of(changed)
 
     def _transition(self, tenant: str, alert_id: int, to: str) -> Alert:
         allowed = _TRANSITIONS[to]
         with self._sessions.begin() as session:
             repo = AlertRepository(session)
-            current = repo.get(tenant, alert_id)
-            if current is None:
-                raise NotFoundError(f"no alert {alert_id}")
             # The compare-and-set settles a race between two people acting at once.
-            if current.state not in allowed or not repo.transition(
-                tenant, alert_id, to=to, allowed_from=allowed, at=utcnow()
-            ):
-                session.expire(current)
+            if not repo.transition(tenant, alert_id, to=to, allowed_from=allowed, at=utcnow()):
+                current = repo.get(tenant, alert_id)
+                if current is None:
+                    raise NotFoundError(f"no alert {alert_id}")
                 raise ConflictError(f"alert {alert_id} is {current.state}: it cannot become {to}")
-            session.expire(current)
             alert = repo.get(tenant, alert_id)
             assert alert is not None
             return alert
+
+    async def _record_failure(
+        self,
+        who: Principal | None,
+        tenant: str,
+        action: EventAction,
+        metadata: dict[str, Any],
+        exc: Exception,
+        client_ip: str | None,
+    ) -> None:
+        """The change just recorded was not committed: say so (best effort; the caller
+        answers with the original error either way)."""
+        try:
+            await self._servicelog.record(
+                who,
+                tenant,
+                action,
+                outcome=Outcome.FAILURE,
+                metadata={**metadata, "error": f"{type(exc).__name__}: {exc}"[:500]},
+                client_ip=client_ip,
+            )
+        except Exception:
+            log.exception("could not record that %s (tenant %s) failed", action, tenant)
 
     # -- custom rules -----------------------------------------------------------------------
 
@@ -208,6 +244,11 @@ class AlertService:
     async def create_rule(
         self, who: Principal | None, tenant: str, body: RuleIn, *, client_ip: str | None = None
     ) -> RuleOut:
+        """The one change recorded after it is committed: the record names the rule's id,
+        which only the insert assigns. A record that cannot be written deletes the rule
+        again (a 503); only a crash between the commit and the record leaves a rule without
+        one."""
+
         def write() -> AlertRule:
             with self._sessions.begin() as session:
                 repo = AlertRepository(session)
@@ -219,8 +260,31 @@ class AlertService:
                 row = AlertRule(tenant_id=tenant, created_at=now, **_columns(body), updated_at=now)
                 return repo.add_rule(row)
 
+        def undo(rule_id: int) -> None:
+            with self._sessions.begin() as session:
+                repo = AlertRepository(session)
+                row = repo.get_rule(tenant, rule_id)
+                if row is not None:
+                    repo.forget_watermarks(f"{CUSTOM_PREFIX}{row.id}")
+                    repo.delete_rule(row)
+
         row = await asyncio.to_thread(write)
-        await self._record_change(who, tenant, row, "created", client_ip)
+        try:
+            await self._servicelog.record(
+                who,
+                tenant,
+                EventAction.ALERT_RULE_CHANGED,
+                metadata=_change(row.id, "created", _columns(body)),
+                client_ip=client_ip,
+            )
+        except BaseException:
+            try:
+                await asyncio.to_thread(undo, row.id)
+            except Exception:
+                log.exception(
+                    "alert rule %s of %s created but neither recorded nor undone", row.id, tenant
+                )
+            raise
         return _out(row)
 
     async def update_rule(
@@ -232,24 +296,32 @@ class AlertService:
         *,
         client_ip: str | None = None,
     ) -> RuleOut:
+        """Recorded first, committed after (as transition)."""
+        await asyncio.to_thread(self._rule, tenant, rule_id)  # 404 before any record
+        columns = _columns(body)
+        metadata = _change(rule_id, "updated", columns)
+
         def write() -> AlertRule:
             with self._sessions.begin() as session:
                 repo = AlertRepository(session)
                 row = _existing_rule(repo, tenant, rule_id)
-                for name, value in _columns(body).items():
+                for name, value in columns.items():
                     setattr(row, name, value)
                 row.updated_at = utcnow()
                 # Windows change shape: the rule starts again from now (rules.custom_rule).
                 repo.forget_watermarks(f"{CUSTOM_PREFIX}{row.id}")
                 return row
 
-        row = await asyncio.to_thread(write)
-        await self._record_change(who, tenant, row, "updated", client_ip)
+        row = await self._record_then(who, tenant, metadata, write, client_ip)
         return _out(row)
 
     async def delete_rule(
         self, who: Principal | None, tenant: str, rule_id: int, *, client_ip: str | None = None
     ) -> None:
+        """Recorded first, committed after (as transition)."""
+        existing = await asyncio.to_thread(self._rule, tenant, rule_id)
+        metadata = _change(rule_id, "deleted", _row_columns(existing))
+
         def write() -> AlertRule:
             with self._sessions.begin() as session:
                 repo = AlertRepository(session)
@@ -258,33 +330,52 @@ class AlertService:
                 repo.delete_rule(row)
                 return row
 
-        row = await asyncio.to_thread(write)
-        await self._record_change(who, tenant, row, "deleted", client_ip)
+        await self._record_then(who, tenant, metadata, write, client_ip)
 
-    async def _record_change(
+    def _rule(self, tenant: str, rule_id: int) -> AlertRule:
+        with self._sessions() as session:
+            return _existing_rule(AlertRepository(session), tenant, rule_id)
+
+    async def _record_then(
         self,
         who: Principal | None,
         tenant: str,
-        row: AlertRule,
-        change: str,
+        metadata: dict[str, Any],
+        write: Callable[[], AlertRule],
         client_ip: str | None,
-    ) -> None:
-        await self._servicelog.record(
-            who,
-            tenant,
-            EventAction.ALERT_RULE_CHANGED,
-            metadata={
-                "change": change,
-                "rule_id": row.id,
-                "name": row.name,
-                "group_by": row.group_by,
-                "window_s": row.window_s,
-                "step_s": row.step_s,
-                "threshold": row.threshold,
-                "enabled": row.enabled,
-            },
-            client_ip=client_ip,
-        )
+    ) -> AlertRule:
+        """Record the rule change, then commit it; a failed commit is recorded as such."""
+        action = EventAction.ALERT_RULE_CHANGED
+        await self._servicelog.record(who, tenant, action, metadata=metadata, client_ip=client_ip)
+        try:
+            return await asyncio.to_thread(write)
+        except Exception as exc:
+            await self._record_failure(who, tenant, action, metadata, exc, client_ip)
+            raise
+
+
+def _change(rule_id: int, change: str, columns: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "change": change,
+        "rule_id": rule_id,
+        "name": columns["name"],
+        "group_by": columns["group_by"],
+        "window_s": columns["window_s"],
+        "step_s": columns["step_s"],
+        "threshold": columns["threshold"],
+        "enabled": columns["enabled"],
+    }
+
+
+def _row_columns(row: AlertRule) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "group_by": row.group_by,
+        "window_s": row.window_s,
+        "step_s": row.step_s,
+        "threshold": row.threshold,
+        "enabled": row.enabled,
+    }
 
 
 def _existing_rule(repo: AlertRepository, tenant: str, rule_id: int) -> AlertRule:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, Text
+from sqlalchemy import JSON, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from audit.db.base import Base, utcnow
@@ -13,6 +13,17 @@ class Alert(Base):
     """An incident for security teams. One row per incident: repeats bump `count`."""
 
     __tablename__ = "alerts"
+    __table_args__ = (
+        # At most one unresolved alert per incident, whatever replica raises it
+        # (AlertRepository.raise_alert); a resolved one may be followed by a new one.
+        Index(
+            "uq_alerts_open_dedup_key",
+            "dedup_key",
+            unique=True,
+            postgresql_where=text("state != 'resolved'"),
+            sqlite_where=text("state != 'resolved'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     tenant_id: Mapped[str | None] = mapped_column(String(63), index=True)

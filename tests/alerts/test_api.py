@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import raise_event_alert
 from audit.app import create_app
 from audit.db.base import utcnow
+from audit.errors import StoreUnavailableError
+from audit.models import Alert
 from audit.settings import AuditSettings
 from audit.store.protocol import EventStore
 from audit.store.query import EventQuery
@@ -252,3 +255,56 @@ def test_export_by_an_admin_raises_an_alert(api: Api) -> None:
         ("admin_export", "medium", 1)
     ]
     assert len(alerts[0]["detail"]["exports"]) == 1
+
+
+def test_a_change_whose_record_cannot_be_written_changes_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = api.client
+    alert = api.raise_alert()
+    rule = c.post("/v1/alert-rules", headers=SECURITY, json=RULE).json()
+    servicelog = c.app.state.servicelog  # type: ignore[attr-defined]
+
+    async def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailableError("event store unavailable")
+
+    monkeypatch.setattr(servicelog, "record", unavailable)
+    assert error(c.post(f"/v1/alerts/{alert}/acknowledge", headers=SECURITY), 503)
+    assert error(c.post(f"/v1/alerts/{alert}/resolve", headers=SECURITY), 503)
+    assert c.get(f"/v1/alerts/{alert}", headers=SECURITY).json()["state"] == "open"
+    changed = {**RULE, "threshold": 9}
+    assert error(c.put(f"/v1/alert-rules/{rule['id']}", headers=SECURITY, json=changed), 503)
+    assert error(c.delete(f"/v1/alert-rules/{rule['id']}", headers=SECURITY), 503)
+    assert error(c.post("/v1/alert-rules", headers=SECURITY, json=RULE), 503)
+    assert [
+        r["threshold"] for r in c.get("/v1/alert-rules", headers=SECURITY).json()["custom"]
+    ] == [3]
+    # An invalid transition is refused before anything is recorded.
+    monkeypatch.undo()
+    assert c.post(f"/v1/alerts/{alert}/resolve", headers=SECURITY).status_code == 200
+    assert error(c.post(f"/v1/alerts/{alert}/acknowledge", headers=SECURITY), 409)
+    assert [m["alert_id"] for m in api.service_log("acme", "alert.resolved")] == [alert]
+    assert api.service_log("acme", "alert.acknowledged") == []
+
+
+def test_a_transition_that_loses_a_race_after_its_record_says_so(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = api.client
+    alert = api.raise_alert()
+    servicelog = c.app.state.servicelog  # type: ignore[attr-defined]
+    record = servicelog.record
+
+    async def someone_else_resolves_meanwhile(*args: Any, **kwargs: Any) -> None:
+        await record(*args, **kwargs)
+        if kwargs.get("outcome") is None:
+            with c.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+                session.execute(update(Alert).where(Alert.id == alert).values(state="resolved"))
+
+    monkeypatch.setattr(servicelog, "record", someone_else_resolves_meanwhile)
+    assert error(c.post(f"/v1/alerts/{alert}/acknowledge", headers=SECURITY), 409)
+    acks = api.service_log("acme", "alert.acknowledged")
+    assert [(m["alert_id"], m["from"], "error" in m) for m in acks] == [
+        (alert, "open", False),
+        (alert, "open", True),
+    ]

@@ -1,0 +1,63 @@
+"""The migrations build the schema the models describe, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select, text
+
+import audit.models  # noqa: F401  (registers every table)
+from audit.db.base import Base
+from audit.db.session import alembic_config, make_engine, upgrade
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A control database migrated up and all the way down again: before any migration."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/control.db"
+        upgrade(url)
+    else:
+        url = str(request.getfixturevalue("fresh_postgres_url"))
+    command.downgrade(alembic_config(url), "base")
+    return url
+
+
+def test_the_migrations_match_the_models(empty_url: str) -> None:
+    upgrade(empty_url)
+    with make_engine(empty_url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_0006_keeps_the_newest_of_duplicate_open_alerts_open(empty_url: str) -> None:
+    upgrade(empty_url, "0005")
+    insert = text(
+        "INSERT INTO alerts"
+        " (rule, severity, state, title, detail, dedup_key, count, first_seen, last_seen)"
+        " VALUES ('fork', 'high', :state, 't', '{}', :key, 1, :at, :at)"
+    )
+    engine = make_engine(empty_url)
+    with engine.begin() as connection:
+        for state, key in [("open", "a"), ("acknowledged", "a"), ("open", "b"), ("open", "a")]:
+            connection.execute(
+                insert,
+                {"state": state, "key": key, "at": "2026-11-01 00:00:00"},
+            )
+    upgrade(empty_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(text("id, dedup_key, state, resolved_at IS NOT NULL"))
+            .select_from(text("alerts"))
+            .order_by(text("id"))
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, "a", "resolved", True),
+        (2, "a", "resolved", True),
+        (3, "b", "open", False),
+        (4, "a", "open", False),
+    ]
