@@ -184,7 +184,9 @@ async def list_events(
     )
     service = _service(request)
     limit = min(limit, request.app.state.settings.max_page_size)
-    page = await service.search(service.build(scope, who, filters), limit, cursor)
+    # build() reads the keyring file and the subject vault: off the event loop.
+    query = await asyncio.to_thread(service.build, scope, who, filters)
+    page = await service.search(query, limit, cursor)
     await _log(
         request,
         who,
@@ -227,7 +229,7 @@ async def stats(
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
     service = _service(request)
-    query = service.build(scope, who, Filters(since=since, until=until))
+    query = await asyncio.to_thread(service.build, scope, who, Filters(since=since, until=until))
     counts = await service.store.stats(query, by=by)
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
     return StatsOut(by=by, counts=counts)

@@ -125,7 +125,10 @@ class QueryService:
         if event is None:
             raise NotFoundError(f"no event {doc_id!r}")
         if who is not None and who.roles == frozenset({Role.SUBJECT}):
-            own = self.keyrings.candidates(tenant, PiiKind.USER, who.subject)
+            # A thread: the keyring file and the subject vault are blocking reads.
+            own = await asyncio.to_thread(
+                self.keyrings.candidates, tenant, PiiKind.USER, who.subject
+            )
             if event.record.get("user.hash") not in own:
                 raise NotFoundError(f"no event {doc_id!r}")
         return event
