@@ -260,7 +260,7 @@ class IngestService:
         foreign: dict[str, Incoming] = {}
         clean = True
         ours = {w.doc_id: w for w in writes}
-        held = await self.store.get_many(tenant, existing)
+        held = await self.store.get_many(tenant, existing, fresh=True)
         for doc in existing:
             stored = held.get(doc)
             mine = ours[doc]
@@ -290,7 +290,7 @@ class IngestService:
                 doc_id(stream, item.sequence, item.event_hash),
             )
         ]
-        found = await self.store.get_many(tenant, wanted) if wanted else {}
+        found = await self.store.get_many(tenant, wanted, fresh=True) if wanted else {}
         return {doc: event.event_hash for doc, event in found.items()}
 
     # -- control database (run in a worker thread) -----------------------------------------

@@ -441,8 +441,11 @@ class ElasticEventStore:
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def _visible(self, tenant: str) -> None:
-        """Read-your-writes: refresh the tenant's indices if this store wrote to them."""
+    async def _visible(self, tenant: str, *, force: bool = False) -> None:
+        """Read-your-writes: refresh the tenant's indices if this store wrote to them (or
+        in any case with `force`)."""
+        if force:
+            self._dirty.add(tenant)
         lock = self._refreshing.setdefault(tenant, asyncio.Lock())
         if tenant not in self._dirty and not lock.locked():
             return
@@ -480,11 +483,16 @@ class ElasticEventStore:
     async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
         return (await self.get_many(tenant, [doc_id])).get(doc_id)
 
-    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+    async def get_many(
+        self, tenant: str, doc_ids: Sequence[str], *, fresh: bool = False
+    ) -> dict[str, StoredEvent]:
         found: dict[str, StoredEvent] = {}
         if not _TENANT_RE.fullmatch(tenant) or not doc_ids:
             return found
-        await self._visible(tenant)
+        # Fresh: refresh even when this store wrote nothing since its last refresh. Writes
+        # made before a node restart, or by another replica, are otherwise invisible to
+        # search for up to refresh_interval, and ingest took a resent record for missing.
+        await self._visible(tenant, force=fresh)
         unique = sorted(set(doc_ids))
         for start in range(0, len(unique), self.page_size):
             chunk = unique[start : start + self.page_size]

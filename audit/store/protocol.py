@@ -70,9 +70,13 @@ class EventStore(Protocol):
         """The tenant's record stored under `doc_id`, also when written moments ago."""
         ...
 
-    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+    async def get_many(
+        self, tenant: str, doc_ids: Sequence[str], *, fresh: bool = False
+    ) -> dict[str, StoredEvent]:
         """The tenant's records under any of `doc_ids` (missing ones are absent): one round
-        trip for a whole batch, e.g. a producer replaying thousands of records."""
+        trip for a whole batch, e.g. a producer replaying thousands of records. `fresh`:
+        also whatever any writer stored up to now, even in a backend whose reads lag its
+        writes (ingest deciding whether a resent record is stored must not guess)."""
         ...
 
     def scan(

@@ -185,7 +185,10 @@ class SqlEventStore:
     async def get(self, tenant: str, doc_id: str) -> StoredEvent | None:
         return (await self.get_many(tenant, [doc_id])).get(doc_id)
 
-    async def get_many(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredEvent]:
+    async def get_many(
+        self, tenant: str, doc_ids: Sequence[str], *, fresh: bool = False
+    ) -> dict[str, StoredEvent]:
+        # Committed rows are visible at once: every read is fresh.
         return await self._run(self._get_many, tenant, sorted(set(doc_ids)))
 
     def _get_many(self, tenant: str, doc_ids: list[str]) -> dict[str, StoredEvent]:
