@@ -498,6 +498,10 @@ class AuditEmitter:
             try:
                 self._ship_pending()
             except Exception as exc:
+                if self._stop.is_set():
+                    # close() aborted this attempt: the failure is ours, not the service's,
+                    # and must not replace the outage's real cause in last_error.
+                    break
                 backoff = min(self._retry_max_s, max(self._ship_interval_s, backoff * 2))
                 jitter = random.uniform(0.8, 1.2)  # noqa: S311 (spreads retries, not a secret)
                 retry_at = time.monotonic() + backoff * jitter
