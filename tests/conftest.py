@@ -13,6 +13,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,8 +85,18 @@ def postgres_database(server: str) -> Iterator[str]:
     url = base.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
+    drop = sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
     with psycopg.connect(**params) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        for attempt in range(20):
+            try:
+                admin.execute(drop)
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                # FORCE cannot end an autovacuum worker (a superuser's backend) busy in the
+                # database; it finishes within moments on a test database.
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
