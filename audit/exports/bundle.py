@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit.errors import IntegrityError, InvalidInputError, KeyMaterialError, UsageError
+from audit.files import fsync_dir
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import checkpoint_message, record_hash
@@ -251,12 +252,12 @@ def write_export(
         signature = signer.sign(MANIFEST_CONTEXT + body)
         _write(tmp / MANIFEST, body + b"\n")
         _write(tmp / MANIFEST_SIG, base64.b64encode(signature) + b"\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _rename_no_replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     return ExportResult(directory, manifest)
 
 
@@ -368,14 +369,6 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rename_no_replace(tmp: Path, directory: Path) -> None:

@@ -27,6 +27,7 @@ from typing import IO, Any, Final, Protocol
 import orjson
 
 from audit.errors import ConflictError, IntegrityError, NotFoundError, StoreUnavailableError
+from audit.files import fsync_dir
 from audit.integrity.canonical import canonicalize
 from audit.integrity.digest import file_hex
 from audit.integrity.keys import Signer, Verifier
@@ -89,14 +90,6 @@ def archive_line(event: StoredEvent) -> bytes:
 
 def manifest_message(manifest: Any) -> bytes:
     return ARCHIVE_CONTEXT + canonicalize(manifest)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -188,7 +181,7 @@ class SqlArchiver:
     def _write_manifest(path: Path, manifest: Any, signature: bytes, folder: Path) -> None:
         _write_durably(path.with_name(path.name + ".manifest.json"), canonicalize(manifest) + b"\n")
         _write_durably(path.with_name(path.name + ".manifest.sig"), signature + b"\n")
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     async def restore(self, archive: RetentionArchive) -> int:
         path = self.directory / archive.location

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from audit.files import fsync_dir
 from engine.errors import AuditUnavailableError, UsageError
 
 log = logging.getLogger("engine.transport.spool")
@@ -392,7 +393,7 @@ class Spool:
             _write_all(fd, MAGIC)
             if self.fsync != "never":
                 os.fsync(fd)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             seg.path.unlink()
@@ -459,7 +460,7 @@ class Spool:
                 os.fsync(fh.fileno())
         os.replace(tmp, self.directory / _CURSOR)
         if self.fsync != "never":
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _usage(self) -> SpoolUsage:
         age: float | None = None
@@ -523,11 +524,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
