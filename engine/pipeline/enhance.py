@@ -25,6 +25,7 @@ class Enhancer:
         import onnxruntime
 
         self._session = onnxruntime.InferenceSession(str(model_path), providers=providers)
+        self.providers: list[str] = list(self._session.get_providers())
         inputs = self._session.get_inputs()
         shape = inputs[0].shape
         if len(inputs) != 1 or len(shape) != 4 or not isinstance(shape[2], int):

@@ -22,6 +22,9 @@ class Face:
     score: float
     embedding: Vector | None = None  # L2-normed ArcFace embedding, when a model made one
     native: Any = field(default=None, repr=False)  # insightface's Face, for the swapper
+    # Five points in insightface's order (left eye, right eye, nose, mouth left, mouth right),
+    # shape (5, 2): what norm_crop aligns on.
+    landmarks: NDArray[np.float32] | None = field(default=None, repr=False)
 
     @property
     def area(self) -> float:
@@ -37,10 +40,11 @@ class Detector(Protocol):
 
 
 class HaarDetector:
-    """OpenCV's bundled Haar cascade: the fallback when no model pack is installed.
+    """OpenCV's bundled Haar cascade: the last resort, when neither a model pack nor the
+    bundled CenterFace weights are installed.
 
-    It misses faces (4 of the 6 in insightface's t1.jpg), so every result made with it is
-    marked for human review and the detector is named in the job's records.
+    It misses faces (it finds 3 of the 6 in insightface's t1.jpg, and boxes a hand), so every
+    result made with it is marked for human review and the detector is named in the records.
     """
 
     name = "opencv-haar-frontalface"

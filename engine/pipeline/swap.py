@@ -20,6 +20,7 @@ class Swapper:
         if model is None or not hasattr(model, "get"):
             raise ModelError(f"{model_path.name} is not an inswapper model")
         self._model = model
+        self.providers: list[str] = list(model.session.get_providers())
 
     def swap(self, image: Image, target: Face, source: Face, blend: float) -> Image:
         if target.native is None or source.native is None:

