@@ -11,6 +11,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# A wheel ships the top-level alembic/ as audit/_migrations (pyproject's package-dir); a source
+# checkout (editable install, tests) uses alembic/ itself.
+_PACKAGED = Path(__file__).resolve().parents[1] / "_migrations"
+
+
+def migrations_dir() -> Path:
+    return _PACKAGED if (_PACKAGED / "env.py").is_file() else _PROJECT_ROOT / "alembic"
 
 
 def make_engine(url: str) -> Engine:
@@ -40,8 +47,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def alembic_config(url: str) -> Config:
-    config = Config(toml_file=str(_PROJECT_ROOT / "pyproject.toml"))
-    config.set_main_option("script_location", str(_PROJECT_ROOT / "alembic"))
+    pyproject = _PROJECT_ROOT / "pyproject.toml"  # [tool.alembic]: only a checkout has it
+    config = Config(toml_file=str(pyproject) if pyproject.is_file() else None)
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url)
     return config
 
