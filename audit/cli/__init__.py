@@ -1,47 +1,64 @@
-"""`ffaudit` command line: one group, one error handler."""
+"""`ffaudit` command line: one group, one error handler.
+
+Subcommands load on first use (click's documented lazy-group pattern): `ffaudit verify` and
+`ffaudit seal` must not pay for FastAPI, SQLAlchemy and Alembic, which only the service
+commands need. tests/test_cli_imports.py holds that line.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from audit import __version__
-from audit.cli.alerts import alerts
-from audit.cli.demo import demo
-from audit.cli.dev import dev
-from audit.cli.exports import verify_export
-from audit.cli.integrity import keygen, keys, seal, verify
-from audit.cli.query import job, query
-from audit.cli.retention import retention
 from audit.cli.runner import run_cli
-from audit.cli.service import db, keyrings, serve, streams
-from audit.cli.subjects import erase_subject
-from audit.cli.webhooks import webhooks
 from audit.errors import FFAuditError
 
+# name -> "module:attribute"
+COMMANDS = {
+    "keygen": "audit.cli.integrity:keygen",
+    "keys": "audit.cli.integrity:keys",
+    "seal": "audit.cli.integrity:seal",
+    "verify": "audit.cli.integrity:verify",
+    "dev": "audit.cli.dev:dev",
+    "serve": "audit.cli.service:serve",
+    "streams": "audit.cli.service:streams",
+    "db": "audit.cli.service:db",
+    "demo": "audit.cli.demo:demo",
+    "keyrings": "audit.cli.service:keyrings",
+    "query": "audit.cli.query:query",
+    "job": "audit.cli.query:job",
+    "verify-export": "audit.cli.exports:verify_export",
+    "retention": "audit.cli.retention:retention",
+    "alerts": "audit.cli.alerts:alerts",
+    "erase-subject": "audit.cli.subjects:erase_subject",
+    "webhooks": "audit.cli.webhooks:webhooks",
+}
 
-@click.group()
+
+class LazyGroup(click.Group):
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.version_option(__version__, prog_name="ffaudit")
 def cli() -> None:
     """Compliance audit trail and log integrity for face-swap engines."""
-
-
-cli.add_command(keygen)
-cli.add_command(keys)
-cli.add_command(seal)
-cli.add_command(verify)
-cli.add_command(dev)
-cli.add_command(serve)
-cli.add_command(streams)
-cli.add_command(db)
-cli.add_command(demo)
-cli.add_command(keyrings)
-cli.add_command(query)
-cli.add_command(job)
-cli.add_command(verify_export)
-cli.add_command(retention)
-cli.add_command(alerts)
-cli.add_command(erase_subject)
-cli.add_command(webhooks)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,12 +6,14 @@ request function that turns the service's error schema into audit.errors, and JS
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 import orjson
 from click.decorators import FC
+
+if TYPE_CHECKING:
+    import httpx
 
 from audit.errors import (
     AuthenticationError,
@@ -68,6 +70,8 @@ def call(
     """One request to the service: the decoded JSON answer, or None when it has no body
     (204). `tenant`, when given, joins `params`. A refusal raises refusals[status] (or
     ServiceRefusedError); an unreachable service raises UsageError."""
+    import httpx  # deferred: commands that never call a service should not pay for it
+
     query = {**(params or {}), **({"tenant": tenant} if tenant else {})}
     try:
         response = httpx.request(

@@ -12,7 +12,6 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from audit.cli.client import DEFAULT_SERVICE, echo_json
-from audit.cli.remote import verify_remote
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord
 from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
@@ -222,6 +221,8 @@ def verify(
         raise UsageError("--stream or --since/--until: a time range verifies every stream")
     if not streams and since is None and until is None:
         raise UsageError("name --stream, or --since/--until for every stream of the tenant")
+    from audit.cli.remote import verify_remote  # deferred: httpx, for --service alone
+
     return verify_remote(
         service or DEFAULT_SERVICE,
         token,
