@@ -7,6 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from tests.engine.labels import labelled_images
+
+
+def assert_every_face_blurred(output: Path) -> None:
+    labelled = labelled_images()["t1.jpg"]
+    original = cv2.imread(str(labelled.path), cv2.IMREAD_GRAYSCALE)
+    result = cv2.imread(str(output), cv2.IMREAD_GRAYSCALE)
+    assert result is not None, f"no readable image at {output}"
+    assert result.shape == original.shape
+    for x1, y1, x2, y2 in labelled.faces:
+        region = np.s_[int(y1) : int(y2), int(x1) : int(x2)]
+        before = cv2.Laplacian(original[region], cv2.CV_64F).var()
+        after = cv2.Laplacian(result[region], cv2.CV_64F).var()
+        assert after < 0.05 * before, f"face at {(x1, y1, x2, y2)} keeps its detail"
+
 
 def test_demo_runs_end_to_end_and_its_trail_verifies(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
@@ -19,9 +37,11 @@ def test_demo_runs_end_to_end_and_its_trail_verifies(tmp_path: Path) -> None:
         env={**os.environ, "FFAUDIT_DATABASE_URL": "sqlite:///unused.db"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 faces anonymized" in result.stdout
+    assert "6 faces hidden by centerface" in result.stdout
+    assert "needs human review" not in result.stdout
     assert "OK: every hash, link and signature verifies" in result.stdout
-    assert (workdir / "t1-anonymized.jpg").is_file()
+    assert "ffaudit demo --keep" in result.stdout
+    assert_every_face_blurred(workdir / "t1-anonymized.jpg")
     # The engine's own NDJSON copy verifies with the stand-alone tool as well.
     verify = subprocess.run(
         [

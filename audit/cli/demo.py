@@ -77,7 +77,12 @@ class ServiceThread:
     default=Path("var/demo"),
     show_default=True,
 )
-def demo(workdir: Path) -> int:
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the audit service running after the demo (Ctrl-C stops it), to look around.",
+)
+def demo(workdir: Path, keep: bool) -> int:
     """Run the end-to-end demo (no servers needed) and verify its audit trail."""
     try:
         import insightface
@@ -135,10 +140,18 @@ def demo(workdir: Path) -> int:
             spec, Caller(actor=actor, session=uuid.uuid4().hex, client_ip="127.0.0.1")
         )
         delivered = trail.emitter.close(final=True)
+        detector = runner.pipeline.models.get("detector")
+        model = (
+            f" (model sha256 {detector['sha256'][:12]}…, {detector['licence']})" if detector else ""
+        )
         say(
-            f"3. job {spec.job_id}: {record.faces} faces anonymized with "
-            f"{spec.detector} -> {output}"
-            + (" (detector fallback: output needs human review)" if record.needs_review else "")
+            f"3. job {spec.job_id[:12]}…: {record.faces} faces hidden by {spec.detector}{model} "
+            f"-> {output}"
+            + (
+                "\n   detector fallback: the output needs human review"
+                if record.needs_review
+                else ""
+            )
         )
         if not delivered:
             raise UsageError("the audit service did not acknowledge every record")
@@ -164,9 +177,28 @@ def demo(workdir: Path) -> int:
             f"   check it yourself: ffaudit verify --strict --pubkey "
             f"{engine.keys_dir}/signing.pub {workdir}/records.ndjson"
         )
+        if keep:
+            _keep_running(service, engine.tenant, engine.stream)
+        else:
+            say("   look around with the service still running: ffaudit demo --keep")
         return 0
     finally:
         service.stop()
+
+
+def _keep_running(service: ServiceThread, tenant: str, stream: str) -> None:
+    click.echo(
+        f"\n6. the audit service keeps running (open mode, loopback only) until Ctrl-C:\n"
+        f"   ffaudit query --service {service.url} --tenant {tenant}\n"
+        f"   ffaudit verify --service {service.url} --tenant {tenant} --stream {stream}\n"
+        f"   curl -s '{service.url}/v1/events?tenant={tenant}'   "
+        f"(API: {service.url}/openapi.json; the console, once built, at {service.url}/console)"
+    )
+    try:
+        while service.thread.is_alive():
+            service.thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping the audit service")
 
 
 async def _stored(db: str, tenant: str, stream: str) -> list[Any]:
@@ -181,19 +213,27 @@ async def _stored(db: str, tenant: str, stream: str) -> list[Any]:
 
 def _table(stored: list[Any], trail: Any, tenant: str, actor: str) -> None:
     from audit.integrity.pseudonym import PiiKind, Pseudonymizer
+    from engine.pipeline.engine import SYSTEM_ACTOR
 
-    mine = set(Pseudonymizer(trail.keys.keyring, tenant).candidates(PiiKind.USER, actor).values())
+    pseudonyms = Pseudonymizer(trail.keys.keyring, tenant)
+    mine = set(pseudonyms.candidates(PiiKind.USER, actor).values())
+    system = set(pseudonyms.candidates(PiiKind.USER, SYSTEM_ACTOR).values())
     click.echo(
         f"   {'seq':>3}  {'time (UTC)':<15} {'who':<22} {'action':<17} {'outcome':<8} details"
     )
     for event in stored:
         rec = event.record
         who = rec.get("user.hash", "")
-        who = f"{actor} (pseudonym)" if who in mine else (who[:12] + "…" if who else "-")
+        if who in mine:
+            who = f"{actor} (pseudonym)"
+        elif who in system:
+            who = "the engine (system)"
+        else:
+            who = who[:12] + "…" if who else "-"
         meta = rec.get("ffaudit.metadata", {})
         detail = ", ".join(
             f"{k}={meta[k]}"
-            for k in ("faces", "detector", "method", "needs_review", "output_resolution")
+            for k in ("name", "faces", "detector", "method", "needs_review", "output_resolution")
             if k in meta
         )
         click.echo(
