@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +24,27 @@ class Labelled:
 
 
 def labelled_images() -> dict[str, Labelled]:
+    """The labelled images that this machine has: Python packages always (the engine extra
+    installs them), npm samples only where FFAUDIT_NPM_SAMPLES points at them."""
     doc = json.loads(LABELS.read_text(encoding="utf-8"))
+    npm = os.environ.get("FFAUDIT_NPM_SAMPLES")
     images = {}
     for item in doc["images"]:
+        if item["package"].startswith("npm:"):
+            if npm and (Path(npm) / item["path"]).is_file():
+                path = Path(npm) / item["path"]
+                images[path.name] = Labelled(path.name, path, _boxes(item["faces"]))
+            continue
         spec = importlib.util.find_spec(item["package"])
         assert spec is not None, item["package"]
         assert spec.origin is not None, item["package"]
         path = Path(spec.origin).parent / item["path"]
-        faces = tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in item["faces"])
-        images[path.name] = Labelled(path.name, path, faces)
+        images[path.name] = Labelled(path.name, path, _boxes(item["faces"]))
     return images
+
+
+def _boxes(faces: list[list[int]]) -> tuple[Box, ...]:
+    return tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in faces)
 
 
 def iou(a: Box, b: Box) -> float:
