@@ -17,6 +17,7 @@ def assert_every_face_blurred(output: Path) -> None:
     labelled = labelled_images()["t1.jpg"]
     original = cv2.imread(str(labelled.path), cv2.IMREAD_GRAYSCALE)
     result = cv2.imread(str(output), cv2.IMREAD_GRAYSCALE)
+    assert original is not None
     assert result is not None, f"no readable image at {output}"
     assert result.shape == original.shape
     for x1, y1, x2, y2 in labelled.faces:
