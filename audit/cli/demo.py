@@ -87,6 +87,7 @@ def demo(workdir: Path, keep: bool) -> int:
     try:
         import insightface
 
+        from audit.integrity.keys import keygen
         from engine.auditing import build_audit_trail, build_runner
         from engine.jobs.runner import Caller
         from engine.settings import EngineSettings
@@ -114,6 +115,9 @@ def demo(workdir: Path, keep: bool) -> int:
             tenant="demo",
             model_dir=None,
         )
+        # The demo registers the engine's key itself (step 2): made here, ensure_keys does not
+        # ask the user to register it.
+        keygen(engine.keys_dir)
         trail = build_audit_trail(
             engine,
             audit_file=workdir / "records.ndjson",
