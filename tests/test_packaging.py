@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +27,38 @@ def test_every_package_is_listed_for_the_wheel() -> None:
     assert config["tool"]["setuptools"]["package-dir"] == {"audit._migrations": "alembic"}
     assert (ROOT / "alembic" / "env.py").is_file()
     assert list((ROOT / "alembic" / "versions").glob("0001_*.py"))
+
+
+# Imported directly but installed by the dependency named here (and part of its public API).
+_THROUGH = {"starlette": "fastapi"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r)[0].lower().replace("_", "-") for r in requirements}
+
+
+def test_what_the_commands_import_is_a_runtime_dependency() -> None:
+    """`ffaudit` and `ffengine` must run after `pip install '.[engine]'`: no module they
+    import may come only from the test or dev extras (httpx once did)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = config["project"]
+    runtime = _names(project["dependencies"]) | _names(project["optional-dependencies"]["engine"])
+    distributions = packages_distributions()
+    missing: dict[str, str] = {}
+    for source in [*(ROOT / "audit").rglob("*.py"), *(ROOT / "engine").rglob("*.py")]:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in (m.split(".")[0] for m in modules):
+                if module in sys.stdlib_module_names or module in ("audit", "engine"):
+                    continue
+                provided = {
+                    d.lower().replace("_", "-") for d in distributions.get(module, [module])
+                }
+                if not provided & runtime and _THROUGH.get(module) not in runtime:
+                    missing.setdefault(module, str(source.relative_to(ROOT)))
+    assert missing == {}
