@@ -23,17 +23,27 @@ from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import AlertService
 from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
-from audit.errors import FFAuditError, StoreUnavailableError
+from audit.errors import FFAuditError, ForbiddenError, StoreUnavailableError
 from audit.exports.routes import router as exports_router
-from audit.ingest.forward import ForwardEntry, ForwardServer, Peer, build_ssl_context
+from audit.ingest.forward import (
+    ForwardEntry,
+    ForwardRejected,
+    ForwardServer,
+    Peer,
+    build_ssl_context,
+)
 from audit.ingest.routes import router as ingest_router
 from audit.ingest.service import IngestService
 from audit.metrics import Metrics
+from audit.producers.routes import router as producers_router
+from audit.producers.schemas import ProducerIdentity
+from audit.producers.service import ProducerService
 from audit.query.keyrings import TenantKeyrings
 from audit.query.routes import router as query_router
 from audit.query.service import QueryService
 from audit.retention.routes import router as retention_router
 from audit.retention.service import RetentionService
+from audit.secretbox import SecretBox
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store import make_event_store
@@ -88,13 +98,36 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 "trusted (development on loopback only)"
             )
 
+        producers = ProducerService(sessions, SecretBox.load(settings.service_keys_dir))
+        app.state.producers = producers
+
+        async def credentials(username: str) -> tuple[str, ProducerIdentity] | None:
+            return await asyncio.to_thread(producers.credential, username)
+
         async def on_forward(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
             # Returning means stored: the forward server acks only then.
-            await ingest.ingest([e.record for e in entries], source="forward", peer=peer.address)
+            if peer.producer is not None and not await asyncio.to_thread(
+                producers.active, peer.producer.id
+            ):
+                raise ForwardRejected("producer revoked")
+            try:
+                await ingest.ingest(
+                    [e.record for e in entries],
+                    source="forward",
+                    peer=peer.address,
+                    producer=peer.producer,
+                )
+            except ForbiddenError as exc:
+                raise ForwardRejected(exc.message) from None
 
         forward = None
         if settings.forward_enabled:
-            forward = ForwardServer(on_forward, settings, ssl_context=build_ssl_context(settings))
+            forward = ForwardServer(
+                on_forward,
+                settings,
+                ssl_context=build_ssl_context(settings),
+                credentials=credentials if settings.forward_shared_key else None,
+            )
             await forward.start()
             log.info("forward protocol on %s:%d", settings.forward_host, forward.port)
         app.state.forward = forward
@@ -141,6 +174,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(subjects_router)
     app.include_router(webhooks_router)
+    app.include_router(producers_router)
 
     @app.exception_handler(FFAuditError)
     async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:

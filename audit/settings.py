@@ -37,10 +37,14 @@ class AuditSettings(BaseSettings):
     forward_host: str = "127.0.0.1"
     forward_port: int = Field(default=24224, ge=0, le=65535)
     forward_shared_key: str | None = Field(
-        default=None, description="enables the HELO/PING/PONG handshake"
+        default=None,
+        description="enables the HELO/PING/PONG handshake; producers then authenticate with "
+        "their own username and password (`ffaudit producers add`)",
     )
-    forward_users: dict[str, str] = Field(
-        default_factory=dict, description="username -> password for handshake user auth"
+    forward_allow_unauthenticated: bool = Field(
+        default=False,
+        description="serve the forward port off loopback without the handshake (any peer "
+        "could then write any registered stream): for a network you control entirely",
     )
     forward_hostname: str = Field(default="ffaudit", description="server name in PONG")
     forward_tls_cert: Path | None = None

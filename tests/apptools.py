@@ -52,16 +52,16 @@ def app_settings(tmp_path: Path, database_url: str | None = None, **extra: Any) 
     if database_url is None:
         database_url = f"sqlite:///{tmp_path}/audit.db"
         upgrade(database_url)
+    values: dict[str, Any] = {"forward_enabled": False, **extra}
     return AuditSettings(
         database_url=database_url,
-        forward_enabled=False,
         jwt_hs256_secret=SECRET,
         jwt_issuer=ISS,
         jwt_audience=AUD,
         service_keys_dir=tmp_path / "service-keys",
         keyrings_dir=tmp_path / "keyrings",
         exports_dir=tmp_path / "exports",
-        **extra,
+        **values,
     )
 
 

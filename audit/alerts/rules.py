@@ -61,6 +61,12 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {
             "records claim another tenant than their stream's",
         ),
         BuiltinRule("malformed_record", Severity.MEDIUM, "ingest", "input that is not a record"),
+        BuiltinRule(
+            "unauthorized_producer",
+            Severity.HIGH,
+            "ingest",
+            "a producer tried to write a stream it is not bound to (refused, nothing stored)",
+        ),
         BuiltinRule("retention_failed", Severity.HIGH, "retention", "a retention run failed"),
         BuiltinRule(
             "rate_limited", Severity.MEDIUM, "schedule", "a producer dropped records (rate limit)"

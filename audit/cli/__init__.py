@@ -34,6 +34,7 @@ COMMANDS = {
     "alerts": "audit.cli.alerts:alerts",
     "erase-subject": "audit.cli.subjects:erase_subject",
     "webhooks": "audit.cli.webhooks:webhooks",
+    "producers": "audit.cli.producers:producers",
 }
 
 

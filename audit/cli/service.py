@@ -48,6 +48,19 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
             "FFAUDIT_JWT_PUBLIC_KEY_FILE or FFAUDIT_JWT_HS256_SECRET): open mode is for "
             "loopback only"
         )
+    loopback = ("127.0.0.1", "::1", "localhost")
+    if (
+        settings.forward_enabled
+        and settings.forward_host not in loopback
+        and settings.forward_shared_key is None
+        and not settings.forward_allow_unauthenticated
+    ):
+        raise UsageError(
+            f"the forward port would listen on {settings.forward_host} without producer "
+            "authentication: any peer could write any registered stream. Set "
+            "FFAUDIT_FORWARD_SHARED_KEY (producers then log in: ffaudit producers add), or "
+            "FFAUDIT_FORWARD_ALLOW_UNAUTHENTICATED=true on a network you control entirely"
+        )
     if migrate:
         upgrade(settings.database_url)
         if settings.elasticsearch_url is None and settings.store_database_url:
@@ -64,6 +77,23 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
 @click.group()
 def db() -> None:
     """The control database."""
+
+
+@db.command("rotate-secrets")
+def db_rotate_secrets() -> None:
+    """Put a new key first in <service_keys_dir>/secrets.keys and re-encrypt every stored
+    secret under it (running services pick the new key up by themselves)."""
+    from audit.db.session import make_engine, session_factory
+    from audit.producers.service import ProducerService
+    from audit.secretbox import SecretBox, rotate_keys
+
+    settings = AuditSettings()
+    rotate_keys(settings.service_keys_dir)
+    service = ProducerService(
+        session_factory(make_engine(settings.database_url)),
+        SecretBox.load(settings.service_keys_dir),
+    )
+    click.echo(f"re-encrypted {service.reencrypt()} producer password(s) under the new key")
 
 
 @db.command("upgrade")

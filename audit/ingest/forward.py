@@ -21,6 +21,7 @@ import socket
 import ssl
 import zlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.constant_time import bytes_eq
 
 from audit.errors import UsageError
+from audit.producers.schemas import ProducerIdentity
 from audit.settings import AuditSettings
 
 log = logging.getLogger("audit.ingest.forward")
@@ -59,6 +61,11 @@ class Peer:
     address: str
     username: str | None
     tls: bool
+    producer: ProducerIdentity | None = None  # who authenticated, when user auth is on
+
+
+# username -> (password, identity) of an active producer, or None: the handshake's user auth.
+CredentialLookup = Callable[[str], Awaitable[tuple[str, ProducerIdentity] | None]]
 
 
 class ForwardHandler(Protocol):
@@ -344,20 +351,28 @@ def _raw(value: object) -> bytes | None:
     return None
 
 
+class _Ping(NamedTuple):
+    hostname: bytes
+    salt: bytes
+    username: str
+    password_digest: bytes
+
+
 @dataclass(slots=True)
 class _Handshake:
     shared_key: bytes
     hostname: bytes
-    users: dict[str, str]
+    user_auth: bool
     nonce: bytes = field(default_factory=lambda: os.urandom(16))
     auth_salt: bytes = field(default_factory=lambda: os.urandom(16))
 
     def helo(self) -> bytes:
-        auth: bytes | str = self.auth_salt if self.users else ""
+        auth: bytes | str = self.auth_salt if self.user_auth else ""
         return msgpack.packb(["HELO", {"nonce": self.nonce, "auth": auth, "keepalive": True}])
 
-    def check_ping(self, frame: object) -> tuple[bytes, str | None]:
-        """(PONG to send, username); raises _FrameError after which PONG false is sent."""
+    def check_ping(self, frame: object) -> _Ping:
+        """The PING's fields once its shared key digest matched; raises _FrameError (after
+        which PONG false is sent)."""
         # in_forward: ['PING', hostname, shared_key_salt, sha512_hex(salt + hostname + nonce
         # + shared_key), username, sha512_hex(auth_salt + username + password)]
         if not isinstance(frame, list) or len(frame) != 6 or _raw(frame[0]) != b"PING":
@@ -369,20 +384,21 @@ class _Handshake:
         expected = _sha512_hex(salt, hostname, self.nonce, self.shared_key).encode()
         if not bytes_eq(expected, digest):
             raise _FrameError("shared_key mismatch", "shared key digest does not match")
-        username: str | None = None
-        if self.users:
-            user = user or b""
-            name = user.decode("utf-8", "surrogateescape")
-            # An unknown user is checked against a throwaway password so that timing does
-            # not tell which usernames exist.
-            password = self.users.get(name, os.urandom(16).hex()).encode()
-            expected = _sha512_hex(self.auth_salt, user, password).encode()
-            if not bytes_eq(expected, password_digest or b"") or name not in self.users:
-                raise _FrameError("username/password mismatch", "user auth failed")
-            username = name
-        proof = _sha512_hex(salt, self.hostname, self.nonce, self.shared_key)
-        pong = ["PONG", True, "", self.hostname.decode(), proof]
-        return msgpack.packb(pong), username
+        name = (user or b"").decode("utf-8", "surrogateescape")
+        return _Ping(hostname, salt, name, password_digest or b"")
+
+    def check_password(self, ping: _Ping, password: str | None) -> None:
+        # An unknown user is checked against a throwaway password so that timing does not
+        # tell which usernames exist.
+        secret = (password if password is not None else os.urandom(16).hex()).encode()
+        user = ping.username.encode("utf-8", "surrogateescape")
+        expected = _sha512_hex(self.auth_salt, user, secret).encode()
+        if not bytes_eq(expected, ping.password_digest) or password is None:
+            raise _FrameError("username/password mismatch", "user auth failed")
+
+    def pong(self, ping: _Ping) -> bytes:
+        proof = _sha512_hex(ping.salt, self.hostname, self.nonce, self.shared_key)
+        return msgpack.packb(["PONG", True, "", self.hostname.decode(), proof])
 
 
 def _pong_failure(reason: str) -> bytes:
@@ -432,9 +448,14 @@ class ForwardServer:
         settings: AuditSettings,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        credentials: CredentialLookup | None = None,
     ) -> None:
+        """With `forward_shared_key` set every connection must pass the handshake; with
+        `credentials` too, it must also name a producer and prove its password, and the
+        handler sees that producer in `Peer.producer`."""
         self._handler = handler
         self._settings = settings
+        self._credentials = credentials
         self._ssl = ssl_context if ssl_context is not None else build_ssl_context(settings)
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -553,7 +574,9 @@ class ForwardServer:
         handshake: _Handshake | None = None
         if s.forward_shared_key is not None:
             handshake = _Handshake(
-                s.forward_shared_key.encode(), s.forward_hostname.encode(), s.forward_users
+                s.forward_shared_key.encode(),
+                s.forward_hostname.encode(),
+                user_auth=self._credentials is not None,
             )
             await self._write(writer, handshake.helo())
         while True:
@@ -595,13 +618,20 @@ class ForwardServer:
         self, hs: _Handshake, frame: object, peer: Peer, writer: asyncio.StreamWriter
     ) -> Peer:
         try:
-            pong, username = hs.check_ping(frame)
+            ping = hs.check_ping(frame)
+            producer = None
+            if self._credentials is not None:
+                found = await self._credentials(ping.username)
+                hs.check_password(ping, found[0] if found is not None else None)
+                assert found is not None  # check_password refuses an unknown user
+                producer = found[1]
         except _FrameError as exc:
             self.stats.handshake_failures += 1
             await self._write(writer, _pong_failure(exc.reason))
             raise _FrameError("handshake_failed", f"{exc.reason}: {exc.detail}") from None
-        await self._write(writer, pong)
-        return Peer(peer.address, username, peer.tls)
+        await self._write(writer, hs.pong(ping))
+        username = ping.username if producer is not None else None
+        return Peer(peer.address, username, peer.tls, producer)
 
     async def _deliver(
         self, conn: _Connection, msg: _Message, peer: Peer, writer: asyncio.StreamWriter

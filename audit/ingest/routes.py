@@ -100,6 +100,9 @@ async def ingest_records(
     """Store records of one stream. Idempotent: resending stored records is harmless.
     2xx only after every record is durably stored (or quarantined) and heads committed."""
     engine = allow(request, who, Role.INGEST)
+    if service.is_service_stream(stream):
+        # The log of the logs is written by the service itself, never through this route.
+        raise ForbiddenError("this stream is written by the audit service alone")
     if engine is not None:
         try:
             owner = streams.read(stream).tenant

@@ -27,7 +27,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.alerts.service import raise_event_alert, raise_planned_alert
-from audit.errors import BusyError, CanonicalizationError, ConflictError, FFAuditError
+from audit.errors import (
+    BusyError,
+    CanonicalizationError,
+    ConflictError,
+    FFAuditError,
+    ForbiddenError,
+)
 from audit.ingest.planner import Head, Incoming, Plan, Planner, Result, doc_id
 from audit.ingest.repository import IngestRepository
 from audit.integrity import record as f
@@ -36,6 +42,7 @@ from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
 from audit.metrics import Metrics
 from audit.models import Checkpoint, PendingRecord, QuarantinedRecord
+from audit.producers.schemas import ProducerIdentity
 from audit.settings import AuditSettings
 from audit.store.protocol import EventStore, StoredEvent
 from audit.streams.repository import StreamRepository
@@ -116,9 +123,19 @@ class IngestService:
         self._registrations: dict[str, tuple[str, Verifier]] = {}
 
     async def ingest(
-        self, records: Sequence[object], *, source: str, peer: str | None = None
+        self,
+        records: Sequence[object],
+        *,
+        source: str,
+        peer: str | None = None,
+        producer: ProducerIdentity | None = None,
     ) -> IngestReport:
-        """Verify and store `records`; returns once everything is durable (then ack)."""
+        """Verify and store `records`; returns once everything is durable (then ack).
+
+        `producer`, the authenticated writer (forward user auth), may write only streams of
+        its tenant that its patterns name: otherwise the whole call is refused with
+        ForbiddenError before anything is stored. The service's own streams take records
+        from `source="service"` alone."""
         started = time.perf_counter()
         report = IngestReport()
         by_stream: dict[str, list[Incoming]] = defaultdict(list)
@@ -137,10 +154,11 @@ class IngestService:
                 )
                 continue
             by_stream[checked.record[f.STREAM]].append(checked)
+        await self._authorize(by_stream, source, peer, producer)
         self.metrics.in_flight.inc()
         try:
             for stream, items in by_stream.items():
-                await self._ingest_stream(stream, items, source, peer, report)
+                await self._ingest_stream(stream, items, source, peer, producer, report)
         finally:
             self.metrics.in_flight.dec()
         for r in report.results:
@@ -161,24 +179,99 @@ class IngestService:
 
     # -- per stream -----------------------------------------------------------------------
 
+    def is_service_stream(self, stream: str) -> bool:
+        return stream.startswith(self.settings.service_stream)
+
+    async def _authorize(
+        self,
+        by_stream: dict[str, list[Incoming]],
+        source: str,
+        peer: str | None,
+        producer: ProducerIdentity | None,
+    ) -> None:
+        """Refuse the whole call when any record is for a stream its writer may not write."""
+        for stream, items in by_stream.items():
+            if source != "service" and self.is_service_stream(stream):
+                await self._refuse(stream, items, peer, producer, owner=None)
+                raise ForbiddenError(f"stream {stream!r} is written by the audit service alone")
+            if producer is None:
+                continue
+            registration = await self._registration(stream)
+            owner = registration[0] if registration is not None else None
+            if producer.may_write(stream) and owner in (None, producer.tenant):
+                continue
+            await self._refuse(stream, items, peer, producer, owner=owner)
+            raise ForbiddenError(f"producer {producer.name!r} may not write stream {stream!r}")
+
+    async def _refuse(
+        self,
+        stream: str,
+        items: list[Incoming],
+        peer: str | None,
+        producer: ProducerIdentity | None,
+        owner: str | None,
+    ) -> None:
+        """Count and alert a refused write: to the stream's owner, who learns that its stream
+        was targeted (and by whom only when the producer is its own), and to the producer's
+        tenant. Nothing reaches the sender but the refusal."""
+        self.metrics.rejected.labels("unauthorized_producer").inc(len(items))
+        log.warning(
+            "refused %d record(s) for stream %s from %s (producer %s)",
+            len(items),
+            stream,
+            peer or "-",
+            producer.name if producer else "none",
+        )
+        tenants = {owner, producer.tenant if producer else None} - {None}
+        if not tenants:
+            return
+        await asyncio.to_thread(self._alert_refusal, stream, len(items), peer, producer, tenants)
+
+    def _alert_refusal(
+        self,
+        stream: str,
+        count: int,
+        peer: str | None,
+        producer: ProducerIdentity | None,
+        tenants: set[str | None],
+    ) -> None:
+        with self._sessions.begin() as session:
+            for tenant in sorted(t for t in tenants if t is not None):
+                own = producer is not None and producer.tenant == tenant
+                who = producer.name if own and producer else "a producer of another tenant"
+                raise_event_alert(
+                    session,
+                    self.settings,
+                    rule="unauthorized_producer",
+                    title=f"{count} record(s) for stream {stream} refused: {who} may not write it",
+                    tenant_id=tenant,
+                    stream_id=stream,
+                    # Grouped by who tried, never by the connection's source port.
+                    group=f"{stream}:{producer.name if own and producer else _host(peer)}",
+                    detail={"count": count, "producer": who, "peer": _host(peer) if own else None},
+                )
+
     async def _ingest_stream(
         self,
         stream: str,
         items: list[Incoming],
         source: str,
         peer: str | None,
+        producer: ProducerIdentity | None,
         report: IngestReport,
     ) -> None:
         registration = await self._registration(stream)
         if registration is None:
-            tenant = items[0].record.get(f.TENANT)
+            # Attributed to the authenticated producer's tenant, never to the tenant a record
+            # claims: anyone could claim any tenant and raise alerts there.
+            tenant = producer.tenant if producer is not None else None
             await self._quarantine(
                 [(i.index, i.record) for i in items],
                 "unknown stream",
                 source,
                 peer,
                 stream=stream,
-                tenant=tenant if isinstance(tenant, str) else None,
+                tenant=tenant,
                 report=report,
                 rule="unknown_stream",
             )
@@ -412,9 +505,17 @@ class IngestService:
                 title=f"{len(items)} record(s) quarantined: {reason}",
                 tenant_id=tenant,
                 stream_id=stream,
-                group=f"{stream or '-'}:{peer or '-'}",
+                group=f"{stream or '-'}:{_host(peer)}",
                 detail={"reason": reason, "source": source, "count": len(items)},
             )
+
+
+def _host(peer: str | None) -> str:
+    """The peer's address without its source port (alerts dedupe by host, not connection)."""
+    if not peer:
+        return "-"
+    host, _, port = peer.rpartition(":")
+    return host if host and port.isdigit() else peer
 
 
 def _payload(obj: object) -> bytes:

@@ -48,6 +48,7 @@ class EventAction(StrEnum):
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERT_RESOLVED = "alert.resolved"
     WEBHOOK_CHANGED = "webhook.changed"
+    PRODUCER_CHANGED = "producer.changed"
 
 
 class Outcome(StrEnum):
@@ -99,6 +100,7 @@ ACTIONS: dict[EventAction, ActionInfo] = {
     EventAction.ALERT_ACKNOWLEDGED: ActionInfo(_C, ("change",), critical=True),
     EventAction.ALERT_RESOLVED: ActionInfo(_C, ("change",), critical=True),
     EventAction.WEBHOOK_CHANGED: ActionInfo(_C, ("change",), critical=True),
+    EventAction.PRODUCER_CHANGED: ActionInfo(_C, ("change",), critical=True),
 }
 
 # Plain event files written to the brief's example use snake_case verbs ("face_swap").

@@ -5,6 +5,7 @@ Importing this package registers every table with the metadata Alembic compares 
 
 from audit.models.alerts import Alert, AlertLease, AlertRule, AlertWatermark
 from audit.models.events import Event
+from audit.models.producers import Producer
 from audit.models.quarantine import QuarantinedRecord
 from audit.models.retention import (
     LegalHold,
@@ -28,6 +29,7 @@ __all__ = [
     "Event",
     "LegalHold",
     "PendingRecord",
+    "Producer",
     "QuarantinedRecord",
     "RetentionArchive",
     "RetentionCheckpoint",

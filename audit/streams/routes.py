@@ -32,6 +32,9 @@ async def register_stream(
     admin = allow(request, who, Role.ADMIN)
     if admin is not None and admin.tenant != registration.tenant:
         raise ForbiddenError("administrators register streams of their own tenant only")
+    if registration.stream.startswith(request.app.state.settings.service_stream):
+        # The service registers its own streams: a squatter could otherwise block them.
+        raise ForbiddenError("stream names under the service's prefix are reserved")
     read = await asyncio.to_thread(service.register, registration)
     await request.app.state.servicelog.record(
         admin,

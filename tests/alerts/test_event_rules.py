@@ -18,6 +18,7 @@ from audit.ingest.service import IngestService
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Signer
 from audit.models import Webhook, WebhookDelivery
+from audit.producers.schemas import ProducerIdentity
 from audit.streams.schemas import StreamRegistration
 from audit.streams.service import StreamService
 from tests.alerts.conftest import World
@@ -96,11 +97,24 @@ async def test_persistent_gap(world: World) -> None:
 
 
 async def test_unknown_stream(world: World) -> None:
+    """Alerted to the tenant of the producer that sent it, deduplicated by its host (not the
+    connection's source port)."""
     signer = Signer.generate()
     records = make_records(signer, 3, tenant=world.tenant)
-    await ingest(world).ingest(records, source="test", peer="10.0.0.1:5000")
-    await ingest(world).ingest(records, source="test", peer="10.0.0.1:5000")
+    producer = ProducerIdentity("p1", f"{world.tenant}/engine", world.tenant, ("*",))
+    for port in (5000, 5001):
+        await ingest(world).ingest(
+            records, source="test", peer=f"10.0.0.1:{port}", producer=producer
+        )
     assert summary(world) == [("unknown_stream", "high", 2)]
+
+
+async def test_unknown_stream_from_nobody_alerts_no_tenant(world: World) -> None:
+    """Anyone can write any tenant id into a record: an unauthenticated sender's claim must
+    not raise alerts (or fire webhooks) in that tenant."""
+    records = make_records(Signer.generate(), 3, tenant=world.tenant)
+    await ingest(world).ingest(records, source="test", peer="10.0.0.1:5000")
+    assert summary(world) == []
 
 
 def add_webhook(world: World) -> None:

@@ -47,6 +47,7 @@ from engine.transport import (
 )
 from engine.transport.forward import client_tls_context, event_time_ns
 from engine.transport.spool import FRAME
+from tests.ingest.forward_client import credentials_lookup
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -70,6 +71,8 @@ class Service:
             "forward_host": "127.0.0.1",
             "forward_hostname": "ffaudit-test",
         }
+        users: dict[str, str] = overrides.pop("forward_users", {})
+        self.credentials = credentials_lookup(users, TENANT) if users else None
         self.overrides.update(overrides)
         settings = AuditSettings(database_url=self.url, forward_port=0, **self.overrides)
         sessions = session_factory(make_engine(self.url))
@@ -90,7 +93,9 @@ class Service:
     async def _handler(self, tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
         while self.hold.is_set():
             await asyncio.sleep(0.01)
-        await self.ingest.ingest([e.record for e in entries], source="forward", peer=peer.address)
+        await self.ingest.ingest(
+            [e.record for e in entries], source="forward", peer=peer.address, producer=peer.producer
+        )
         if self.lose_acks:
             self.lose_acks -= 1
             raise RuntimeError("stored, but the ack is lost")
@@ -101,7 +106,7 @@ class Service:
             forward_port=self.port if port is None else port,
             **self.overrides,
         )
-        server = ForwardServer(self._handler, settings)
+        server = ForwardServer(self._handler, settings, credentials=self.credentials)
         self.run(server.start())
         self.server, self.port = server, server.port
         return self.port

@@ -19,6 +19,9 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives import hashes
 
+from audit.ingest.forward import CredentialLookup
+from audit.producers.schemas import ProducerIdentity
+
 Entry = tuple[Any, dict[str, Any]]
 
 
@@ -211,3 +214,17 @@ class ForwardClient:
         self.writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
+
+
+def credentials_lookup(
+    users: dict[str, str], tenant: str = "acme", streams: tuple[str, ...] = ("*",)
+) -> CredentialLookup:
+    """The forward server's user lookup over a fixed table (the service reads producers from
+    its control database): every user a producer of `tenant` bound to `streams`."""
+
+    async def lookup(username: str) -> tuple[str, ProducerIdentity] | None:
+        if username not in users:
+            return None
+        return users[username], ProducerIdentity(username, username, tenant, streams)
+
+    return lookup

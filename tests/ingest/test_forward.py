@@ -20,6 +20,7 @@ from fluent.sender import EventTime, FluentSender
 
 from audit.errors import UsageError
 from audit.ingest.forward import (
+    CredentialLookup,
     ForwardEntry,
     ForwardRejected,
     ForwardServer,
@@ -31,6 +32,7 @@ from tests.ingest.forward_client import (
     Credentials,
     ForwardClient,
     HandshakeRefused,
+    credentials_lookup,
     event_time,
     gzip_members,
     pack_entries,
@@ -90,7 +92,11 @@ async def make_server() -> AsyncIterator[MakeServer]:
     servers: list[ForwardServer] = []
 
     async def make(
-        handler: Any, *, ssl_context: ssl.SSLContext | None = None, **overrides: Any
+        handler: Any,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        credentials: CredentialLookup | None = None,
+        **overrides: Any,
     ) -> ForwardServer:
         values: dict[str, Any] = {
             "forward_host": "127.0.0.1",
@@ -100,7 +106,9 @@ async def make_server() -> AsyncIterator[MakeServer]:
             "forward_hostname": "ffaudit-test",
         }
         values.update(overrides)
-        server = ForwardServer(handler, AuditSettings(**values), ssl_context=ssl_context)
+        server = ForwardServer(
+            handler, AuditSettings(**values), ssl_context=ssl_context, credentials=credentials
+        )
         await server.start()
         servers.append(server)
         return server
@@ -408,7 +416,7 @@ USERS = {"engine": "pa55word", "other": "x"}
 
 async def test_user_auth_right_password(make_server: MakeServer, connect: Connect) -> None:
     sink = Sink()
-    server = await make_server(sink, forward_shared_key=KEY, forward_users=USERS)
+    server = await make_server(sink, forward_shared_key=KEY, credentials=credentials_lookup(USERS))
     cred = Credentials(KEY, username="engine", password="pa55word")
     client = await connect(server.port, credentials=cred)
     await client.send_message("t", T, rec(0), chunk="c0")
@@ -421,7 +429,7 @@ async def test_user_auth_wrong_password(
     make_server: MakeServer, connect: Connect, user: str, password: str
 ) -> None:
     sink = Sink()
-    server = await make_server(sink, forward_shared_key=KEY, forward_users=USERS)
+    server = await make_server(sink, forward_shared_key=KEY, credentials=credentials_lookup(USERS))
     client = await connect(server.port)
     with pytest.raises(HandshakeRefused, match="username/password mismatch"):
         await client.handshake(Credentials(KEY, username=user, password=password))
