@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import secrets
 import shutil
 import socket
 import threading
@@ -33,7 +34,7 @@ def _free_port() -> int:
 class ServiceThread:
     """The real `ffaudit serve` app, in a background thread."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, forward_shared_key: str | None = None) -> None:
         import uvicorn
 
         from audit.app import create_app
@@ -45,11 +46,18 @@ class ServiceThread:
         upgrade(self.db)
         self.http_port, self.forward_port = _free_port(), _free_port()
         settings = AuditSettings(
-            database_url=self.db, http_port=self.http_port, forward_port=self.forward_port
+            database_url=self.db,
+            http_port=self.http_port,
+            forward_port=self.forward_port,
+            forward_shared_key=forward_shared_key,
+            service_keys_dir=workdir / "service-keys",
+            keyrings_dir=workdir / "keyrings",
+            exports_dir=workdir / "exports",
         )
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=self.http_port, log_level="warning"
         )
+        self.settings = settings
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -100,13 +108,21 @@ def demo(workdir: Path, keep: bool) -> int:
     actor = f"{getpass.getuser()}@demo"
     say = click.echo
 
-    service = ServiceThread(workdir)
+    # The forward port as production runs it: a shared key, and the engine logs in as a
+    # producer bound to its tenant and stream.
+    service = ServiceThread(workdir, forward_shared_key=secrets.token_urlsafe(24))
     service.start()
     say(
         f"1. audit service up: HTTP {service.url}, forward 127.0.0.1:{service.forward_port}, "
         f"SQLite at {workdir}/ffaudit.db"
     )
     try:
+        producer = httpx.post(
+            f"{service.url}/v1/producers",
+            params={"tenant": "demo"},
+            json={"label": "engine-1", "streams": ["demo-engine"]},
+        )
+        producer.raise_for_status()
         engine = EngineSettings(
             work_dir=workdir / "engine",
             keys_dir=workdir / "engine" / "keys",
@@ -114,6 +130,9 @@ def demo(workdir: Path, keep: bool) -> int:
             stream="demo-engine",
             tenant="demo",
             model_dir=None,
+            forward_shared_key=service.settings.forward_shared_key,
+            forward_username=producer.json()["name"],
+            forward_password=producer.json()["password"],
         )
         # The demo registers the engine's key itself (step 2): made here, ensure_keys does not
         # ask the user to register it.
@@ -133,7 +152,8 @@ def demo(workdir: Path, keep: bool) -> int:
         ).raise_for_status()
         say(
             f"2. engine stream {engine.stream!r} registered for tenant {engine.tenant!r} "
-            f"(Ed25519 key {trail.keys.signer.verifier.fingerprint[:16]}…)"
+            f"(Ed25519 key {trail.keys.signer.verifier.fingerprint[:16]}…); the engine logs in "
+            f"to the forward port as producer {engine.forward_username!r}"
         )
 
         trail.emitter.start()
