@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.constant_time import bytes_eq
 
 from audit.errors import UsageError
+from audit.integrity import record as f
 from audit.producers.schemas import ProducerIdentity
 from audit.settings import AuditSettings
 
@@ -184,6 +185,11 @@ _RECORD_CHECK = (
 )
 
 
+# The record fields that must be JSON integers (docs/record-spec.md §2, §4).
+_INTEGER_FIELDS = (f.EVENT_SEQUENCE, f.SCHEMA, f.CP_FIRST, f.CP_RECORDS)
+_MAX_EXACT = 2**53
+
+
 def _bytes_only(value: object) -> None:
     # bytes are a value problem, not a protocol one: ingest quarantines such a record,
     # where closing the connection would make the client resend it forever.
@@ -206,10 +212,22 @@ def _check_record(record: object) -> dict[str, Any]:
     except (orjson.JSONEncodeError, TypeError) as exc:
         # orjson's messages name types and rules, never the offending content.
         raise _FrameError("bad_record", str(exc)) from None
+    for name in _INTEGER_FIELDS:
+        value = record.get(name)
+        if type(value) is float and value.is_integer() and abs(value) <= _MAX_EXACT:
+            # Shippers that decode JSON into doubles (Go's encoding/json, JavaScript) send
+            # integers as msgpack floats. Within 2**53 that loses nothing, and RFC 8785
+            # writes 6.0 and 6 alike, so the hash is the same: take the integer.
+            record[name] = int(value)
     return record
 
 
 def _entry(time: object, record: object) -> ForwardEntry:
+    if _with_metadata(time):
+        # Forward protocol v1.5 (Fluent Bit's default since it retains metadata): the time
+        # is [EventTime, metadata]. The metadata belongs to the shipper, not to the audit
+        # record (the record is the sealed record, whole): it is ignored.
+        time = cast(list[object], time)[0]
     if isinstance(time, _EventTime):
         if time.nanoseconds >= _NS:
             raise _FrameError("bad_time", "EventTime nanoseconds out of range")
@@ -220,6 +238,10 @@ def _entry(time: object, record: object) -> ForwardEntry:
         raise _FrameError("bad_time", f"time of type {type(time).__name__}")
     # int / int is correctly rounded in Python, so `time` is the float nearest to ns.
     return ForwardEntry(ns / _NS, _check_record(record), ns)
+
+
+def _with_metadata(time: object) -> bool:
+    return isinstance(time, list) and len(time) == 2 and isinstance(time[1], dict)
 
 
 def _options(option: object) -> tuple[str | None, int | None, str]:
@@ -296,8 +318,13 @@ def _parse_message(frame: object, max_bytes: int, max_events: int) -> _Message |
     tag, second = frame[0], frame[1]
     if not isinstance(tag, str) or not _is_text(tag):
         raise _FrameError("bad_tag", f"tag of type {type(tag).__name__}")
-    # The mode is told by the second element (spec, "Modes").
-    if isinstance(second, list | str | bytes):
+    # The mode is told by the second element (spec, "Modes"); a Message whose time carries
+    # v1.5 metadata ([EventTime, {...}]) is told from Forward mode ([[t, r], ...]) by that
+    # list's first element, which is a time there and an entry here.
+    message_with_metadata = _with_metadata(second) and not isinstance(
+        cast(list[object], second)[0], list
+    )
+    if isinstance(second, list | str | bytes) and not message_with_metadata:
         if len(frame) > 3:
             raise _FrameError("unknown_mode", f"forward frame of {len(frame)} elements")
         chunk, size, compressed = _options(frame[2] if len(frame) == 3 else None)

@@ -148,7 +148,7 @@ class IngestService:
                     source,
                     peer,
                     stream=None,
-                    tenant=None,
+                    tenant=producer.tenant if producer is not None else None,
                     report=report,
                     rule="malformed_record",
                 )

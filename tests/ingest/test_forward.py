@@ -635,3 +635,43 @@ async def test_stop_waits_for_in_flight_handler(make_server: MakeServer, connect
     assert await busy.read_ack() == "c0"  # stored before the stop, so acknowledged
     with pytest.raises(ConnectionRefusedError):
         await ForwardClient.connect(server.port)
+
+
+# -- forward protocol v1.5: entries with metadata (Fluent Bit's default) ---------------------
+
+
+@pytest.mark.parametrize("mode", ["message", "forward", "packed", "gzip"])
+async def test_entries_with_v1_5_metadata_are_accepted(
+    make_server: MakeServer, connect: Connect, mode: str
+) -> None:
+    """Fluent Bit (retain_metadata_in_forward_mode) sends each entry as
+    [[EventTime, metadata], record]; Fluentd's in_forward accepts it, and so must we. The
+    metadata is the shipper's and is dropped; the record is delivered as sent."""
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    entries = [
+        ([event_time(T, 5), {"otlp": {"severity": 9}}], rec(0)),
+        ([event_time(T + 1, 6), {}], rec(1)),
+    ]
+    if mode == "message":
+        for i, (t, r) in enumerate(entries):
+            await client.send_message("bit", t, r, chunk=f"c{i}")
+            assert await client.read_ack() == f"c{i}"
+    elif mode == "forward":
+        await client.send_forward("bit", entries, chunk="c0")
+        assert await client.read_ack() == "c0"
+    else:
+        await client.send_packed("bit", entries, chunk="c0", gzip_parts=int(mode == "gzip"))
+        assert await client.read_ack() == "c0"
+    assert [e.record for e in sink.entries] == [rec(0), rec(1)]
+    assert [e.time_ns for e in sink.entries] == [T * 10**9 + 5, (T + 1) * 10**9 + 6]
+
+
+async def test_metadata_must_be_a_map(make_server: MakeServer, connect: Connect) -> None:
+    sink = Sink()
+    server = await make_server(sink)
+    client = await connect(server.port)
+    await client.send_forward("bit", [([event_time(T), "not-a-map"], rec(0))], chunk="c0")
+    assert await client.closed_by_server()
+    assert sink.calls == []

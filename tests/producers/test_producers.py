@@ -308,3 +308,37 @@ def test_the_cli_adds_lists_and_revokes_producers(service: Service) -> None:
     producer_id = listed.splitlines()[1].split()[0]
     assert "revoked at" in ffaudit("producers", "revoke", producer_id)
     assert "revoked" in ffaudit("producers", "list")
+
+
+def test_fluent_bit_style_entries_with_float_integers_are_stored_and_verify(
+    service: Service,
+) -> None:
+    """What a Fluent Bit tail of an NDJSON spool sends: v1.5 entries ([[EventTime, metadata],
+    record]) in Forward mode, and, as Go's JSON decoder gives them, the integers as floats."""
+    import asyncio
+
+    from tests.ingest.forward_client import Credentials, ForwardClient, event_time
+
+    signer = Signer.generate()
+    service.register("acme", "cam-1", signer)
+    producer = service.producer("acme", "bit-1", ["cam-*"])
+    records = sealed(signer, "acme", "cam-1", 3)
+    as_floats = [
+        {k: float(v) if type(v) is int else v for k, v in record.items()} for record in records
+    ]
+    assert type(as_floats[0]["event.sequence"]) is float
+
+    async def ship() -> None:
+        credentials = Credentials(KEY, username=producer["name"], password=producer["password"])
+        client = await ForwardClient.connect(service.forward_port, credentials=credentials)
+        entries = [
+            ([event_time(1_700_000_000 + i), {"file": "spool"}], r) for i, r in enumerate(as_floats)
+        ]
+        await client.send_forward("ffaudit.spool", entries, chunk="c-1")
+        assert await client.read_ack() == "c-1"
+        await client.close()
+
+    asyncio.run(ship())
+    assert service.head("acme", "cam-1") == 3
+    verified = service.call("POST", "/v1/verify", "acme", json={"stream": "cam-1"}).json()
+    assert verified["ok"] is True
