@@ -51,7 +51,19 @@ class AuditSettings(BaseSettings):
     forward_tls_key: Path | None = None
     forward_max_frame_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     forward_max_events_per_message: int = Field(default=10_000, ge=1)
-    forward_idle_timeout_s: float = Field(default=300.0, gt=0)
+    forward_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="a connection may wait this long between frames"
+    )
+    forward_frame_timeout_s: float = Field(
+        default=30.0, gt=0, description="a frame, once begun, must be complete within this"
+    )
+    forward_max_connections: int = Field(default=1024, ge=1)
+    forward_max_connections_per_peer: int = Field(default=64, ge=1, description="per IP")
+    forward_max_buffered_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="memory for incomplete frames over all connections",
+    )
 
     # -- authentication (JWT bearer tokens) -------------------------------------------------
     jwt_hs256_secret: str | None = Field(

@@ -42,6 +42,7 @@ _NS = 1_000_000_000
 _MAX_CONTAINER_LEN = 65_536
 _CLOSE_TIMEOUT_S = 5.0
 _UDP_BIND_ATTEMPTS = 8
+_OFF_LOOP_BYTES = 256 * 1024  # frames from this size on are decoded in a worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,8 +452,16 @@ class _Heartbeat(asyncio.DatagramProtocol):
 @dataclass(slots=True, eq=False)
 class _Connection:
     writer: asyncio.StreamWriter
+    host: str = ""
     task: asyncio.Task[None] = field(init=False)
     busy: bool = False  # inside the handler or sending its ack: stop() lets it finish
+    buffered: int = 0  # bytes of an incomplete frame held for this connection
+
+
+def _host(peername: object) -> str:
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return str(peername)
 
 
 def _address(peername: object) -> str:
@@ -487,6 +496,8 @@ class ForwardServer:
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._connections: set[_Connection] = set()
+        self._per_host: Counter[str] = Counter()
+        self._buffered = 0  # bytes of incomplete frames held over all connections
         self._stopping = False
         self._port = 0
         self.stats = ForwardStats()
@@ -555,7 +566,21 @@ class ForwardServer:
         if self._stopping:
             writer.transport.abort()
             return
-        conn = _Connection(writer)
+        s = self._settings
+        host = _host(writer.get_extra_info("peername"))
+        refusal = None
+        if len(self._connections) >= s.forward_max_connections:
+            refusal = "too_many_connections"
+        elif self._per_host[host] >= s.forward_max_connections_per_peer:
+            refusal = "too_many_connections_from_peer"
+        if refusal is not None:
+            # Refused before a byte is read: nothing to hold, nothing to parse.
+            self.stats.rejected_frames[refusal] += 1
+            log.warning("forward %s: refusing a connection: %s", host, refusal)
+            writer.transport.abort()
+            return
+        conn = _Connection(writer, host)
+        self._per_host[host] += 1
         conn.task = asyncio.create_task(self._run(conn, reader, writer))
         self._connections.add(conn)
 
@@ -584,6 +609,10 @@ class ForwardServer:
             )
         finally:
             self._connections.discard(conn)
+            self._per_host[conn.host] -= 1
+            if self._per_host[conn.host] <= 0:
+                del self._per_host[conn.host]
+            self._hold(conn, 0)
             await _close(writer)
 
     async def _serve(
@@ -606,40 +635,77 @@ class ForwardServer:
                 user_auth=self._credentials is not None,
             )
             await self._write(writer, handshake.helo())
+        loop = asyncio.get_running_loop()
+        frame_started = 0.0  # when the incomplete frame's first byte arrived
         while True:
             while True:
                 try:
-                    frame = unpacker.unpack()
+                    # A large frame is decoded in a worker thread: decoding 8 MiB of
+                    # msgpack would hold every other connection for tens of milliseconds.
+                    if fed - boundary >= _OFF_LOOP_BYTES:
+                        frame = await asyncio.to_thread(unpacker.unpack)
+                    else:
+                        frame = unpacker.unpack()
                 except msgpack.OutOfData:
                     break
                 except Exception as exc:
                     if handshake is not None:
                         self.stats.handshake_failures += 1
                     raise _decode_error(exc) from exc
-                boundary = unpacker.tell()
+                size, boundary = unpacker.tell() - boundary, unpacker.tell()
                 if handshake is not None:
                     peer = await self._pingpong(handshake, frame, peer, writer)
                     handshake = None
                     continue
-                msg = _parse_message(
-                    frame, s.forward_max_frame_bytes, s.forward_max_events_per_message
-                )
+                limits = (s.forward_max_frame_bytes, s.forward_max_events_per_message)
+                if size >= _OFF_LOOP_BYTES:
+                    msg = await asyncio.to_thread(_parse_message, frame, *limits)
+                else:
+                    msg = _parse_message(frame, *limits)
                 if msg is not None:
                     await self._deliver(conn, msg, peer, writer)
                 if self._stopping:
                     return
             buffered = fed - boundary
+            self._hold(conn, buffered)
             room = s.forward_max_frame_bytes - buffered
             if room <= 0:
                 raise _FrameError("frame_too_large", f"over {s.forward_max_frame_bytes} bytes")
-            async with asyncio.timeout(s.forward_idle_timeout_s):
-                data = await reader.read(min(room, _READ_SIZE))
+            want = min(room, _READ_SIZE)
+            if self._buffered + want > s.forward_max_buffered_bytes and buffered:
+                # Every connection's incomplete frames together may hold this much memory:
+                # past it, the connection that wants more for a frame it has not finished
+                # is closed (a well-behaved client resends its unacknowledged chunk).
+                raise _FrameError("memory_budget", "incomplete frames over the server's budget")
+            # Between frames a connection may idle; a frame once begun must be finished
+            # within its deadline, however slowly its bytes trickle in (slowloris).
+            if buffered:
+                frame_started = frame_started or loop.time()
+                left = frame_started + s.forward_frame_timeout_s - loop.time()
+                if left <= 0:
+                    raise _FrameError("frame_timeout", f"frame not complete in time ({buffered} B)")
+                timeout = min(left, s.forward_idle_timeout_s)
+            else:
+                frame_started, timeout = 0.0, s.forward_idle_timeout_s
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(want)
+            except TimeoutError:
+                if buffered:
+                    raise _FrameError(
+                        "frame_timeout", f"frame not complete in time ({buffered} B)"
+                    ) from None
+                raise
             if not data:
                 if buffered:
                     raise _FrameError("truncated_frame", f"closed with {buffered} bytes pending")
                 return
             unpacker.feed(data)
             fed += len(data)
+
+    def _hold(self, conn: _Connection, buffered: int) -> None:
+        self._buffered += buffered - conn.buffered
+        conn.buffered = buffered
 
     async def _pingpong(
         self, hs: _Handshake, frame: object, peer: Peer, writer: asyncio.StreamWriter

@@ -675,3 +675,86 @@ async def test_metadata_must_be_a_map(make_server: MakeServer, connect: Connect)
     await client.send_forward("bit", [([event_time(T), "not-a-map"], rec(0))], chunk="c0")
     assert await client.closed_by_server()
     assert sink.calls == []
+
+
+# -- resource limits: what a hostile peer can cost ---------------------------------------------
+
+
+async def test_connections_over_the_per_peer_cap_are_refused(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    sink = Sink()
+    server = await make_server(sink, forward_max_connections_per_peer=3)
+    clients = [await connect(server.port) for _ in range(5)]
+    closed = [await c.closed_by_server(timeout=0.5) for c in clients]
+    assert closed == [False, False, False, True, True]
+    assert server.stats.rejected_frames["too_many_connections_from_peer"] == 2
+    # The admitted ones work; once one leaves, a new one is admitted.
+    await clients[0].send_message("t", T, rec(0), chunk="c0")
+    assert await clients[0].read_ack() == "c0"
+    await clients[1].close()
+    await asyncio.sleep(0.05)
+    again = await connect(server.port)
+    await again.send_message("t", T, rec(1), chunk="c1")
+    assert await again.read_ack() == "c1"
+
+
+async def test_the_global_connection_cap(make_server: MakeServer, connect: Connect) -> None:
+    server = await make_server(Sink(), forward_max_connections=2)
+    clients = [await connect(server.port) for _ in range(3)]
+    assert [await c.closed_by_server(timeout=0.5) for c in clients] == [False, False, True]
+    assert server.stats.rejected_frames["too_many_connections"] == 1
+
+
+async def test_a_frame_trickled_byte_by_byte_is_cut_at_its_deadline(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """Slowloris: every byte arrives before the idle timeout, so only a deadline for the
+    whole frame closes the connection; an idle connection between frames stays open."""
+    sink = Sink()
+    server = await make_server(sink, forward_frame_timeout_s=0.5, forward_idle_timeout_s=5)
+    idle = await connect(server.port)
+    slow = await connect(server.port)
+    frame = msgpack.packb(["t", T, rec(0), {"chunk": "never"}])
+    closed_after = None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for byte in frame[:-1]:
+            await slow.send_raw(bytes([byte]))
+            await asyncio.sleep(0.05)
+            if slow.reader.at_eof():
+                closed_after = loop.time() - started
+                break
+    except ConnectionError:
+        closed_after = loop.time() - started
+    assert await slow.closed_by_server(timeout=2)
+    assert closed_after is None or closed_after < 2.0
+    assert server.stats.rejected_frames["frame_timeout"] == 1
+    assert sink.calls == []
+    await idle.send_message("t", T, rec(1), chunk="still-open")  # idle, not closed
+    assert await idle.read_ack() == "still-open"
+
+
+async def test_incomplete_frames_share_one_memory_budget(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """Many connections each holding an unfinished large frame: past the budget, a
+    connection asking for more room is closed; the server holds at most about the budget."""
+    budget = 1024 * 1024
+    server = await make_server(
+        Sink(), forward_max_frame_bytes=600 * 1024, forward_max_buffered_bytes=budget
+    )
+    head = b"\x93" + msgpack.packb("t") + b"\xdb" + struct.pack(">I", 590 * 1024)  # str32
+    clients = [await connect(server.port) for _ in range(4)]
+    for client in clients:
+        try:
+            await client.send_raw(head + b"x" * (400 * 1024))
+        except ConnectionError:
+            pass
+    await asyncio.sleep(0.3)
+    closed = [await c.closed_by_server(timeout=0.3) for c in clients]
+    assert any(closed)
+    assert not all(closed)
+    assert server.stats.rejected_frames["memory_budget"] >= 1
+    assert server._buffered <= budget + 256 * 1024  # one read's worth of slack
