@@ -25,6 +25,7 @@ from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
 from audit.errors import FFAuditError, ForbiddenError, StoreUnavailableError
 from audit.exports.routes import router as exports_router
+from audit.httplimits import BodyLimits
 from audit.ingest.forward import (
     ForwardEntry,
     ForwardRejected,
@@ -165,6 +166,11 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         version=__version__,
         summary="Tamper-evident audit trail for face-swap engines",
         lifespan=lifespan,
+    )
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.http_body_timeout_s,
     )
     app.include_router(ingest_router)
     app.include_router(streams_router)

@@ -31,6 +31,13 @@ class AuditSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_records_per_request: int = Field(default=10_000, ge=1)
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request's body must arrive whole within this"
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=1, description="concurrent HTTP connections (more are answered 503)"
+    )
+    http_keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive timeout")
 
     # -- Fluentd forward protocol ingest ---------------------------------------------------
     forward_enabled: bool = True

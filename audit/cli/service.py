@@ -71,6 +71,8 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
         port=port if port is not None else settings.http_port,
         log_level="info",
         access_log=False,
+        limit_concurrency=settings.http_max_connections,
+        timeout_keep_alive=int(settings.http_keep_alive_s),
     )
 
 

@@ -1,0 +1,63 @@
+"""What a slow or oversized HTTP client can cost the service (real app, raw sockets)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.apptools import app_settings, bearer, serving
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[str]:
+    settings = app_settings(tmp_path, http_body_timeout_s=0.5, max_request_bytes=64 * 1024)
+    with serving(settings) as url:
+        yield url
+
+
+def test_a_body_trickled_slowly_is_cut_at_its_deadline(service: str) -> None:
+    host, port = service.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/streams/cam-1/records HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+        )
+        started = time.monotonic()
+        answer = b""
+        for _ in range(40):  # one byte every 0.1 s: each arrives well inside any idle timeout
+            try:
+                sock.sendall(b" ")
+                sock.settimeout(0.1)
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer:
+                break
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"RequestTimeoutError" in answer
+    assert elapsed < 3
+
+
+def test_an_oversized_body_is_refused_on_every_route(service: str) -> None:
+    big = b"x" * (65 * 1024)
+    for path in ("/v1/streams/cam-1/records", "/v1/alert-rules", "/v1/producers"):
+        answer = httpx.post(f"{service}{path}", content=big, headers=bearer(), timeout=10)
+        assert answer.status_code == 413, path
+        assert answer.json()["error"]["type"] == "PayloadTooLargeError"
+
+
+def test_ordinary_requests_pass_through(service: str) -> None:
+    answer = httpx.get(f"{service}/v1/events", headers=bearer(), timeout=10)
+    assert answer.status_code == 200
+    body = {"label": "engine-1", "streams": ["cam-*"]}
+    admin = bearer(roles=["admin"], amr=["pwd", "otp"])
+    created = httpx.post(f"{service}/v1/producers", json=body, headers=admin, timeout=10)
+    assert created.status_code == 201
