@@ -23,7 +23,12 @@ from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import AlertService
 from audit.auth.tokens import TokenVerifier
 from audit.db.session import make_engine, session_factory
-from audit.errors import FFAuditError, ForbiddenError, StoreUnavailableError
+from audit.errors import (
+    FFAuditError,
+    ForbiddenError,
+    StoreUnavailableError,
+    TooManyRequestsError,
+)
 from audit.exports.routes import router as exports_router
 from audit.httplimits import BodyLimits
 from audit.ingest.forward import (
@@ -59,6 +64,7 @@ from audit.webhooks.service import WebhookService
 
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0
+_QUARANTINE_PURGE_S = 3600.0
 
 
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
@@ -118,7 +124,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                     peer=peer.address,
                     producer=peer.producer,
                 )
-            except ForbiddenError as exc:
+            except (ForbiddenError, TooManyRequestsError) as exc:
                 raise ForwardRejected(exc.message) from None
 
         forward = None
@@ -268,9 +274,21 @@ def _database_ok(request: Request) -> bool:
 
 
 async def _sweep_gaps(ingest: IngestService) -> None:
+    """The gap sweep, and once an hour the quarantine's expiry."""
+    next_purge = 0.0
     while True:
         await asyncio.sleep(_GAP_SWEEP_S)
         try:
             await ingest.sweep_gaps()
         except Exception:  # keep sweeping; the failure is visible in the log
             log.exception("gap sweep failed")
+        now = asyncio.get_running_loop().time()
+        if now >= next_purge:
+            next_purge = now + _QUARANTINE_PURGE_S
+            try:
+                purged = await asyncio.to_thread(ingest.purge_quarantine)
+            except Exception:
+                log.exception("quarantine purge failed")
+            else:
+                if purged:
+                    log.info("purged %d expired quarantined record(s)", purged)

@@ -95,6 +95,13 @@ class ForbiddenError(FFAuditError):
     http_status = 403
 
 
+class TooManyRequestsError(FFAuditError):
+    """The caller is over a budget (e.g. of unverifiable input); retry later, or send less."""
+
+    exit_code = 2
+    http_status = 429
+
+
 class ServiceRefusedError(FFAuditError):
     """The audit service answered a CLI request with an error."""
 

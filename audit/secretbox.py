@@ -39,16 +39,22 @@ class SecretBox:
     def seal(self, plaintext: str) -> str:
         return self._box.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
+    def seal_bytes(self, data: bytes) -> bytes:
+        return self._box.encrypt(data)
+
     def open(self, token: str) -> str:
+        return self.open_bytes(token.encode("ascii")).decode("utf-8")
+
+    def open_bytes(self, token: bytes) -> bytes:
         try:
-            return self._box.decrypt(token.encode("ascii")).decode("utf-8")
+            return self._box.decrypt(token)
         except InvalidToken:
             pass
         if self._source is not None:  # rotated by another process since we loaded the keys
             keys = _read_keys(self._source / KEYS_FILE)
             self._box = MultiFernet([Fernet(key) for key in keys])
             try:
-                return self._box.decrypt(token.encode("ascii")).decode("utf-8")
+                return self._box.decrypt(token)
             except InvalidToken:
                 pass
         raise KeyMaterialError("a stored secret does not decrypt under any key in secrets.keys")

@@ -72,6 +72,13 @@ class AuditSettings(BaseSettings):
         description="memory for incomplete frames over all connections",
     )
 
+    # -- quarantine: input that cannot be chained (kept encrypted, as evidence) -------------
+    quarantine_max_records_per_min: int = Field(
+        default=600, ge=1, description="per producer (or host without one), per replica"
+    )
+    quarantine_max_bytes_per_min: int = Field(default=4 * 1024 * 1024, ge=1024)
+    quarantine_retention_days: float = Field(default=30.0, gt=0)
+
     # -- authentication (JWT bearer tokens) -------------------------------------------------
     jwt_hs256_secret: str | None = Field(
         default=None, description="development only: HS256 shared secret"

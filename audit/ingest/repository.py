@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -46,6 +47,12 @@ class IngestRepository:
 
     def quarantine(self, record: QuarantinedRecord) -> None:
         self.session.add(record)
+
+    def purge_quarantine(self, before: datetime) -> int:
+        result = self.session.execute(
+            delete(QuarantinedRecord).where(QuarantinedRecord.received_at < before)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def streams_with_pending(self) -> list[str]:
         return list(self.session.scalars(select(PendingRecord.stream_id).distinct()))

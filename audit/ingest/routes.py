@@ -85,6 +85,7 @@ def _parse(body: bytes, content_type: str, max_records: int) -> list[Any]:
     responses={
         202: {"model": IngestResponse, "description": "unknown stream: records quarantined"},
         413: {"description": "too large"},
+        429: {"description": "over the sender's budget for unverifiable input"},
         422: {"description": "bad input; `index` names the record"},
         503: {"description": "event store unavailable: nothing stored, retry"},
     },

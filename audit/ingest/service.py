@@ -33,6 +33,7 @@ from audit.errors import (
     ConflictError,
     FFAuditError,
     ForbiddenError,
+    TooManyRequestsError,
 )
 from audit.ingest.planner import Head, Incoming, Plan, Planner, Result, doc_id
 from audit.ingest.repository import IngestRepository
@@ -43,6 +44,7 @@ from audit.integrity.keys import Verifier
 from audit.metrics import Metrics
 from audit.models import Checkpoint, PendingRecord, QuarantinedRecord
 from audit.producers.schemas import ProducerIdentity
+from audit.secretbox import SecretBox
 from audit.settings import AuditSettings
 from audit.store.protocol import EventStore, StoredEvent
 from audit.streams.repository import StreamRepository
@@ -121,6 +123,10 @@ class IngestService:
         self._streams = StreamService(sessions)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._registrations: dict[str, tuple[str, Verifier]] = {}
+        # Quarantined payloads are kept encrypted: they can hold raw PII (an unsealed event
+        # sent by mistake carries e-mail addresses and paths in clear).
+        self._box: SecretBox | None = None
+        self._budgets: dict[str, _Budget] = {}
 
     async def ingest(
         self,
@@ -151,6 +157,7 @@ class IngestService:
                     tenant=producer.tenant if producer is not None else None,
                     report=report,
                     rule="malformed_record",
+                    producer=producer.name if producer is not None else None,
                 )
                 continue
             by_stream[checked.record[f.STREAM]].append(checked)
@@ -274,6 +281,7 @@ class IngestService:
                 tenant=tenant,
                 report=report,
                 rule="unknown_stream",
+                producer=producer.name if producer is not None else None,
             )
             return
         tenant = registration[0]
@@ -288,6 +296,7 @@ class IngestService:
                 tenant=tenant,
                 report=report,
                 rule="wrong_tenant",
+                producer=producer.name if producer is not None else None,
             )
             items = [i for i in items if i.record[f.TENANT] == tenant]
         if items:
@@ -434,6 +443,12 @@ class IngestService:
             return False
         return True
 
+    def purge_quarantine(self) -> int:
+        """Drop quarantined input older than FFAUDIT_QUARANTINE_RETENTION_DAYS."""
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.quarantine_retention_days)
+        with self._sessions.begin() as session:
+            return IngestRepository(session).purge_quarantine(cutoff)
+
     def _streams_with_pending(self) -> list[str]:
         with self._sessions() as session:
             return IngestRepository(session).streams_with_pending()
@@ -468,16 +483,40 @@ class IngestService:
         tenant: str | None,
         report: IngestReport,
         rule: str,
+        producer: str | None = None,
     ) -> None:
+        """Keep input that cannot be chained, encrypted, attributed to a tenant only when
+        one is known for sure, within the sender's budget (TooManyRequestsError past it)."""
+        payloads = [_payload(obj) for _, obj in items]
+        who = f"producer:{producer}" if producer else f"host:{_host(peer)}"
+        budget = self._budgets.setdefault(
+            who,
+            _Budget(
+                self.settings.quarantine_max_records_per_min,
+                self.settings.quarantine_max_bytes_per_min,
+            ),
+        )
+        if not budget.take(len(payloads), sum(len(p) for p in payloads)):
+            # Junk beyond the budget is refused, not kept: unacknowledged, the sender learns
+            # of it, and nobody can fill the control database with it.
+            self.metrics.rejected.labels("quarantine_budget").inc(len(items))
+            raise TooManyRequestsError(
+                f"{who}: over its budget for unverifiable input "
+                f"({self.settings.quarantine_max_records_per_min} records, "
+                f"{self.settings.quarantine_max_bytes_per_min} bytes a minute)"
+            )
+        if self._box is None:
+            self._box = await asyncio.to_thread(SecretBox.load, self.settings.service_keys_dir)
+        sealed = [self._box.seal_bytes(p) for p in payloads]
         await asyncio.to_thread(
-            self._store_quarantine, items, reason, source, peer, stream, tenant, rule
+            self._store_quarantine, sealed, reason, source, peer, stream, tenant, rule
         )
         report.quarantined += [(index, reason) for index, _ in items]
         self.metrics.rejected.labels(rule).inc(len(items))
 
     def _store_quarantine(
         self,
-        items: list[tuple[int, object]],
+        payloads: list[bytes],
         reason: str,
         source: str,
         peer: str | None,
@@ -487,7 +526,7 @@ class IngestService:
     ) -> None:
         with self._sessions.begin() as session:
             repo = IngestRepository(session)
-            for _, obj in items:
+            for payload in payloads:
                 repo.quarantine(
                     QuarantinedRecord(
                         source=source,
@@ -495,19 +534,40 @@ class IngestService:
                         claimed_stream=stream,
                         claimed_tenant=tenant,
                         reason=reason,
-                        payload=_payload(obj),
+                        payload=payload,
                     )
                 )
             raise_event_alert(
                 session,
                 self.settings,
                 rule=rule,
-                title=f"{len(items)} record(s) quarantined: {reason}",
+                title=f"{len(payloads)} record(s) quarantined: {reason}",
                 tenant_id=tenant,
                 stream_id=stream,
                 group=f"{stream or '-'}:{_host(peer)}",
-                detail={"reason": reason, "source": source, "count": len(items)},
+                detail={"reason": reason, "source": source, "count": len(payloads)},
             )
+
+
+class _Budget:
+    """A token bucket of records and bytes a minute (one per sender, in this replica)."""
+
+    def __init__(self, records: int, size: int) -> None:
+        self.records, self.size = float(records), float(size)
+        self.rate = (records / 60.0, size / 60.0)
+        self.cap = (float(records), float(size))
+        self.at = time.monotonic()
+
+    def take(self, records: int, size: int) -> bool:
+        now = time.monotonic()
+        elapsed, self.at = now - self.at, now
+        self.records = min(self.cap[0], self.records + elapsed * self.rate[0])
+        self.size = min(self.cap[1], self.size + elapsed * self.rate[1])
+        if records > self.records or size > self.size:
+            return False
+        self.records -= records
+        self.size -= size
+        return True
 
 
 def _host(peer: str | None) -> str:
