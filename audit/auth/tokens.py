@@ -114,6 +114,28 @@ def require(principal: Principal, settings: AuditSettings, *roles: Role) -> Prin
     return principal
 
 
+class ReadScope(StrEnum):
+    TENANT = "tenant"  # every record of the tenant
+    OWN = "own"  # only the caller's own records (what the subject role grants)
+
+
+def read_scope(principal: Principal, settings: AuditSettings, *full: Role) -> ReadScope:
+    """What a read route shows `principal`, as a function of its whole role set: the tenant
+    through a role of `full` that grants it (admin only with a second factor); else, through
+    `subject`, the caller's own records; else nothing (ForbiddenError). A role the route does
+    not accept never widens what another role grants."""
+    mfa = bool(principal.amr.intersection(settings.admin_mfa_methods))
+    granting = {r for r in full if principal.has(r) and (r is not Role.ADMIN or mfa)}
+    if granting:
+        return ReadScope.TENANT
+    if principal.has(Role.SUBJECT):
+        return ReadScope.OWN
+    wanted = ", ".join(r.value for r in (*full, Role.SUBJECT))
+    if principal.has(Role.ADMIN) and Role.ADMIN in full:
+        raise ForbiddenError("administrators must sign in with a second factor (amr)")
+    raise ForbiddenError(f"this needs one of the roles: {wanted}")
+
+
 def _asymmetric_algorithms(pem: bytes) -> list[str]:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

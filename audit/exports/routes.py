@@ -80,7 +80,7 @@ async def create_export(
         text=body.q,
         order="asc",
     )
-    query = await asyncio.to_thread(service.build, scope, who, filters)
+    query = await asyncio.to_thread(service.build, scope, None, filters)
     selected: set[tuple[str, int]] = set()
     cursor = None
     while True:

@@ -14,14 +14,24 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from audit.auth.tokens import Principal, Role
+from audit.auth.tokens import Principal, ReadScope, Role, read_scope
 from audit.deps import Caller, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
-_READERS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN, Role.SUBJECT)
+
+
+def _own_only(request: Request, who: Principal | None) -> str | None:
+    """The caller's subject id when it may read only its own records; None for the tenant.
+    (Open mode, no token: the whole tenant.)"""
+    if who is None:
+        return None
+    scope = read_scope(who, request.app.state.settings, *_ANALYSTS)
+    return who.subject if scope is ReadScope.OWN else None
+
+
 _ANALYSTS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN)
 _TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
 NDJSON = "application/x-ndjson"
@@ -165,8 +175,9 @@ async def list_events(
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> EventPageOut:
-    """Events of the caller's tenant, newest first, with stable cursor pagination."""
-    allow(request, who, *_READERS)
+    """Events of the caller's tenant, newest first, with stable cursor pagination (a caller
+    whose only reading role is `subject` sees its own records)."""
+    own = _own_only(request, who)
     scope = tenant_scope(who, tenant)
     filters = Filters(
         actor=actor,
@@ -185,7 +196,7 @@ async def list_events(
     service = _service(request)
     limit = min(limit, request.app.state.settings.max_page_size)
     # build() reads the keyring file and the subject vault: off the event loop.
-    query = await asyncio.to_thread(service.build, scope, who, filters)
+    query = await asyncio.to_thread(service.build, scope, own, filters)
     page = await service.search(query, limit, cursor)
     await _log(
         request,
@@ -209,9 +220,9 @@ async def get_event(
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> EventOut:
     """One event of the caller's tenant (a subject sees only its own)."""
-    allow(request, who, *_READERS)
+    own = _own_only(request, who)
     scope = tenant_scope(who, tenant)
-    event = await _service(request).one(scope, who, event_id)
+    event = await _service(request).one(scope, own, event_id)
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="event", results=1)
     return EventOut(**describe(event))
 
@@ -229,7 +240,7 @@ async def stats(
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
     service = _service(request)
-    query = await asyncio.to_thread(service.build, scope, who, Filters(since=since, until=until))
+    query = await asyncio.to_thread(service.build, scope, None, Filters(since=since, until=until))
     counts = await service.store.stats(query, by=by)
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
     return StatsOut(by=by, counts=counts)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from audit.auth.tokens import Principal, Role
 from audit.errors import NotFoundError
 from audit.integrity.pseudonym import PiiKind
 from audit.integrity.verify import ChainVerifier, Failure, PurgedRange
@@ -82,12 +81,13 @@ class QueryService:
         self.streams = streams
         self.purged = purged
 
-    def build(self, tenant: str, who: Principal | None, filters: Filters) -> EventQuery:
+    def build(self, tenant: str, own_only: str | None, filters: Filters) -> EventQuery:
+        """The store query; `own_only`, a subject id, narrows it to that actor's records."""
         actors: tuple[str, ...] = ()
         if filters.actor is not None:
             actors = self.keyrings.candidates(tenant, PiiKind.USER, filters.actor)
-        if who is not None and who.roles == frozenset({Role.SUBJECT}):
-            own = self.keyrings.candidates(tenant, PiiKind.USER, who.subject)
+        if own_only is not None:
+            own = self.keyrings.candidates(tenant, PiiKind.USER, own_only)
             # A subject asking for someone else gets nothing, not an error that confirms
             # the other person exists.
             actors = tuple(a for a in actors if a in own) if actors else own
@@ -120,15 +120,13 @@ class QueryService:
     async def search(self, query: EventQuery, limit: int, cursor: str | None) -> EventPage:
         return await self.store.search(query, limit=limit, cursor=cursor)
 
-    async def one(self, tenant: str, who: Principal | None, doc_id: str) -> StoredEvent:
+    async def one(self, tenant: str, own_only: str | None, doc_id: str) -> StoredEvent:
         event = await self.store.get(tenant, doc_id)
         if event is None:
             raise NotFoundError(f"no event {doc_id!r}")
-        if who is not None and who.roles == frozenset({Role.SUBJECT}):
+        if own_only is not None:
             # A thread: the keyring file and the subject vault are blocking reads.
-            own = await asyncio.to_thread(
-                self.keyrings.candidates, tenant, PiiKind.USER, who.subject
-            )
+            own = await asyncio.to_thread(self.keyrings.candidates, tenant, PiiKind.USER, own_only)
             if event.record.get("user.hash") not in own:
                 raise NotFoundError(f"no event {doc_id!r}")
         return event
