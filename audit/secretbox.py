@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from audit.errors import KeyMaterialError
-from audit.files import write_private
+from audit.integrity.keys import write_private
 
 KEYS_FILE = "secrets.keys"
 

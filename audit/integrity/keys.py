@@ -217,16 +217,16 @@ def keygen(directory: Path, *, force: bool = False) -> KeySet:
     if existing and not force:
         raise UsageError(f"refusing to overwrite existing key files: {', '.join(existing)}")
     keys = KeySet(Signer.generate(), Keyring.generate())
-    _write(targets[0], keys.signer.pem(), 0o600)
-    _write(targets[1], keys.signer.verifier.pem(), 0o644)
-    _write(targets[2], keys.keyring.dumps(), 0o600)
+    write_private(targets[0], keys.signer.pem(), 0o600)
+    write_private(targets[1], keys.signer.verifier.pem(), 0o644)
+    write_private(targets[2], keys.keyring.dumps(), 0o600)
     return keys
 
 
 def rotate_pseudonym_key(directory: Path) -> Keyring:
     path = directory / PII_KEY
     keyring = Keyring.load(path).rotate()
-    _write(path, keyring.dumps(), 0o600)
+    write_private(path, keyring.dumps(), 0o600)
     return keyring
 
 
@@ -237,9 +237,9 @@ def _read(path: Path) -> bytes:
         raise KeyMaterialError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Write-then-rename so a crash never leaves a half-written key; create with the final
-    # mode so a secret is never readable by others, even briefly.
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write-then-rename so a crash never leaves a half-written key; created with its final
+    mode so a secret is never readable by others, even briefly; the rename is fsynced."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -249,3 +249,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
