@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import random
@@ -748,10 +749,8 @@ async def test_incomplete_frames_share_one_memory_budget(
     head = b"\x93" + msgpack.packb("t") + b"\xdb" + struct.pack(">I", 590 * 1024)  # str32
     clients = [await connect(server.port) for _ in range(4)]
     for client in clients:
-        try:
+        with contextlib.suppress(ConnectionError):
             await client.send_raw(head + b"x" * (400 * 1024))
-        except ConnectionError:
-            pass
     await asyncio.sleep(0.3)
     closed = [await c.closed_by_server(timeout=0.3) for c in clients]
     assert any(closed)
