@@ -9,6 +9,7 @@ are refused. The tenant always comes from the token, never from a request parame
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,12 @@ from jwt import PyJWKSet
 
 from audit.errors import AuthenticationError, ForbiddenError, UsageError
 from audit.settings import AuditSettings
+
+# Tenants name Elasticsearch indices (audit.streams.schemas has the same rule for streams'
+# registrations); a subject is any printable text (no control characters, no surrounding
+# space), as identity providers issue them.
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_SUBJECT = re.compile(r"[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x1f\x7f\s])?")
 
 
 class Role(StrEnum):
@@ -84,16 +91,28 @@ class TokenVerifier:
         raise AuthenticationError(f"invalid token: {last or 'no key verifies it'}")
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
+        """The claims, validated once here: nothing after authentication meets a tenant or
+        subject that could not name an index, a stream or a pseudonym (a 500 otherwise)."""
         tenant = claims.get("tenant")
         if not isinstance(tenant, str) or not tenant:
             raise AuthenticationError("the token names no tenant")
+        if not _TENANT.fullmatch(tenant):
+            raise AuthenticationError(
+                "invalid token: `tenant` must be 1-63 chars of a-z, 0-9, '_' or '-'"
+            )
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject):
+            raise AuthenticationError(
+                "invalid token: `sub` must be a non-empty string of at most 256 printable "
+                "characters"
+            )
         raw_roles = claims.get("roles", [])
         if not isinstance(raw_roles, list):
             raise AuthenticationError("`roles` must be a list")
         roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
         amr = claims.get("amr", [])
         return Principal(
-            subject=str(claims["sub"]),
+            subject=subject,
             tenant=tenant,
             roles=roles,
             amr=frozenset(str(m) for m in amr) if isinstance(amr, list) else frozenset(),

@@ -226,3 +226,29 @@ def test_admin_actions_land_in_the_log_of_the_logs(client: TestClient) -> None:
     assert record["ffaudit.metadata"]["stream"] == "cam-acme"
     assert "root-admin" not in orjson.dumps(record).decode()  # the admin is pseudonymised
     assert len(record["user.hash"]) == 64
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"tenant": "TenantB"},
+        {"tenant": "tenantb "},
+        {"tenant": "tenantb\x00"},
+        {"tenant": "%"},
+        {"tenant": "*"},
+        {"tenant": "a" * 64},
+        {"sub": ""},
+        {"sub": " alice"},
+        {"sub": "alice\n"},
+        {"sub": 42},
+        {"sub": "x" * 257},
+    ],
+)
+def test_malformed_claims_are_401_not_500(client: TestClient, claims: dict[str, Any]) -> None:
+    """Validated once at authentication; the review saw 500s from these tenants wherever the
+    log of the logs (which names a stream after the tenant) was written."""
+    who = bearer(roles=["auditor", "admin"], amr=["otp"], **claims)
+    for path in ("/v1/events", "/v1/retention/checkpoints", "/v1/stats"):
+        answer = client.get(path, headers=who)
+        assert answer.status_code == 401, (path, claims, answer.text)
+        assert answer.json()["error"]["message"].startswith("invalid token")
