@@ -64,3 +64,63 @@ def test_ordinary_requests_pass_through(service: str) -> None:
     admin = bearer(roles=["admin"], amr=["pwd", "otp"])
     created = httpx.post(f"{service}/v1/producers", json=body, headers=admin, timeout=10)
     assert created.status_code == 201
+
+
+def test_files_the_service_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """`ffaudit serve` under umask 000: the control database, its WAL and SHM, the service
+    keys and every directory it makes are the service user's alone."""
+    import os
+    import socket as sockets
+    import stat
+    import subprocess
+    import sys
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "var" / "deep"
+    env = {
+        **os.environ,
+        "FFAUDIT_DATABASE_URL": f"sqlite:///{data}/control.db",
+        "FFAUDIT_SERVICE_KEYS_DIR": str(data / "service-keys"),
+        "FFAUDIT_FORWARD_ENABLED": "false",
+    }
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; os.umask(0); from audit.cli import main; main()",
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.2)
+        # Something that writes: a read of the events lands in the log of the logs (keys).
+        httpx.get(f"http://127.0.0.1:{port}/v1/events", params={"tenant": "acme"}, timeout=10)
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    created = [p for p in (tmp_path / "var").rglob("*")]
+    assert any(p.name == "control.db" for p in created)
+    for path in created:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir():
+            assert mode == 0o700, (path, oct(mode))
+        elif path.suffix == ".pub":
+            assert mode & 0o022 == 0, (path, oct(mode))  # a public key may be read, not written
+        else:
+            assert mode & 0o077 == 0, (path, oct(mode))

@@ -8,6 +8,7 @@ commands need. tests/test_cli_imports.py holds that line.
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -63,5 +64,10 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every ffaudit error becomes its message and exit code."""
+    """Entry point: every ffaudit error becomes its message and exit code.
+
+    Whatever the caller's umask, what ffaudit creates is private (files 0600, directories
+    0700): the control database and its WAL, subject-vault keys, quarantined payloads,
+    archives, exports and keys are nobody else's business on a shared machine."""
+    os.umask(0o077)
     run_cli(cli, "ffaudit", argv, handled=(FFAuditError,), internal_exit=3)

@@ -20,12 +20,18 @@ def migrations_dir() -> Path:
     return _PACKAGED if (_PACKAGED / "env.py").is_file() else _PROJECT_ROOT / "alembic"
 
 
+def _sqlite_directory(url: str) -> None:
+    """SQLite creates its file but not the directory: `var/` on a fresh checkout, say."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_directory(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -56,4 +62,5 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the schema at `url` to `revision` with the project's Alembic migrations."""
+    _sqlite_directory(url)
     command.upgrade(alembic_config(url), revision)
