@@ -194,6 +194,14 @@ class AuditSettings(BaseSettings):
         default=True, description="run the delivery loop in this replica"
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="per HTTP attempt")
+    webhook_allow_http: bool = Field(
+        default=False, description="development only: plain-http webhook destinations"
+    )
+    webhook_allowed_destinations: list[str] = Field(
+        default_factory=list,
+        description="host names, IPs or networks webhooks may reach besides public addresses "
+        "(internal receivers)",
+    )
     webhook_backoff_base_s: float = Field(
         default=5.0, gt=0, description="retry n waits a random time in [0, base * 2^(n-1)]"
     )

@@ -26,6 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit import __version__
 from audit.db.base import utcnow
 from audit.settings import AuditSettings
+from audit.webhooks.destinations import (
+    REFUSED,
+    DestinationPolicy,
+    DestinationRefused,
+    pinned_request,
+)
 from audit.webhooks.repository import Claimed, WebhookRepository
 from audit.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 
@@ -45,6 +51,7 @@ class WebhookDeliverer:
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._policy = DestinationPolicy(settings)
         self._timeout = settings.webhook_timeout_s
         self._base = settings.webhook_backoff_base_s
         self._cap = settings.webhook_backoff_cap_s
@@ -135,14 +142,20 @@ class WebhookDeliverer:
         status: int | None = None
         error: str | None = None
         try:
+            # Checked again at every attempt (DNS may now point elsewhere) and sent to the
+            # very address that passed: nothing reaches an internal service.
+            destination = await asyncio.to_thread(self._policy.check, item.url)
+            url, host, extensions = pinned_request(destination)
             # The whole exchange is bounded (httpx's timeout is per read/write, and a
             # receiver dripping bytes would otherwise hold the slot indefinitely); the
             # response body is never read.
             async with asyncio.timeout(self._timeout):
                 async with self._client.stream(
-                    "POST", item.url, content=body, headers=headers
+                    "POST", url, content=body, headers={**headers, **host}, extensions=extensions
                 ) as response:
                     status = response.status_code
+        except DestinationRefused:
+            error = REFUSED
         except TimeoutError:
             error = f"timed out after {self._timeout:g} s"
         except Exception as exc:  # whatever stopped the send, it is this attempt's failure

@@ -16,6 +16,7 @@ from audit.auth.tokens import Principal, Role
 from audit.deps import Caller, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.webhooks.delivery import WebhookDeliverer
+from audit.webhooks.destinations import DestinationPolicy
 from audit.webhooks.schemas import (
     DeliveryList,
     DeliveryOut,
@@ -62,6 +63,8 @@ async def create_webhook(
     carries the signing secret: it is shown this once and never again."""
     manager = _manager(request, who)
     scope = tenant_scope(manager, tenant)
+    # Resolves the host (a thread): a private or internal destination is refused with 422.
+    await asyncio.to_thread(DestinationPolicy(request.app.state.settings).check, body.url)
     created = await asyncio.to_thread(_service(request).create, scope, body)
     await _log(
         request,

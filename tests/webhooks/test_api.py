@@ -66,6 +66,9 @@ def service_settings(tmp_path: Path, url: str, **overrides: Any) -> AuditSetting
         "webhook_backoff_cap_s": 0.2,
         "webhook_max_attempts": 100,
         "webhook_timeout_s": 5.0,
+        # The test receivers listen on loopback over plain http: allowed explicitly.
+        "webhook_allow_http": True,
+        "webhook_allowed_destinations": ["127.0.0.1"],
     }
     return AuditSettings(**(values | overrides))
 

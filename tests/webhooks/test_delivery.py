@@ -36,6 +36,9 @@ def settings(url: str, **overrides: Any) -> AuditSettings:
         "webhook_backoff_cap_s": CAP,
         "webhook_max_attempts": 3,
         "webhook_timeout_s": 5.0,
+        # The test receivers listen on loopback over plain http: allowed explicitly.
+        "webhook_allow_http": True,
+        "webhook_allowed_destinations": ["127.0.0.1"],
     }
     return AuditSettings(**(values | overrides))
 
