@@ -105,7 +105,8 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 "trusted (development on loopback only)"
             )
 
-        producers = ProducerService(sessions, SecretBox.load(settings.service_keys_dir))
+        secrets = SecretBox.load(settings.service_keys_dir)
+        producers = ProducerService(sessions, secrets)
         app.state.producers = producers
 
         async def credentials(username: str) -> tuple[str, ProducerIdentity] | None:
@@ -147,7 +148,10 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.alert_scheduler = AlertScheduler(settings, sessions, store)
         if settings.alert_evaluation_enabled:
             loops.append(asyncio.create_task(app.state.alert_scheduler.run()))
-        app.state.webhooks = WebhookService(sessions)
+        app.state.webhooks = WebhookService(sessions, secrets)
+        sealed = await asyncio.to_thread(app.state.webhooks.seal_legacy_secrets)
+        if sealed:
+            log.warning("encrypted %d webhook secret(s) that were stored in clear", sealed)
         app.state.webhook_delivery = None
         if settings.webhook_delivery_enabled:
             app.state.webhook_delivery = WebhookDeliverer(settings, sessions)

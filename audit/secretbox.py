@@ -64,6 +64,11 @@ class SecretBox:
         return self._box.rotate(token.encode("ascii")).decode("ascii")
 
 
+def is_sealed(value: str) -> bool:
+    """Whether `value` is a Fernet token (version byte 0x80, base64 "gAAAAA…")."""
+    return value.startswith("gAAAAA")
+
+
 def rotate_keys(directory: Path) -> None:
     """Put a new key first; the old ones still decrypt until every token is rotated."""
     path = directory / KEYS_FILE

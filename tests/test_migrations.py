@@ -61,3 +61,23 @@ def test_0006_keeps_the_newest_of_duplicate_open_alerts_open(empty_url: str) -> 
         (3, "b", "open", False),
         (4, "a", "open", False),
     ]
+
+
+def test_sqlite_overwrites_what_it_deletes(tmp_path: Path) -> None:
+    """Crypto-shredding and secret rotation mean nothing if the old bytes stay in the file's
+    free pages: the control database runs with secure_delete."""
+    from sqlalchemy import text
+
+    from audit.db.session import make_engine
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    upgrade(url)
+    marker = "subject-secret-" + "5e" * 24
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (v TEXT)"))
+        conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": marker})
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM t"))
+    engine.dispose()
+    assert marker.encode() not in (tmp_path / "c.db").read_bytes()

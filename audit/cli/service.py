@@ -84,18 +84,23 @@ def db() -> None:
 @db.command("rotate-secrets")
 def db_rotate_secrets() -> None:
     """Put a new key first in <service_keys_dir>/secrets.keys and re-encrypt every stored
-    secret under it (running services pick the new key up by themselves)."""
+    secret under it: producer passwords, webhook signing secrets (running services pick the
+    new key up by themselves)."""
     from audit.db.session import make_engine, session_factory
     from audit.producers.service import ProducerService
     from audit.secretbox import SecretBox, rotate_keys
+    from audit.webhooks.service import WebhookService
 
     settings = AuditSettings()
     rotate_keys(settings.service_keys_dir)
-    service = ProducerService(
-        session_factory(make_engine(settings.database_url)),
-        SecretBox.load(settings.service_keys_dir),
+    sessions = session_factory(make_engine(settings.database_url))
+    box = SecretBox.load(settings.service_keys_dir)
+    producers = ProducerService(sessions, box).reencrypt()
+    webhooks = WebhookService(sessions, box).reencrypt()
+    click.echo(
+        f"re-encrypted {producers} producer password(s) and {webhooks} webhook secret(s) "
+        "under the new key"
     )
-    click.echo(f"re-encrypted {service.reencrypt()} producer password(s) under the new key")
 
 
 @db.command("upgrade")

@@ -42,6 +42,10 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Deleted or rewritten content is overwritten, not left in free pages: erased
+            # subject keys (crypto-shredding), secrets re-encrypted under a new key and
+            # expired quarantine must not survive in the file.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine

@@ -20,8 +20,9 @@ class Webhook(Base):
     url: Mapped[str] = mapped_column(Text)
     min_severity: Mapped[str] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(Text, default="")
-    # Kept in clear: signing needs the secret itself (a hash of it could not sign).
-    secret: Mapped[str] = mapped_column(String(128))
+    # Signing needs the secret itself (a hash of it could not sign): kept as a Fernet token
+    # under the service's secret key (audit.secretbox), decrypted only to sign a delivery.
+    secret: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 

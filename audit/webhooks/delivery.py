@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit import __version__
 from audit.db.base import utcnow
+from audit.secretbox import SecretBox
 from audit.settings import AuditSettings
 from audit.webhooks.destinations import (
     REFUSED,
@@ -52,6 +53,7 @@ class WebhookDeliverer:
     ) -> None:
         self._sessions = sessions
         self._policy = DestinationPolicy(settings)
+        self._box = SecretBox.load(settings.service_keys_dir)
         self._timeout = settings.webhook_timeout_s
         self._base = settings.webhook_backoff_base_s
         self._cap = settings.webhook_backoff_cap_s
@@ -137,7 +139,7 @@ class WebhookDeliverer:
             "content-type": "application/json",
             "user-agent": f"ffaudit-webhooks/{__version__}",
             EVENT_ID_HEADER: item.event_id,
-            SIGNATURE_HEADER: sign(item.secret, body, int(self._wallclock())),
+            SIGNATURE_HEADER: sign(self._box.open(item.secret), body, int(self._wallclock())),
         }
         status: int | None = None
         error: str | None = None

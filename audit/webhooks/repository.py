@@ -44,6 +44,9 @@ class WebhookRepository:
             )
         ).first()
 
+    def all(self) -> list[Webhook]:
+        return list(self.session.scalars(select(Webhook).order_by(Webhook.id)))
+
     def for_tenant(self, tenant_id: str) -> list[Webhook]:
         return list(
             self.session.scalars(

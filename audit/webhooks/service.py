@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit.db.base import utcnow
 from audit.errors import NotFoundError
 from audit.models import Alert, Webhook, WebhookDelivery
+from audit.secretbox import SecretBox, is_sealed
 from audit.webhooks.repository import WebhookRepository
 from audit.webhooks.schemas import (
     SEVERITY_RANK,
@@ -106,22 +107,42 @@ class WebhookService:
     """Tenants' webhook endpoints and their delivery logs (synchronous: routes call it in a
     worker thread)."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], box: SecretBox) -> None:
         self._sessions = sessions
+        self._box = box
 
     def create(self, tenant_id: str, request: WebhookCreate) -> WebhookCreated:
+        """The answer carries the signing secret in clear, this once; the database keeps it
+        encrypted."""
+        secret = new_secret()
         webhook = Webhook(
             id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             url=request.url,
             min_severity=request.min_severity,
             description=request.description,
-            secret=new_secret(),
+            secret=self._box.seal(secret),
             created_at=utcnow(),
         )
         with self._sessions.begin() as session:
             WebhookRepository(session).add(webhook)
-        return WebhookCreated(**_out(webhook).model_dump(), secret=webhook.secret)
+        return WebhookCreated(**_out(webhook).model_dump(), secret=secret)
+
+    def reencrypt(self) -> int:
+        """Every stored secret under the box's first key (after a key rotation)."""
+        with self._sessions.begin() as session:
+            webhooks = WebhookRepository(session).all()
+            for webhook in webhooks:
+                webhook.secret = self._box.rotate(webhook.secret)
+            return len(webhooks)
+
+    def seal_legacy_secrets(self) -> int:
+        """Encrypt secrets stored in clear before revision 0009; returns how many."""
+        with self._sessions.begin() as session:
+            legacy = [w for w in WebhookRepository(session).all() if not is_sealed(w.secret)]
+            for webhook in legacy:
+                webhook.secret = self._box.seal(webhook.secret)
+            return len(legacy)
 
     def list(self, tenant_id: str) -> WebhookList:
         with self._sessions() as session:

@@ -22,6 +22,8 @@ from audit.alerts.repository import AlertRepository
 from audit.db.session import make_engine, session_factory, upgrade
 from audit.errors import WebhookSignatureError
 from audit.models import Alert, Webhook, WebhookDelivery
+from audit.secretbox import SecretBox
+from audit.settings import AuditSettings
 from audit.webhooks.schemas import Severity, WebhookCreate
 from audit.webhooks.service import WebhookService
 from audit.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
@@ -144,13 +146,19 @@ def sessions_for(url: str) -> sessionmaker[Session]:
 def add_webhook(
     sessions: sessionmaker[Session], tenant_id: str, url: str, min_severity: Severity = "low"
 ) -> Webhook:
-    created = WebhookService(sessions).create(
+    box = SecretBox.load(AuditSettings().service_keys_dir)  # the deliverers' default too
+    created = WebhookService(sessions, box).create(
         tenant_id, WebhookCreate(url=url, min_severity=min_severity)
     )
     with sessions() as session:
         webhook = session.get(Webhook, created.id)
         assert webhook is not None
-        return webhook
+        assert webhook.secret != created.secret  # stored encrypted
+        assert box.open(webhook.secret) == created.secret
+    # Detached from its session: this sets the clear secret on the test's copy only, for
+    # receivers that verify signatures with it.
+    webhook.secret = created.secret
+    return webhook
 
 
 def open_alert(

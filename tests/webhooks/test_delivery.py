@@ -12,6 +12,7 @@ import pytest
 
 from audit.db.base import utcnow
 from audit.models import WebhookDelivery
+from audit.secretbox import SecretBox
 from audit.settings import AuditSettings
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.service import WebhookService
@@ -211,7 +212,8 @@ async def test_a_deleted_webhook_gets_nothing_more(sqlite_url: str, receiver: Re
     t = tenant()
     webhook = add_webhook(sessions, t, receiver.url)
     open_alert(sessions, t)
-    assert WebhookService(sessions).delete(t, webhook.id) == 1
+    box = SecretBox.load(settings(sqlite_url).service_keys_dir)
+    assert WebhookService(sessions, box).delete(t, webhook.id) == 1
     assert open_alert(sessions, t)[1] == 0
     deliverer = WebhookDeliverer(settings(sqlite_url), sessions)
     try:

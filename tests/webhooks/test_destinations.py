@@ -85,3 +85,52 @@ async def test_every_delivery_checks_the_destination_again(
     [row] = deliveries(sessions, webhook.id)
     assert row.last_error == REFUSED
     assert row.last_status_code is None
+
+
+def test_signing_secrets_are_encrypted_at_rest_and_legacy_ones_sealed_at_start(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    from audit.db.base import utcnow
+    from audit.db.session import make_engine, session_factory
+    from audit.models import Webhook
+    from audit.secretbox import SecretBox
+
+    engine = make_engine(sqlite_url)
+    sessions = session_factory(engine)
+    t = tenant()
+    legacy = "whsec_" + "ab" * 32
+    with sessions.begin() as session:  # as written before revision 0009: in clear
+        session.add(
+            Webhook(
+                id="c" * 32,
+                tenant_id=t,
+                url="https://198.51.100.10/hook",
+                min_severity="low",
+                description="",
+                secret=legacy,
+                created_at=utcnow(),
+            )
+        )
+    config = service_settings(
+        tmp_path,
+        sqlite_url,
+        webhook_delivery_enabled=False,
+        webhook_allowed_destinations=["198.51.100.0/24"],  # documentation range: not public
+    )
+    with TestClient(create_app(config)) as client:
+        created = client.post(
+            "/v1/webhooks",
+            json={"url": "https://198.51.100.20/hook"},
+            headers=token(t, "security"),
+        ).json()
+    engine.dispose()  # the last connection closes: SQLite checkpoints and drops its WAL
+    database = (tmp_path / "control.db").read_bytes()
+    wal = tmp_path / "control.db-wal"
+    database += wal.read_bytes() if wal.exists() else b""
+    assert created["secret"].encode() not in database
+    assert legacy.encode() not in database
+    box = SecretBox.load(config.service_keys_dir, create=False)
+    with sessions() as session:
+        stored = {w.id: w.secret for w in session.query(Webhook).all()}
+    assert box.open(stored["c" * 32]) == legacy
+    assert box.open(stored[created["id"]]) == created["secret"]
