@@ -60,12 +60,20 @@ def _refuse(value: object) -> NoReturn:
     raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
+# The deepest nesting of objects and arrays a record may have, the record itself being level
+# 1 (docs/record-spec.md §2). Every path goes through canonicalize (sealing, both ingest
+# paths, every verifier), so this is the one limit; deeper values broke the readers (a
+# serializer's own recursion limit) long after they had been accepted.
+MAX_DEPTH = 64
+
+
 def canonicalize(value: Any) -> bytes:
     """Return the RFC 8785 canonical bytes of `value` (JSON data model types only).
 
-    Raises CanonicalizationError for values JCS cannot represent exactly.
+    Raises CanonicalizationError for values JCS cannot represent exactly, and for values
+    nested deeper than MAX_DEPTH.
     """
-    if _hazardous(value):
+    if _hazardous(value, 1):
         return canonicalize_reference(value)
     try:
         out = orjson.dumps(value, default=_refuse, option=_OPTIONS)
@@ -82,8 +90,24 @@ def _float_hazard(x: float) -> bool:
     return x.is_integer() or not (1e-5 <= abs(x) < _EXACT_INT or abs(x) < 1e-6)
 
 
-def _hazardous(value: Any) -> bool:
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests objects and arrays deeper than `limit` levels."""
+    level, current = 1, [value]
+    while current:
+        containers = [v for v in current if type(v) is dict or type(v) is list]
+        if not containers:
+            return False
+        if level > limit:
+            return True
+        current = [item for c in containers for item in (c.values() if type(c) is dict else c)]
+        level += 1
+    return False
+
+
+def _hazardous(value: Any, depth: int) -> bool:
     # Hot: one loop per container, recursion only for nested containers.
+    if depth > MAX_DEPTH:
+        raise CanonicalizationError(f"the value nests deeper than {MAX_DEPTH} levels")
     t = type(value)
     if t is dict:
         items = value.values()
@@ -103,7 +127,7 @@ def _hazardous(value: Any) -> bool:
             if _float_hazard(item):
                 return True
         elif t is dict or t is list:
-            if _hazardous(item):
+            if _hazardous(item, depth + 1):
                 return True
         else:
             return True

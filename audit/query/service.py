@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from audit.errors import NotFoundError
+from audit.integrity.canonical import MAX_DEPTH, too_deep
 from audit.integrity.pseudonym import PiiKind
 from audit.integrity.verify import ChainVerifier, Failure, PurgedRange
 from audit.query.keyrings import TenantKeyrings
@@ -186,12 +187,21 @@ class QueryService:
         )
 
 
+UNRENDERABLE = "ffaudit.unrenderable"
+
+
 def describe(event: StoredEvent) -> dict[str, Any]:
+    record = event.record
+    if too_deep(record):
+        # Stored before the depth limit: shown with a marker instead of failing the whole
+        # page (the record is unchanged in the store, and its hash still verifies there).
+        record = {k: v for k, v in record.items() if type(v) is not dict and type(v) is not list}
+        record[UNRENDERABLE] = f"the record nests deeper than {MAX_DEPTH} levels: not shown"
     return {
         "id": event.doc_id,
         "stream": event.stream,
         "sequence": event.sequence,
         "verdict": event.verdict,
         "failure": event.failure,
-        "record": event.record,
+        "record": record,
     }
