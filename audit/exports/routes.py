@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -17,6 +17,7 @@ from audit.deps import Caller, allow, tenant_scope
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
 from audit.integrity.events import EventAction, Outcome
+from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
@@ -42,6 +43,28 @@ class ExportRequest(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     q: str | None = Field(default=None, max_length=200)
+
+
+def manifest_query(
+    export_id: str, body: ExportRequest, actor_hashes: tuple[str, ...]
+) -> dict[str, Any]:
+    """The manifest's `query` (spec §10.2): the filters with their values as the service
+    applied them, the raw actor id replaced by its pseudonyms (under every key of the
+    tenant): a bundle leaves the service, and a raw id in it would outlive an erasure."""
+    filters: dict[str, Any] = {}
+    if body.actor is not None:
+        filters["actor_hashes"] = sorted(actor_hashes)
+    for name in ("action", "outcome", "job", "stream"):
+        values = getattr(body, name)
+        if values:
+            filters[name] = [str(v) for v in values]
+    for name in ("since", "until"):
+        value = getattr(body, name)
+        if value is not None:
+            filters[name] = format_timestamp(value if value.tzinfo else value.replace(tzinfo=UTC))
+    if body.q is not None:
+        filters["q"] = body.q  # searched over non-PII fields only
+    return {"export_id": export_id, "filters": filters, "order": "asc"}
 
 
 class ExportOut(BaseModel):
@@ -117,7 +140,7 @@ async def create_export(
         records,
         selected,
         keys,
-        {"filters": filters.names(), "export_id": export_id},
+        manifest_query(export_id, body, query.actor_hashes),
         servicelog.keys.signer,
         tenant=scope,
     )

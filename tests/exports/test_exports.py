@@ -828,3 +828,32 @@ def test_refuses_what_it_cannot_vouch_for(
             tmp_path / "out", records, selected, world.public_keys, {}, world.service, tenant=tenant
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_states_the_filters_with_pseudonyms_never_the_raw_actor(
+    tmp_path: Path,
+) -> None:
+    """Spec §10.2: `query` holds the filters as applied, the raw actor id replaced by its
+    pseudonyms: a bundle leaves the service and must not carry the raw id past an erasure."""
+    from audit.exports.routes import ExportRequest, manifest_query
+
+    body = ExportRequest.model_validate(
+        {
+            "actor": "alice@example.com",
+            "action": ["job.completed"],
+            "since": "2026-11-01T00:00:00",
+            "q": "no face",
+        }
+    )
+    query = manifest_query("e1", body, ("b" * 64, "a" * 64))
+    assert query == {
+        "export_id": "e1",
+        "filters": {
+            "actor_hashes": ["a" * 64, "b" * 64],
+            "action": ["job.completed"],
+            "since": "2026-11-01T00:00:00.000000Z",
+            "q": "no face",
+        },
+        "order": "asc",
+    }
+    assert "alice" not in str(query)
