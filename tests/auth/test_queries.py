@@ -475,3 +475,32 @@ def test_every_role_combination_reads_exactly_what_its_roles_grant(env: Env) -> 
                 else:
                     assert len(actors) == 1, case  # bob's own
                     assert one.status_code == 404, case  # alice's record does not exist for bob
+
+
+# Every other read route: the roles it accepts (admin only with a second factor).
+READ_ROUTES = [
+    ("/v1/stats", {"auditor", "security", "admin"}),
+    ("/v1/jobs/job-0", {"engineer", "auditor", "security", "admin"}),
+    ("/v1/alerts", {"auditor", "security", "admin"}),
+    ("/v1/retention/checkpoints", {"auditor", "security", "admin"}),
+]
+
+
+def test_every_read_route_grants_exactly_what_the_role_set_grants(env: Env) -> None:
+    import itertools
+
+    client, _, _ = env
+    for path, accepted in READ_ROUTES:
+        for size in range(len(ROLES) + 1):
+            for combo in itertools.combinations(ROLES, size):
+                for mfa in (False, True):
+                    roles = set(combo)
+                    granted = bool(roles & (accepted - {"admin"})) or (
+                        "admin" in roles & accepted and mfa
+                    )
+                    who = bearer(
+                        sub="bob", roles=sorted(roles), amr=["pwd", "otp"] if mfa else ["pwd"]
+                    )
+                    status = client.get(path, headers=who).status_code
+                    case = f"{path} {sorted(roles)} mfa={mfa}"
+                    assert status == (200 if granted else 403), case
