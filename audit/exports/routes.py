@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -19,6 +19,7 @@ from audit.exports.bundle import write_export
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
+from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 ExportFile = Literal[
@@ -40,8 +41,8 @@ class ExportRequest(BaseModel):
     outcome: list[Outcome] = Field(default_factory=list)
     job: list[str] = Field(default_factory=list)
     stream: list[str] = Field(default_factory=list)
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
     q: str | None = Field(default=None, max_length=200)
 
 

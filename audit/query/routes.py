@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -19,6 +18,7 @@ from audit.deps import Caller, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
+from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
 
@@ -66,8 +66,8 @@ class JobTimeline(BaseModel):
 
 class VerifyRequest(BaseModel):
     stream: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
 
     @model_validator(mode="after")
     def _one_scope(self) -> VerifyRequest:
@@ -167,8 +167,8 @@ async def list_events(
     job: Annotated[list[str] | None, Query(max_length=20)] = None,
     stream: Annotated[list[str] | None, Query(max_length=20)] = None,
     verdict: Annotated[list[Literal["ok", "pending", "broken"]] | None, Query()] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     q: Annotated[str | None, Query(max_length=200, description="free text, non-PII")] = None,
     order: Literal["asc", "desc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
@@ -232,8 +232,8 @@ async def stats(
     request: Request,
     who: Caller,
     by: Literal["action", "outcome", "actor", "day", "verdict"] = "action",
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> StatsOut:
     """Counts by action, outcome, actor (pseudonym), day or verdict over a time range."""

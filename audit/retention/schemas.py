@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from audit.retention.classes import ActionClass
 
@@ -100,7 +100,8 @@ class HoldOut(BaseModel):
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dry_run: bool = False
+    # Strict: `{"dry_run": 0}` read as false would start a real, destructive run.
+    dry_run: StrictBool = False
 
 
 class DayOut(BaseModel):
