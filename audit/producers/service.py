@@ -98,14 +98,22 @@ class ProducerService:
                 row.secret = self._box.rotate(row.secret)
             return len(rows)
 
+    def known_active(self, producer_id: str) -> bool | None:
+        """The answer of `active` while it is fresh (no I/O: fit for the event loop), else
+        None."""
+        with self._lock:
+            cached = self._checked.get(producer_id)
+        if cached is not None and time.monotonic() - cached[0] < self._recheck_s:
+            return cached[1]
+        return None
+
     def active(self, producer_id: str) -> bool:
         """Whether the producer is still active, read again at most every `recheck_s`: an
         open connection of a revoked producer is closed within that time."""
+        known = self.known_active(producer_id)
+        if known is not None:
+            return known
         now = time.monotonic()
-        with self._lock:
-            cached = self._checked.get(producer_id)
-        if cached is not None and now - cached[0] < self._recheck_s:
-            return cached[1]
         with self._sessions() as session:
             row = ProducerRepository(session).by_id(producer_id)
             active = row is not None and row.revoked_at is None
