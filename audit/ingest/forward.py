@@ -653,6 +653,9 @@ class ForwardServer:
                         self.stats.handshake_failures += 1
                     raise _decode_error(exc) from exc
                 size, boundary = unpacker.tell() - boundary, unpacker.tell()
+                # The deadline is per frame: the bytes after this one start the next clock
+                # (a client streaming frames back to back always has one incomplete).
+                frame_started = 0.0
                 if handshake is not None:
                     peer = await self._pingpong(handshake, frame, peer, writer)
                     handshake = None

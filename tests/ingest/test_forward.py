@@ -757,3 +757,25 @@ async def test_incomplete_frames_share_one_memory_budget(
     assert not all(closed)
     assert server.stats.rejected_frames["memory_budget"] >= 1
     assert server._buffered <= budget + 256 * 1024  # one read's worth of slack
+
+
+async def test_a_client_that_streams_frames_back_to_back_is_not_cut(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """The frame deadline is per frame: a busy client whose every write ends inside the next
+    frame (so some frame is always incomplete) keeps its connection past the deadline."""
+    sink = Sink()
+    server = await make_server(sink, forward_frame_timeout_s=0.4)
+    client = await connect(server.port)
+    frames = [msgpack.packb(["t", T, rec(i), {"chunk": f"c{i}"}]) for i in range(12)]
+    stream = b"".join(frames)
+    cuts = [sum(len(f) for f in frames[: i + 1]) + len(frames[i + 1]) // 2 for i in range(11)]
+    sent = 0
+    for cut in [*cuts, len(stream)]:  # ~1.2 s in all, never at a frame boundary
+        await client.send_raw(stream[sent:cut])
+        sent = cut
+        await asyncio.sleep(0.1)
+    for i in range(12):
+        assert await client.read_ack() == f"c{i}"
+    assert server.stats.rejected_frames["frame_timeout"] == 0
+    assert len(sink.entries) == 12
