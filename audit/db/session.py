@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -28,18 +30,45 @@ def _sqlite_directory(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+_SQLITE_BUSY_S = 30.0
+
+
+def _wal(connection: sqlite3.Connection, budget_s: float = _SQLITE_BUSY_S) -> None:
+    """Put the database in WAL mode (persistent: stored in the file), lets readers run beside
+    the one writer.
+
+    Only a database still in rollback mode is switched: the switch needs the file to itself
+    and SQLite answers "database is locked" at once, without its busy handler, when another
+    connection is writing. Eight engines opening a freshly migrated file together made one
+    of them fail that way; so the mode is read first (no lock), and a switch that meets a
+    writer is retried within the same budget as the busy timeout."""
+    deadline = time.monotonic() + budget_s
+    while True:
+        # A fresh connection reports the mode only once it has read the header.
+        connection.execute("PRAGMA schema_version").fetchall()
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return
+        try:
+            connection.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         _sqlite_directory(url)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_S})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            # WAL lets readers run beside the one writer; FULL sync makes a commit durable
-            # before the service acknowledges the records it covers.
+            _wal(dbapi_connection)
+            # FULL sync makes a commit durable before the service acknowledges the records
+            # it covers.
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             # Deleted or rewritten content is overwritten, not left in free pages: erased
@@ -68,3 +97,12 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Bring the schema at `url` to `revision` with the project's Alembic migrations."""
     _sqlite_directory(url)
     command.upgrade(alembic_config(url), revision)
+    if make_url(url).get_backend_name() == "sqlite":
+        # Switch to WAL here, while nothing else has the file open, not in the first
+        # burst of connections after it.
+        engine = make_engine(url)
+        try:
+            with engine.connect():
+                pass  # the connect hook switches it
+        finally:
+            engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -11,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, hmac
 from sqlalchemy import create_engine, inspect, text
 
+from audit.db.session import make_engine, upgrade
 from audit.errors import InvalidInputError, SubjectVaultUnavailableError
 from audit.integrity.keys import Keyring
 from audit.integrity.pseudonym import SUBJECT_KINDS, PiiKind, Pseudonymizer
@@ -225,3 +227,29 @@ def test_ttl_cache_is_bounded_and_goes_stale() -> None:
     assert (hit.value, hit.fresh) == (1, False)
     with pytest.raises(ValueError, match="positive"):
         TtlCache(0, 1.0)
+
+
+def test_a_connection_opening_beside_a_writer_waits_instead_of_failing(tmp_path: Path) -> None:
+    # Switching to WAL meets "database is locked" at once (no busy handler) while another
+    # connection writes: eight engines opening a freshly migrated file together failed
+    # that way. The migrated file is already in WAL mode, and a file that is not yet
+    # waits for the writer.
+    url = f"sqlite:///{tmp_path}/vault.db"
+    upgrade(url)
+    assert (tmp_path / "vault.db").read_bytes()[18:20] == b"\x02\x02"  # WAL, in the header
+    raw = f"sqlite:///{tmp_path}/plain.db"
+    writer = sqlite3.connect(tmp_path / "plain.db", isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (a INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    released = threading.Timer(0.3, writer.execute, ("COMMIT",))
+    released.start()
+    engine = make_engine(raw)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
+    finally:
+        released.join()
+        engine.dispose()
+        writer.close()
