@@ -114,6 +114,12 @@ class AuditSettings(BaseSettings):
     gap_timeout_s: float = Field(
         default=60.0, gt=0, description="a gap still open after this long is flagged"
     )
+    arbitration_max_records: int = Field(
+        default=200_000,
+        ge=1,
+        description="stored records after a stream's last verified checkpoint that ingest "
+        "reads to settle competing histories (beyond: left to verification)",
+    )
 
     # -- producers (seal) ------------------------------------------------------------------
     checkpoint_every: int = Field(default=1000, ge=2, description="records per checkpoint")

@@ -52,6 +52,12 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {
             "a record or checkpoint fails verification (modified, broken link, bad signature)",
         ),
         BuiltinRule("fork", Severity.CRITICAL, "ingest", "two records claim one sequence"),
+        BuiltinRule(
+            "chain_attack",
+            Severity.CRITICAL,
+            "ingest",
+            "a signed checkpoint proves records of a stream forged (kept aside as evidence)",
+        ),
         BuiltinRule("sequence_gap", Severity.HIGH, "ingest", "records of a stream never arrived"),
         BuiltinRule("unknown_stream", Severity.HIGH, "ingest", "records of an unregistered stream"),
         BuiltinRule(

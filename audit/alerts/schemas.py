@@ -14,7 +14,7 @@ from audit.store.query import GroupField, query_words
 
 State = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["critical", "high", "medium", "low"]
-Verdict = Literal["ok", "pending", "broken"]
+Verdict = Literal["ok", "pending", "broken", "rejected"]
 _WEEK = 7 * 24 * 3600
 
 

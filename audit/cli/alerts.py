@@ -22,7 +22,7 @@ _TOKEN = token_option()
 _TENANT = tenant_option()
 _STATES = ("open", "acknowledged", "resolved")
 _SEVERITIES = ("critical", "high", "medium", "low")
-_VERDICTS = ("ok", "pending", "broken")
+_VERDICTS = ("ok", "pending", "broken", "rejected")
 
 
 def _alert_table(alerts: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from audit.exports.bundle import write_export
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
+from audit.store.protocol import Verdict
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
@@ -109,8 +110,9 @@ async def create_export(
     cursor = None
     while True:
         page = await service.search(query, _PAGE, cursor)
+        # Evidence kept aside at ingest is not part of any chain: never exported as one.
         selected.update(
-            (e.stream, e.sequence) for e in page.events if e.doc_id == f"{e.stream}:{e.sequence}"
+            (e.stream, e.sequence) for e in page.events if e.verdict != Verdict.REJECTED
         )
         if len(selected) > settings.max_export_records:
             raise _TooLarge(f"more than {settings.max_export_records} records: narrow the query")
@@ -123,9 +125,13 @@ async def create_export(
         wanted = sorted(seq for s, seq in selected if s == stream)
         service.streams.read(stream, tenant_id=scope)  # 404 unless the caller's tenant's
         keys[stream] = service.streams.verifier(stream).pem().decode()
+        placed: set[int] = set()
         async for event in service.store.scan(scope, stream, start=wanted[0]):
-            if event.doc_id != f"{stream}:{event.sequence}":
+            if event.verdict == Verdict.REJECTED or event.sequence in placed:
+                # Evidence, or an unsettled fork's second record (the scan gives the
+                # sequence's plain name first): the bundle vouches for one chain.
                 continue
+            placed.add(event.sequence)
             records.append(event.record)
             # The range ends at the first checkpoint at or after the last selected record,
             # so that a producer signature covers it.

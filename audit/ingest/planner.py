@@ -2,32 +2,54 @@
 
 Pure: no I/O. The service loads the head, the stream's pending (early) records and the
 stored hashes of sequences the batch repeats, and afterwards writes what the plan says.
-The rules are those of `ffaudit verify` (docs/record-spec.md §7) applied incrementally:
+The rules are those of `ffaudit verify` (docs/record-spec.md §7) applied incrementally,
+with one more: a record that fails verification never takes a place in the chain.
 
-* next sequence, linking to the head: **ok**; not linking: **broken** (`broken_link`);
-* content not matching its event.hash: **broken** (`modified`) — still stored and placed;
+* next sequence, linking to the head: **ok**;
+* not linking to the head, content not matching its event.hash, or a checkpoint whose
+  signature fails: **rejected** — stored aside as evidence, alerted, and its sequence stays
+  open for the genuine record (otherwise anyone who can write the stream could occupy a
+  sequence with junk and make the producer's own record the "fork");
 * a sequence already accepted with the same hash: **duplicate** (idempotent, not rewritten);
-  with another hash: a **fork** — both records kept and flagged;
+  with another hash: a **fork** — both kept and flagged, unless the sequence is already
+  covered by a verified checkpoint, then the newcomer is **rejected** (`forged`);
 * ahead of the head: **pending** until the gap fills; a gap still open after the reorder
   window or the gap timeout is flagged (`gap`) and the chain continues after it;
 * checkpoints: the signature is checked against the stream's registered key on arrival.
+
+Records carry no signature of their own, so a well-formed forgery (content hashed, linked
+to the head) is indistinguishable from the genuine record until a signed checkpoint covers
+one of the two. Everything after `signed_through` is therefore provisional. When histories
+compete (`contested_from`), a verified checkpoint settles them: walking back from it by
+hash finds the records it commits to; those are the chain (ok), every other record at
+those sequences is rejected as `forged` and a `chain_attack` alert names them. The walk may
+need stored records the batch does not carry: the planner then asks for them
+(`Plan.needs_region`) and the service plans again with the stream's provisional region.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from audit.errors import CanonicalizationError
 from audit.integrity import record as f
-from audit.integrity.chain import checkpoint_message
+from audit.integrity.chain import checkpoint_message, record_hash
 from audit.integrity.keys import Verifier
 from audit.models import Checkpoint, PendingRecord
-from audit.store.protocol import StoredEvent
+from audit.store.protocol import StoredEvent, Verdict
 
-OK, DUPLICATE, PENDING, BROKEN = "ok", "duplicate", "pending", "broken"
+OK, DUPLICATE, PENDING, BROKEN, REJECTED = (
+    Verdict.OK,
+    Verdict.DUPLICATE,
+    Verdict.PENDING,
+    Verdict.BROKEN,
+    Verdict.REJECTED,
+)
+FORGED = "forged"
 
 
 @dataclass(slots=True)
@@ -40,6 +62,16 @@ class Incoming:
     timestamp: datetime
     checkpoint: bool
     content_ok: bool  # the record hashes to its own event.hash (computed once, on arrival)
+    content_hash: str = ""  # what it hashes to (event_hash when content_ok)
+    # Where it already lies in the store (a record adopted from another replica's
+    # unfinished write): planned again, but never stored a second time.
+    stored_as: str | None = None
+
+    @property
+    def evidence_id_hash(self) -> str:
+        """The hash naming it as evidence: its content's, so that an edited copy that keeps
+        the genuine event.hash never takes the genuine record's name."""
+        return self.event_hash if self.content_ok else (self.content_hash or self.event_hash)
 
 
 @dataclass(slots=True)
@@ -58,6 +90,8 @@ class Head:
     signed_through: int
     last_checkpoint: int
     closed: bool
+    signed_hash: str = f.ZERO_HASH  # the hash at signed_through
+    contested_from: int | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +120,24 @@ class Plan:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    # Plan again with the stream's stored records after signed_through: a verified
+    # checkpoint must be walked back through records this batch does not carry.
+    needs_region: bool = False
+    names: dict[int, str] = field(default_factory=dict)  # Incoming.index -> its doc id
+
+
+@dataclass(slots=True)
+class _Node:
+    """A record taking part in arbitration: from this batch, the pending rows or the store."""
+
+    sequence: int
+    hash: str
+    prev: str
+    doc_id: str
+    timestamp: datetime
+    verdict: str
+    incoming: Incoming | None = None
+    early: _Early | None = None
 
 
 def doc_id(stream: str, sequence: int, event_hash: str | None = None) -> str:
@@ -104,16 +156,26 @@ class Planner:
         head: Head,
         pending: list[PendingRecord],
         verified_checkpoints: dict[int, Checkpoint],
-        stored: dict[str, str],
+        stored: dict[str, tuple[str, str]],
         now: datetime,
         window: int,
         gap_timeout: timedelta,
+        region: list[StoredEvent] | None = None,
     ) -> None:
         self.stream, self.tenant, self.verifier = stream, tenant, verifier
         self.now, self.window, self.gap_timeout = now, window, gap_timeout
-        self.stored = stored  # doc_id -> event_hash, for the doc ids this batch may repeat
+        # doc_id -> (event_hash, verdict), for the doc ids this batch may repeat or take
+        self.stored = stored
         self.checkpoints = verified_checkpoints  # sequence -> checkpoint row (pending ones)
+        self.region = region  # stored records after signed_through, when asked for
+        self.loaded_sequence = head.sequence
+        # The proven prefix as loaded: arbitration walks back to it even when this batch
+        # moves signed_through (the batch may carry the very checkpoint that settles).
+        self.proven = (head.signed_through, head.signed_hash)
         self.plan = Plan(head=head)
+        self._signatures: dict[int, str | None] = {}  # by Incoming.index
+        self._doc_of = self.plan.names  # Incoming.index -> the doc id it was written under
+        self._arrived: list[Incoming] = []  # this batch, content and signature sound
         self.early: dict[int, list[_Early]] = {}
         for row in pending:
             self.early.setdefault(row.sequence, []).append(
@@ -136,6 +198,7 @@ class Planner:
         self._drain()
         for item in sorted(batch, key=lambda i: (i.sequence, i.index)):
             self._one(item)
+        self._arbitrate()
         self._flag_stale_gaps()
         return self.plan
 
@@ -156,6 +219,18 @@ class Planner:
             )
         if item.checkpoint:
             self._check_signature(item)
+        unsound = ["modified"] if not item.content_ok else []
+        sig = self._signature_failure(item) if item.checkpoint else None
+        if sig:
+            unsound.append(sig)
+        if unsound:
+            # Not placed on its own word: evidence. A checkpoint whose content is sound
+            # but whose signature fails can still be proven by a later verified one.
+            self._reject(item, unsound)
+            if item.content_ok:
+                self._arrived.append(item)
+            return
+        self._arrived.append(item)
         if item.sequence <= head.sequence:
             self._repeat(item)
         elif item.sequence == head.sequence + 1 and item.sequence not in self.early:
@@ -167,30 +242,15 @@ class Planner:
         else:
             self._hold(item)
 
-    def _failures(self, item: Incoming, *, linked: bool) -> list[str]:
+    def _accept_new(self, item: Incoming) -> None:
+        head = self.plan.head
+        if item.prev != head.hash:
+            self._link_alert(item.sequence, item.event_hash)
+            self._reject(item, ["broken_link"])
+            return
         failures = []
-        if not item.content_ok:
-            failures.append("modified")
-        if linked and item.prev != self.plan.head.hash:
-            failures.append("broken_link")
-        if self.plan.head.closed:
+        if head.closed:
             failures.append("after_close")
-        sig = self._signature_failure(item) if item.checkpoint else None
-        if sig:
-            failures.append(sig)
-        return failures
-
-    def _accept_new(self, item: Incoming, *, linked: bool = True) -> None:
-        failures = self._failures(item, linked=linked)
-        if "broken_link" in failures:
-            self._alert(
-                "integrity_failure",
-                "critical",
-                "record does not link to the accepted head",
-                item,
-                kind="broken_link",
-            )
-        if "after_close" in failures:
             self._alert(
                 "integrity_failure",
                 "critical",
@@ -199,9 +259,43 @@ class Planner:
                 kind="after_close",
             )
         outcome, failure = (BROKEN, ",".join(failures)) if failures else (OK, None)
-        self._write(item, doc_id(self.stream, item.sequence), outcome, failure)
+        self._write(item, self._free_doc(item.sequence, item.event_hash), outcome, failure)
         self.plan.results.append(Result(item.index, item.sequence, outcome, failure))
         self._advance(item.sequence, item.event_hash, checkpoint=item if item.checkpoint else None)
+
+    def _reject(self, item: Incoming, failures: list[str]) -> None:
+        """Keep `item` as evidence outside the chain; its sequence stays open. Evidence is
+        always filed under its own hash-suffixed id: never the sequence's plain name, and
+        the same id on every retry, whatever this replica knows about the stream."""
+        outcome, failure = REJECTED, ",".join(failures)
+        self._write(
+            item, doc_id(self.stream, item.sequence, item.evidence_id_hash), outcome, failure
+        )
+        self.plan.results.append(Result(item.index, item.sequence, outcome, failure))
+        self._contest(item.sequence)
+
+    def _free_doc(self, sequence: int, event_hash: str) -> str:
+        """`stream:seq` unless another record (placed, rival or evidence) holds that name."""
+        first = doc_id(self.stream, sequence)
+        return first if first not in self.stored else doc_id(self.stream, sequence, event_hash)
+
+    def _contest(self, sequence: int) -> None:
+        head = self.plan.head
+        if sequence > head.signed_through and (
+            head.contested_from is None or sequence < head.contested_from
+        ):
+            head.contested_from = sequence
+
+    def _link_alert(self, sequence: int, event_hash: str) -> None:
+        self.plan.alerts.append(
+            {
+                "rule": "integrity_failure",
+                "severity": "critical",
+                "title": "record does not link to the accepted head: kept aside, not placed",
+                "dedup_key": f"integrity_failure:{self.stream}:broken_link:{sequence}",
+                "detail": {"kind": "broken_link", "sequence": sequence, "event_hash": event_hash},
+            }
+        )
 
     def _advance(self, sequence: int, event_hash: str, *, checkpoint: Incoming | None) -> None:
         head = self.plan.head
@@ -218,32 +312,43 @@ class Planner:
                 checkpoint is not None and self._signature_failure(checkpoint) is None
             ) or bool(cp and cp.verified)
             if verified:
-                head.signed_through = sequence
+                head.signed_through, head.signed_hash = sequence, event_hash
             head.closed = head.closed or closing
 
     def _is_duplicate(self, item: Incoming) -> bool:
         if item.sequence > self.plan.head.sequence:
             waiting = self.early.get(item.sequence, ())
             return any(e.event_hash == item.event_hash for e in waiting)
+        if not item.content_ok:
+            # A copy of an edited record: the same edit, filed as evidence already.
+            return doc_id(self.stream, item.sequence, item.evidence_id_hash) in self.stored
         first = doc_id(self.stream, item.sequence)
         rival = doc_id(self.stream, item.sequence, item.event_hash)
-        return self.stored.get(first) == item.event_hash or rival in self.stored
+        held = self.stored.get(first)
+        return (held is not None and held[0] == item.event_hash) or rival in self.stored
 
     def _repeat(self, item: Incoming) -> None:
         first = doc_id(self.stream, item.sequence)
         rival = doc_id(self.stream, item.sequence, item.event_hash)
-        if first not in self.stored:
+        held = self.stored.get(first)
+        if held is None:
             # Its place was given up when a gap was flagged: keep it, flagged as late.
             self._write(item, first, BROKEN, "late")
             self.plan.results.append(Result(item.index, item.sequence, BROKEN, "late"))
-            self.stored[first] = item.event_hash
             return
-        self._fork(item, first, rival)
+        if item.sequence <= self.plan.head.signed_through:
+            # A verified checkpoint already proves the record at this sequence.
+            self._write(item, rival, REJECTED, FORGED)
+            self.plan.results.append(Result(item.index, item.sequence, REJECTED, FORGED))
+            self._attack_alert([item.sequence], self.plan.head.signed_through)
+            return
+        self._fork(item, first, rival, first_is_evidence=held[1] == REJECTED)
 
-    def _fork(self, item: Incoming, first: str, rival: str) -> None:
+    def _fork(self, item: Incoming, first: str, rival: str, *, first_is_evidence: bool) -> None:
         self._write(item, rival, BROKEN, "fork")
-        self.stored[rival] = item.event_hash
-        self.plan.verdicts.append((first, item.timestamp, BROKEN, "fork"))
+        self._contest(item.sequence)
+        if not first_is_evidence:
+            self.plan.verdicts.append((first, item.timestamp, BROKEN, "fork"))
         self.plan.results.append(
             Result(item.index, item.sequence, BROKEN, "fork", "another record holds this sequence")
         )
@@ -257,7 +362,11 @@ class Planner:
 
     def _hold(self, item: Incoming) -> None:
         waiting = self.early.setdefault(item.sequence, [])
-        doc = doc_id(self.stream, item.sequence, item.event_hash if waiting else None)
+        doc = item.stored_as or (
+            doc_id(self.stream, item.sequence, item.event_hash)
+            if waiting
+            else self._free_doc(item.sequence, item.event_hash)
+        )
         waiting.append(
             _Early(
                 item.sequence,
@@ -287,33 +396,39 @@ class Planner:
         head = self.plan.head
         while head.sequence + 1 in self.early:
             waiting = self.early.pop(head.sequence + 1)
-            chosen = next((e for e in waiting if e.prev == head.hash), waiting[0])
             for entry in waiting:
                 # Its doc id is taken now: a later rival for this sequence is a fork.
-                self.stored[entry.doc_id] = entry.event_hash
+                self.stored[entry.doc_id] = (entry.event_hash, PENDING)
                 if entry.row_id is not None:
                     self.plan.pending_remove.append(entry.row_id)
                 else:
                     self._unplan_pending(entry)
-                if entry is not chosen:
-                    self._settle(entry, BROKEN, "fork")
-            failures = []
-            if linked and chosen.prev != head.hash:
-                failures.append("broken_link")
-            if not linked:
-                failures.append("gap")
-            if len(waiting) > 1:
-                failures.append("fork")
+            fits = [e for e in waiting if e.prev == head.hash] if linked else waiting
+            if not fits:
+                # Nothing waiting here links to the head: evidence, and the sequence stays
+                # open for the genuine record (a later checkpoint may prove these instead).
+                for entry in waiting:
+                    self._settle(entry, REJECTED, "broken_link")
+                    self._link_alert(entry.sequence, entry.event_hash)
+                self._contest(head.sequence + 1)
+                break
+            chosen = fits[0]
+            failures = [] if linked else ["gap"]
+            for entry in waiting:
+                if entry is chosen:
+                    continue
+                if entry in fits:
+                    self._settle(entry, BROKEN, "fork")  # two records link: undecided
+                    failures.append("fork")
+                    self._contest(entry.sequence)
+                else:
+                    self._settle(entry, REJECTED, "broken_link")
+                    self._link_alert(entry.sequence, entry.event_hash)
+                    self._contest(entry.sequence)
             if head.closed:
                 failures.append("after_close")
-            if chosen.incoming is not None and chosen.incoming.checkpoint:
-                sig = self._signature_failure(chosen.incoming)
-                if sig:
-                    failures.append(sig)
-            if chosen.incoming is not None and not chosen.incoming.content_ok:
-                failures.append("modified")
-            outcome = BROKEN if failures else OK
-            self._settle(chosen, outcome, ",".join(failures) or None)
+            failure = ",".join(dict.fromkeys(failures)) or None
+            self._settle(chosen, BROKEN if failure else OK, failure)
             self._advance(
                 chosen.sequence,
                 chosen.event_hash,
@@ -325,6 +440,7 @@ class Planner:
 
     def _settle(self, entry: _Early, outcome: str, failure: str | None) -> None:
         """A waiting record gets its final verdict."""
+        self.stored[entry.doc_id] = (entry.event_hash, outcome)
         if entry.incoming is not None:
             # Written in this batch: write it with the final verdict directly.
             for i, ev in enumerate(self.plan.writes):
@@ -338,6 +454,229 @@ class Planner:
 
     def _unplan_pending(self, entry: _Early) -> None:
         self.plan.pending_add = [p for p in self.plan.pending_add if p.doc_id != entry.doc_id]
+
+    # -- arbitration between competing histories ---------------------------------------------
+
+    def _arbitrate(self) -> None:
+        head = self.plan.head
+        if head.contested_from is None:
+            return
+        nodes = self._nodes()
+        proofs = sorted(
+            (
+                n
+                for n in nodes
+                if n.sequence >= head.contested_from
+                and n.sequence > self.proven[0]
+                and self._proves(n)
+            ),
+            key=lambda n: n.sequence,
+            reverse=True,
+        )
+        for checkpoint in proofs:
+            if self._settle_by(checkpoint, nodes) or self.plan.needs_region:
+                return
+        if head.contested_from is not None and head.contested_from <= head.signed_through:
+            head.contested_from = None  # below a verified checkpoint nothing is provisional
+
+    def _nodes(self) -> list[_Node]:
+        """Every record that may take part: stored after signed_through (when loaded), this
+        batch's sound records, the pending ones. One node per doc id, the freshest view."""
+        by_doc: dict[str, _Node] = {}
+        for ev in self.region or ():
+            if ev.sequence > self.proven[0] and _sound(ev):
+                prev = ev.record.get(f.PREV)
+                if isinstance(prev, str):
+                    by_doc[ev.doc_id] = _Node(
+                        ev.sequence, ev.event_hash, prev, ev.doc_id, ev.timestamp, ev.verdict
+                    )
+        for item in self._arrived:
+            doc = self._doc_of.get(item.index)
+            if doc is not None:
+                by_doc[doc] = _Node(
+                    item.sequence,
+                    item.event_hash,
+                    item.prev,
+                    doc,
+                    item.timestamp,
+                    self.stored.get(doc, ("", PENDING))[1],
+                    incoming=item,
+                )
+        for waiting in self.early.values():
+            for e in waiting:
+                by_doc[e.doc_id] = _Node(
+                    e.sequence, e.event_hash, e.prev, e.doc_id, e.timestamp, PENDING, e.incoming, e
+                )
+        return list(by_doc.values())
+
+    def _proves(self, node: _Node) -> bool:
+        """A checkpoint whose signature verifies under the stream's key."""
+        if node.incoming is not None:
+            return node.incoming.checkpoint and self._signature_failure(node.incoming) is None
+        if node.early is not None:
+            row = self.checkpoints.get(node.sequence)
+            return row is not None and row.verified and row.event_hash == node.hash
+        ev = next((e for e in self.region or () if e.doc_id == node.doc_id), None)
+        return (
+            ev is not None
+            and ev.record.get(f.EVENT_ACTION) == "audit.checkpoint"
+            and self._signature_check(ev.record, ev.event_hash) is None
+        )
+
+    def _placed_failure(self, node: _Node) -> str | None:
+        """A proven record's own flaw: a checkpoint whose signature was damaged (the later
+        checkpoint proves its content, not its signature)."""
+        if node.incoming is not None:
+            if node.incoming.checkpoint:
+                return self._signature_failure(node.incoming)
+            return None
+        ev = next((e for e in self.region or () if e.doc_id == node.doc_id), None)
+        if ev is not None and ev.record.get(f.EVENT_ACTION) == "audit.checkpoint":
+            return self._signature_check(ev.record, ev.event_hash)
+        return None
+
+    def _closing(self, node: _Node) -> bool:
+        if node.incoming is not None:
+            return node.incoming.record.get(f.CP_CLOSING) is True
+        row = self.checkpoints.get(node.sequence)
+        if row is not None and row.event_hash == node.hash:
+            return row.closing
+        ev = next((e for e in self.region or () if e.doc_id == node.doc_id), None)
+        return ev is not None and ev.record.get(f.CP_CLOSING) is True
+
+    def _settle_by(self, checkpoint: _Node, nodes: list[_Node]) -> bool:
+        """Walk back from a verified checkpoint; where other records compete with what it
+        commits to, they are forged. True when that changed anything."""
+        head = self.plan.head
+        signed_through, signed_hash = self.proven
+        by_hash = {n.hash: n for n in nodes}
+        branch = {checkpoint.sequence: checkpoint}
+        lowest = checkpoint
+        while lowest.sequence - 1 > signed_through:
+            parent = by_hash.get(lowest.prev)
+            if parent is None or parent.sequence != lowest.sequence - 1:
+                break
+            branch[parent.sequence] = parent
+            lowest = parent
+        complete = lowest.sequence == signed_through + 1
+        if complete and lowest.prev != signed_hash:
+            return False  # contradicts the signed prefix: only a leaked key does that
+        first = lowest.sequence if complete else lowest.sequence - 1
+        if self.region is None and first <= self.loaded_sequence + 1:
+            # The store may hold records competing at these sequences.
+            self.plan.needs_region = True
+            return False
+        forged: dict[str, _Node] = {}
+        for n in sorted(nodes, key=lambda n: n.sequence):
+            proven = branch.get(n.sequence)
+            if first <= n.sequence <= checkpoint.sequence and (
+                proven is None or proven.hash != n.hash
+            ):
+                forged[n.hash] = n
+            elif n.sequence > checkpoint.sequence and n.prev in forged:
+                forged[n.hash] = n  # built on a forged record
+        unplaced = any(
+            self.stored.get(n.doc_id, ("", PENDING))[1] == REJECTED for n in branch.values()
+        )
+        if not forged and not (complete and unplaced):
+            return False  # nothing competes: records still missing are awaited as usual
+        for n in forged.values():
+            self._restate(n, REJECTED, FORGED)
+        for n in branch.values():
+            failure = "gap" if not complete and n is lowest else self._placed_failure(n)
+            self._restate(n, BROKEN if failure else OK, failure)
+        if not complete and forged:
+            self.plan.alerts.append(
+                {
+                    "rule": "sequence_gap",
+                    "severity": "high",
+                    "title": f"record {first} of stream {self.stream}: only forgeries arrived",
+                    "dedup_key": f"gap:{self.stream}:{first}",
+                    "detail": {"first_missing": first, "last_missing": first},
+                }
+            )
+        if forged:
+            self._attack_alert(sorted({n.sequence for n in forged.values()}), checkpoint.sequence)
+        if head.hash in forged or head.sequence < checkpoint.sequence:
+            head.sequence, head.hash = checkpoint.sequence, checkpoint.hash
+            head.last_checkpoint = checkpoint.sequence
+            head.closed = self._closing(checkpoint)
+        if checkpoint.sequence > head.signed_through:
+            head.signed_through, head.signed_hash = checkpoint.sequence, checkpoint.hash
+        head.contested_from = None
+        self._resume(nodes, forged, checkpoint.sequence)
+        return True
+
+    def _resume(self, nodes: list[_Node], forged: dict[str, _Node], through: int) -> None:
+        """After the head moved to a proven checkpoint: records at or below it that are
+        still waiting are settled; rejected records above it that may link on wait again."""
+        head = self.plan.head
+        for sequence in [s for s in self.early if s <= head.sequence]:
+            for entry in self.early.pop(sequence):
+                self._release(entry)
+                self._settle(entry, BROKEN, "late")
+        for n in nodes:
+            if (
+                n.sequence > through
+                and n.hash not in forged
+                and n.early is None
+                and self.stored.get(n.doc_id, ("", ""))[1] == REJECTED
+                and n.sequence > head.sequence
+            ):
+                entry = _Early(
+                    n.sequence, n.hash, n.prev, n.doc_id, n.timestamp, self.now, incoming=n.incoming
+                )
+                self.early.setdefault(n.sequence, []).append(entry)
+        self._drain()
+
+    def _restate(self, node: _Node, verdict: str, failure: str | None) -> None:
+        if node.early is not None:
+            waiting = self.early.get(node.sequence, [])
+            if node.early in waiting:
+                waiting.remove(node.early)
+                if not waiting:
+                    del self.early[node.sequence]
+            self._release(node.early)
+            self._settle(node.early, verdict, failure)
+        elif node.incoming is not None:
+            entry = _Early(
+                node.sequence,
+                node.hash,
+                node.prev,
+                node.doc_id,
+                node.timestamp,
+                self.now,
+                incoming=node.incoming,
+            )
+            self._settle(entry, verdict, failure)
+        elif (node.verdict, None) != (verdict, failure) or failure is not None:
+            self.plan.verdicts.append((node.doc_id, node.timestamp, verdict, failure))
+        self.stored[node.doc_id] = (node.hash, verdict)
+
+    def _release(self, entry: _Early) -> None:
+        if entry.row_id is not None:
+            if entry.row_id not in self.plan.pending_remove:
+                self.plan.pending_remove.append(entry.row_id)
+        else:
+            self._unplan_pending(entry)
+
+    def _attack_alert(self, sequences: list[int], checkpoint: int) -> None:
+        span = f"{sequences[0]}" if len(sequences) == 1 else f"{sequences[0]}..{sequences[-1]}"
+        self.plan.alerts.append(
+            {
+                "rule": "chain_attack",
+                "severity": "critical",
+                "title": f"forged records in stream {self.stream} (sequences {span}): the "
+                f"checkpoint at {checkpoint} proves other records; kept aside as evidence",
+                "dedup_key": f"chain_attack:{self.stream}:{sequences[0]}",
+                "detail": {
+                    "kind": FORGED,
+                    "sequences": sequences[:100],
+                    "count": len(sequences),
+                    "checkpoint": checkpoint,
+                },
+            }
+        )
 
     def _flag_stale_gaps(self) -> None:
         while self.early:
@@ -366,21 +705,40 @@ class Planner:
     # -- signatures -----------------------------------------------------------------------
 
     def _signature_failure(self, item: Incoming) -> str | None:
-        signature = item.record.get(f.SIGNATURE)
+        if item.index in self._signatures:
+            return self._signatures[item.index]
+        failure = self._signature_check(item.record, item.event_hash)
+        if item.index >= 0:  # adopted records share index -1: not cached
+            self._signatures[item.index] = failure
+        return failure
+
+    def _signature_check(self, record: dict[str, Any], event_hash: str) -> str | None:
+        signature = record.get(f.SIGNATURE)
         if not isinstance(signature, str):
             return "missing_signature"
-        if item.record.get(f.CP_SIGNER) != self.verifier.fingerprint:
+        if record.get(f.CP_SIGNER) != self.verifier.fingerprint:
             return "wrong_key"
         try:
             raw = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             return "bad_signature"
-        if len(raw) != 64 or not self.verifier.verify(raw, checkpoint_message(item.event_hash)):
+        if len(raw) != 64 or not self.verifier.verify(raw, checkpoint_message(event_hash)):
             return "bad_signature"
         return None
 
     def _check_signature(self, item: Incoming) -> None:
         failure = self._signature_failure(item)
+        if failure is not None:
+            # Only verified checkpoints are recorded: a forged one at the sequence of a
+            # genuine one must not replace its row (one per stream and sequence).
+            self._alert(
+                "integrity_failure",
+                "critical",
+                f"checkpoint signature: {failure}",
+                item,
+                kind=failure,
+            )
+            return
         self.plan.checkpoints.append(
             Checkpoint(
                 stream_id=self.stream,
@@ -393,23 +751,18 @@ class Planner:
                 if item.record.get(f.CP_SIGNER)
                 else None,
                 closing=item.record.get(f.CP_CLOSING) is True,
-                verified=failure is None,
+                verified=True,
                 received_at=self.now,
             )
         )
-        if failure is not None:
-            self._alert(
-                "integrity_failure",
-                "critical",
-                f"checkpoint signature: {failure}",
-                item,
-                kind=failure,
-            )
 
     # -- outputs --------------------------------------------------------------------------
 
     def _write(self, item: Incoming, doc: str, outcome: str, failure: str | None) -> None:
-        self.stored[doc] = item.event_hash  # the id is taken: a rival must use its own
+        if item.stored_as is not None:
+            doc = item.stored_as
+        self.stored[doc] = (item.event_hash, outcome)  # the id is taken: a rival needs its own
+        self._doc_of[item.index] = doc
         self.plan.writes.append(
             StoredEvent(
                 doc_id=doc,
@@ -438,6 +791,12 @@ class Planner:
 
 
 def _with_verdict(event: StoredEvent, outcome: str, failure: str | None) -> StoredEvent:
-    from dataclasses import replace
-
     return replace(event, verdict=outcome, failure=failure)
+
+
+def _sound(event: StoredEvent) -> bool:
+    """A stored record whose content still hashes to its event.hash."""
+    try:
+        return record_hash(event.record) == event.event_hash
+    except CanonicalizationError:
+        return False

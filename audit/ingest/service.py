@@ -19,7 +19,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -105,6 +105,7 @@ def check_record(index: int, obj: object) -> Incoming | str:
         timestamp=ts.astimezone(UTC),
         checkpoint=obj[f.EVENT_ACTION] == "audit.checkpoint",
         content_ok=computed == obj[f.EVENT_HASH],
+        content_hash=computed,
     )
 
 
@@ -311,38 +312,53 @@ class IngestService:
         # as if they had arrived with this batch; otherwise two replicas' leftovers can
         # block each other for ever.
         adopted: dict[str, Incoming] = {}
+        # Where an earlier attempt of this call stored each record: a plan made after a
+        # lost race may judge a record differently (evidence, then placed), but it keeps
+        # the one copy under the name it already has.
+        written: dict[int, str] = {}
         async with self._locks[stream]:
             for attempt in range(_COMMIT_ATTEMPTS):
                 if attempt:
                     # Another replica holds this head: give it time to commit.
                     jitter = random.uniform(0.002, 0.01)  # noqa: S311 (not for secrets)
                     await asyncio.sleep(jitter * 2 ** min(attempt, 6))
+                for item in items:
+                    item.stored_as = written.get(item.index)
                 head, pending, checkpoints = await asyncio.to_thread(self._load, stream)
                 loaded = (head.sequence, head.hash)
                 stored = await self._stored_hashes(tenant, stream, head, items)
-                plan = Planner(
-                    stream=stream,
-                    tenant=tenant,
-                    verifier=verifier,
-                    head=head,
-                    pending=pending,
-                    verified_checkpoints=checkpoints,
-                    stored=stored,
-                    now=datetime.now(UTC),
-                    window=self.settings.reorder_window,
-                    gap_timeout=timedelta(seconds=self.settings.gap_timeout_s),
-                ).run([*adopted.values(), *items])
+                batch = [*adopted.values(), *items]
+                plan = self._plan(
+                    stream, tenant, verifier, replace(head), pending, checkpoints, stored, batch
+                )
+                if plan.needs_region:
+                    region = await self._region(tenant, stream, head)
+                    if region is not None:
+                        plan = self._plan(
+                            stream,
+                            tenant,
+                            verifier,
+                            head,
+                            pending,
+                            checkpoints,
+                            stored,
+                            batch,
+                            region=region,
+                        )
                 plan.loaded_sequence, plan.loaded_hash = loaded
                 if plan.writes:
                     try:
-                        written = await self.store.write(plan.writes)
+                        stored_ids = await self.store.write(plan.writes)
                     except FFAuditError:
                         self.metrics.backpressure.set(1)
                         raise
                     self.metrics.backpressure.set(0)
                     clean, foreign = await self._reconcile(
-                        tenant, plan.writes, written.existing, plan
+                        tenant, plan.writes, stored_ids.existing, plan
                     )
+                    for index, doc in plan.names.items():
+                        if index >= 0 and doc not in foreign:
+                            written.setdefault(index, doc)
                     if not clean:
                         adopted.update(foreign)
                         continue
@@ -353,6 +369,51 @@ class IngestService:
                     return [r for r in plan.results if r.index >= 0]
                 log.debug("stream %s: head moved under us (attempt %d)", stream, attempt)
             raise BusyError(f"stream {stream!r}: the chain head kept moving; retry later")
+
+    def _plan(
+        self,
+        stream: str,
+        tenant: str,
+        verifier: Verifier,
+        head: Head,
+        pending: list[PendingRecord],
+        checkpoints: dict[int, Checkpoint],
+        stored: dict[str, tuple[str, str]],
+        batch: list[Incoming],
+        *,
+        region: list[StoredEvent] | None = None,
+    ) -> Plan:
+        return Planner(
+            stream=stream,
+            tenant=tenant,
+            verifier=verifier,
+            head=head,
+            pending=pending,
+            verified_checkpoints=checkpoints,
+            stored=dict(stored),
+            now=datetime.now(UTC),
+            window=self.settings.reorder_window,
+            gap_timeout=timedelta(seconds=self.settings.gap_timeout_s),
+            region=region,
+        ).run(batch)
+
+    async def _region(self, tenant: str, stream: str, head: Head) -> list[StoredEvent] | None:
+        """The stream's stored records after its last verified checkpoint, for arbitration
+        between competing histories; None (no arbitration now) past the configured bound,
+        which only a producer that stopped signing checkpoints reaches."""
+        limit = self.settings.arbitration_max_records
+        region: list[StoredEvent] = []
+        async for event in self.store.scan(tenant, stream, start=head.signed_through + 1):
+            region.append(event)
+            if len(region) > limit:
+                log.warning(
+                    "stream %s: over %d records after its last verified checkpoint; "
+                    "competing histories are left to verification",
+                    stream,
+                    limit,
+                )
+                return None
+        return region
 
     async def _reconcile(
         self, tenant: str, writes: list[StoredEvent], existing: Sequence[str], plan: Plan
@@ -375,25 +436,28 @@ class IngestService:
             if stored is not None:
                 checked = check_record(-1, stored.record)  # index -1: not in the reply
                 if isinstance(checked, Incoming):
+                    checked.stored_as = doc
                     foreign[doc] = checked
         return clean, foreign
 
     async def _stored_hashes(
         self, tenant: str, stream: str, head: Head, items: list[Incoming]
-    ) -> dict[str, str]:
-        """Stored hashes under every doc id a repeated sequence of this batch could use
-        (one read for the batch: a replay after a crash repeats thousands of records)."""
+    ) -> dict[str, tuple[str, str]]:
+        """(hash, verdict) under every doc id a repeated sequence of this batch could use,
+        and the next sequence's (a rejected record may hold its name): one read for the
+        batch, as a replay after a crash repeats thousands of records."""
         wanted = [
             doc
             for item in items
-            if item.sequence <= head.sequence
-            for doc in (
+            if item.sequence <= head.sequence + 1
+            for doc in {
                 doc_id(stream, item.sequence),
                 doc_id(stream, item.sequence, item.event_hash),
-            )
+                doc_id(stream, item.sequence, item.evidence_id_hash),
+            }
         ]
         found = await self.store.get_many(tenant, wanted, fresh=True) if wanted else {}
-        return {doc: event.event_hash for doc, event in found.items()}
+        return {doc: (event.event_hash, event.verdict) for doc, event in found.items()}
 
     # -- control database (run in a worker thread) -----------------------------------------
 
@@ -402,7 +466,15 @@ class IngestService:
             row = StreamRepository(session).get_head(stream)
             if row is None:
                 raise ConflictError(f"stream {stream!r} has no chain head")
-            head = Head(row.sequence, row.hash, row.signed_through, row.last_checkpoint, row.closed)
+            head = Head(
+                row.sequence,
+                row.hash,
+                row.signed_through,
+                row.last_checkpoint,
+                row.closed,
+                row.signed_hash,
+                row.contested_from,
+            )
             repo = IngestRepository(session)
             pending = repo.pending(stream)
             checkpoints = repo.checkpoints(stream, [p.sequence for p in pending])
@@ -421,8 +493,10 @@ class IngestService:
                     sequence=plan.head.sequence,
                     hash_=plan.head.hash,
                     signed_through=plan.head.signed_through,
+                    signed_hash=plan.head.signed_hash,
                     last_checkpoint=plan.head.last_checkpoint,
                     closed=plan.head.closed,
+                    contested_from=plan.head.contested_from,
                 )
                 if not moved:
                     raise _LostRace

@@ -65,15 +65,21 @@ class Failure:
     line: int | None
     sequence: int | None
     detail: str
+    # Where the blamed record is stored, when the verifier was fed from a store (the
+    # service's verification): two records may claim one sequence, the id tells which.
+    record_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind.value,
             "stream": self.stream,
             "line": self.line,
             "sequence": self.sequence,
             "detail": self.detail,
         }
+        if self.record_id is not None:
+            out["record_id"] = self.record_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,13 @@ class ChainHead(Base):
     sequence: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(HASH, default="0" * 64)
     signed_through: Mapped[int] = mapped_column(default=0)
+    # The hash at signed_through: where a branch proven by a later checkpoint must start.
+    signed_hash: Mapped[str] = mapped_column(HASH, default="0" * 64)
     last_checkpoint: Mapped[int] = mapped_column(default=0)
     closed: Mapped[bool] = mapped_column(default=False)
+    # Lowest sequence after signed_through where two histories compete (a fork, or a record
+    # that does not link to the accepted head): the next verified checkpoint settles it.
+    contested_from: Mapped[int | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

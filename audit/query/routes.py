@@ -81,6 +81,7 @@ class FailureOut(BaseModel):
     line: int | None
     sequence: int | None
     detail: str
+    record_id: str | None = None  # the blamed record (GET /v1/events/{id})
 
 
 class StreamVerifyOut(BaseModel):
@@ -166,7 +167,7 @@ async def list_events(
     outcome: Annotated[list[Outcome] | None, Query()] = None,
     job: Annotated[list[str] | None, Query(max_length=20)] = None,
     stream: Annotated[list[str] | None, Query(max_length=20)] = None,
-    verdict: Annotated[list[Literal["ok", "pending", "broken"]] | None, Query()] = None,
+    verdict: Annotated[list[Literal["ok", "pending", "broken", "rejected"]] | None, Query()] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
     q: Annotated[str | None, Query(max_length=200, description="free text, non-PII")] = None,
@@ -396,7 +397,13 @@ def _verify_out(results: list[StreamVerification]) -> VerifyOut:
                 records=r.records,
                 ok=not r.failures and r.matches_head,
                 failures=[
-                    FailureOut(kind=f.kind.value, line=f.line, sequence=f.sequence, detail=f.detail)
+                    FailureOut(
+                        kind=f.kind.value,
+                        line=f.line,
+                        sequence=f.sequence,
+                        detail=f.detail,
+                        record_id=f.record_id,
+                    )
                     for f in r.failures
                 ],
                 head_sequence=r.head_sequence,

@@ -8,17 +8,18 @@ tenant always comes from the token.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from audit.errors import NotFoundError
 from audit.integrity.canonical import MAX_DEPTH, too_deep
 from audit.integrity.pseudonym import PiiKind
-from audit.integrity.verify import ChainVerifier, Failure, PurgedRange
+from audit.integrity.verify import ChainVerifier, Failure, FailureKind, PurgedRange
 from audit.query.keyrings import TenantKeyrings
-from audit.store.protocol import EventStore, StoredEvent
+from audit.store.protocol import EventStore, StoredEvent, Verdict
 from audit.store.query import EventPage, EventQuery
 from audit.streams.service import StreamService
 
@@ -156,17 +157,34 @@ class QueryService:
             verifier.skip_purged(tenant, stream, ranges)
         count, last_seq, last_hash = 0, 0, None
         line = 0
+        # The doc id of each recent line: failures name the record they blame (a verdict
+        # of the chain refers back at most the verifier's window).
+        ids: OrderedDict[int, str] = OrderedDict()
         async for event in self.store.scan(tenant, stream):
-            if event.doc_id != f"{stream}:{event.sequence}":
-                continue  # a fork's second record: flagged at ingest, not part of the chain
+            if event.verdict == Verdict.REJECTED:
+                # Kept aside at ingest, never part of the chain: reported, not fed.
+                failures.append(
+                    Failure(
+                        FailureKind.INSERTED,
+                        stream,
+                        None,
+                        event.sequence,
+                        f"kept aside at ingest ({event.failure}): not part of the chain",
+                        event.doc_id,
+                    )
+                )
+                continue
             line += 1
             count += 1
+            ids[line] = event.doc_id
+            if len(ids) > 2 * verifier.window:
+                ids.popitem(last=False)
             # The verifier hashes the record as it is: no canonical line is made to be parsed.
-            failures += verifier.feed_record(line, event.record)
+            failures += _named(verifier.feed_record(line, event.record), ids)
             last_seq, last_hash = event.sequence, event.event_hash
             if on_progress is not None and count % PROGRESS_EVERY == 0:
                 await on_progress(count)
-        failures += verifier.finish()
+        failures += _named(verifier.finish(), ids)
         report = verifier.streams.get((tenant, stream))
         if ranges and report is not None and report.expected - 1 > last_seq:
             # The stream's tail was purged: the chain ends with its last purged range.
@@ -185,6 +203,13 @@ class QueryService:
             signed_through=report.signed_through if report else 0,
             matches_head=matches,
         )
+
+
+def _named(failures: list[Failure], ids: OrderedDict[int, str]) -> list[Failure]:
+    return [
+        replace(f, record_id=ids.get(f.line)) if f.line is not None and f.line in ids else f
+        for f in failures
+    ]
 
 
 UNRENDERABLE = "ffaudit.unrenderable"

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 from audit.store.query import EventPage, EventQuery, GroupField, StatsBy
@@ -34,6 +35,16 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+class Verdict(StrEnum):
+    """What ingest decided about a record (the `verdict` of a stored event)."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"  # a reply only: a copy of a stored record is not stored again
+    PENDING = "pending"  # waiting for its predecessor
+    BROKEN = "broken"  # placed in the chain, with a failure (gap, fork, late, after_close)
+    REJECTED = "rejected"  # kept as evidence (forged, unlinked, modified), never in the chain
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     doc_id: str  # "{stream}:{sequence}", or "…:{event_hash[:16]}" for a rival record
@@ -43,7 +54,7 @@ class StoredEvent:
     event_hash: str
     timestamp: datetime  # the record's @timestamp, UTC; picks the daily index
     record: dict[str, Any]  # as received: flat dotted keys, event.hash and signature included
-    verdict: str  # "ok" | "pending" | "broken"
+    verdict: str  # a Verdict: ok | pending | broken | rejected
     failure: str | None  # the failure kind when broken: "modified", "fork", "gap", ...
     received_at: datetime
 

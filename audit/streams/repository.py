@@ -48,6 +48,8 @@ class StreamRepository:
         signed_through: int,
         last_checkpoint: int,
         closed: bool,
+        signed_hash: str | None = None,
+        contested_from: int | None = None,
     ) -> bool:
         """Compare-and-set: moves the head only if nobody else moved it since it was read."""
         result = self.session.execute(
@@ -63,6 +65,8 @@ class StreamRepository:
                 signed_through=signed_through,
                 last_checkpoint=last_checkpoint,
                 closed=closed,
+                contested_from=contested_from,
+                **({"signed_hash": signed_hash} if signed_hash is not None else {}),
             )
             .execution_options(synchronize_session=False)
         )

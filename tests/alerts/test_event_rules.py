@@ -77,11 +77,21 @@ async def test_integrity_failures_are_critical_and_one_incident_per_stream_and_k
 async def test_fork_is_its_own_rule(world: World) -> None:
     signer = Signer.generate()
     register(world, signer)
+    records = make_records(signer, 8, close=False, tenant=world.tenant)
+    await ingest(world).ingest(records[:8], source="test")  # signed through 5, then 6..8
+    rival = rehash({**records[6], "event.outcome": "failure", "event.id": "rival"})
+    await ingest(world).ingest([rival], source="test")
+    assert summary(world) == [("fork", "critical", 1)]
+
+
+async def test_a_rival_of_a_signed_record_is_a_chain_attack(world: World) -> None:
+    signer = Signer.generate()
+    register(world, signer)
     records = make_records(signer, 8, tenant=world.tenant)
     await ingest(world).ingest(records, source="test")
     rival = rehash({**records[3], "event.outcome": "failure", "event.id": "rival"})
     await ingest(world).ingest([rival], source="test")
-    assert summary(world) == [("fork", "critical", 1)]
+    assert summary(world) == [("chain_attack", "critical", 1)]
 
 
 async def test_persistent_gap(world: World) -> None:

@@ -53,49 +53,63 @@ async def test_resending_is_idempotent(env_factory: Factory) -> None:
     assert alerts(env) == []
 
 
-async def test_modified_record_is_stored_flagged_and_alerted(env_factory: Factory) -> None:
+async def test_modified_record_is_kept_aside_flagged_and_alerted(env_factory: Factory) -> None:
     env = env_factory()
     env.register()
     records = make_records(env.signer, 8)
+    genuine = records[2]
     records[2] = {**records[2], "event.outcome": "failure"}
     report = await env.service.ingest(records, source="test")
-    broken = [(r.sequence, r.failure) for r in report.results if r.outcome == "broken"]
-    assert broken == [(3, "modified")]
-    stored = await env.store.get("acme", "cam-1:3")
+    outcomes = [(r.sequence, r.outcome, r.failure) for r in report.results]
+    assert outcomes[:3] == [(1, "ok", None), (2, "ok", None), (3, "rejected", "modified")]
+    assert {o for _, o, _ in outcomes[3:]} == {"pending"}  # the sequence stays open
+    # Filed under what its content hashes to: never under the genuine record's names.
+    stored = await env.store.get("acme", f"cam-1:3:{record_hash(records[2])[:16]}")
     assert stored is not None
     assert stored.record["event.outcome"] == "failure"
-    assert stored.verdict == "broken"
+    assert stored.verdict == "rejected"
     assert ("integrity_failure", "modified") in alerts(env)
+    # The genuine record still takes its place, and the chain runs on.
+    late = await env.service.ingest([genuine], source="test")
+    assert [(r.outcome, r.failure) for r in late.results] == [("ok", None)]
+    assert env.streams.read("cam-1").head_hash == records[-1]["event.hash"]
 
 
-async def test_edited_and_rehashed_record_breaks_the_next_link(env_factory: Factory) -> None:
+async def test_edited_and_rehashed_record_is_exposed_by_the_next_checkpoint(
+    env_factory: Factory,
+) -> None:
     env = env_factory()
     env.register()
     records = make_records(env.signer, 8, close=False)
     records[2] = rehash({**records[2], "event.outcome": "failure"})
     report = await env.service.ingest(records, source="test")
-    assert [(r.sequence, r.failure) for r in report.results if r.outcome == "broken"] == [
-        (4, "broken_link")
+    # Record 4 does not link to the edited 3; the checkpoint at 5 commits to 4, and so to
+    # the genuine 3: the edited one is forged, the genuine one is missing (a gap).
+    assert [(r.sequence, r.outcome, r.failure) for r in report.results if r.outcome != "ok"] == [
+        (3, "rejected", "forged"),
+        (4, "broken", "gap"),
     ]
+    assert ("chain_attack", "forged") in alerts(env)
+    assert env.streams.read("cam-1").head_hash == records[-1]["event.hash"]
 
 
 async def test_fork_keeps_both_records_and_flags_both(env_factory: Factory) -> None:
     env = env_factory()
     env.register()
-    records = make_records(env.signer, 8)
-    await env.service.ingest(records, source="test")
-    rival = rehash({**records[3], "event.outcome": "failure", "event.id": "rival"})
+    records = make_records(env.signer, 8, close=False)
+    await env.service.ingest(records[:8], source="test")  # signed through 5
+    rival = rehash({**records[6], "event.outcome": "failure", "event.id": "rival"})
     report = await env.service.ingest([rival], source="test")
-    assert [(r.sequence, r.outcome, r.failure) for r in report.results] == [(4, "broken", "fork")]
-    first = await env.store.get("acme", "cam-1:4")
-    second = await env.store.get("acme", f"cam-1:4:{rival['event.hash'][:16]}")
+    assert [(r.sequence, r.outcome, r.failure) for r in report.results] == [(7, "broken", "fork")]
+    first = await env.store.get("acme", "cam-1:7")
+    second = await env.store.get("acme", f"cam-1:7:{rival['event.hash'][:16]}")
     assert first is not None
     assert second is not None
     assert (first.verdict, first.failure) == ("broken", "fork")
     assert second.record == rival
     assert ("fork", "fork") in alerts(env)  # its own rule in the alert catalogue
     # The fork does not move the accepted head.
-    assert env.streams.read("cam-1").head_hash == records[-1]["event.hash"]
+    assert env.streams.read("cam-1").head_hash == records[7]["event.hash"]
 
 
 async def test_reordering_in_transit_is_tolerated(env_factory: Factory) -> None:
@@ -179,10 +193,12 @@ async def test_checkpoint_signed_by_another_key(env_factory: Factory) -> None:
     records = make_records(Signer.generate(), 4)
     report = await env.service.ingest(records, source="test")
     checkpoints = [r["event.sequence"] for r in records if r["event.action"] == "audit.checkpoint"]
-    assert [(r.sequence, r.failure) for r in report.results if r.outcome == "broken"] == [
+    # A checkpoint under another key proves nothing and takes no place in the chain.
+    assert [(r.sequence, r.failure) for r in report.results if r.outcome == "rejected"] == [
         (seq, "wrong_key") for seq in checkpoints
     ]
     assert env.streams.read("cam-1").signed_through == 0
+    assert env.streams.read("cam-1").head_sequence == checkpoints[0] - 1
 
 
 async def test_damaged_signature(env_factory: Factory) -> None:
@@ -193,8 +209,14 @@ async def test_damaged_signature(env_factory: Factory) -> None:
     raw[0] ^= 1
     records[4] = {**records[4], "ffaudit.signature": base64.b64encode(bytes(raw)).decode()}
     report = await env.service.ingest(records, source="test")
-    assert [r.failure for r in report.results if r.outcome == "broken"] == ["bad_signature"]
+    # Kept aside on its own word; the closing checkpoint after it verifies and commits to
+    # its content, so it is placed, flagged for its signature alone.
+    assert [(r.sequence, r.outcome, r.failure) for r in report.results if r.outcome != "ok"] == [
+        (5, "broken", "bad_signature")
+    ]
     assert ("integrity_failure", "bad_signature") in alerts(env)
+    head = env.streams.read("cam-1")
+    assert (head.head_sequence, head.signed_through, head.closed) == (6, 6, True)
 
 
 async def test_two_replicas_never_accept_conflicting_heads(env_factory: Factory) -> None:
@@ -216,6 +238,7 @@ async def test_two_replicas_never_accept_conflicting_heads(env_factory: Factory)
     for e in stored:
         by_seq.setdefault(e.sequence, []).append(e.event_hash)
     # Every sequence is held by exactly one accepted record per history, never lost.
-    assert all(len(hashes) == 2 for hashes in by_seq.values())
+    # Every record is stored once (a plan made after a lost race keeps its earlier name).
+    assert all(len(hashes) == len(set(hashes)) == 2 for hashes in by_seq.values()), by_seq
     assert head.head_hash in {records[-1]["event.hash"], forked[-1]["event.hash"]}
     assert any(rule == "integrity_failure" for rule, _ in alerts(a))

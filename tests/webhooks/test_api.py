@@ -304,7 +304,7 @@ def test_ingest_is_not_held_up_by_a_hanging_webhook(
             f"/v1/streams/{stream}/records", content=orjson.dumps(records[:4]), headers=engine
         )
         assert first.status_code == 200, first.text
-        assert first.json()["counts"].get("broken", 0) >= 1
+        assert first.json()["counts"].get("rejected", 0) >= 1
         # The alert's delivery is in flight and the receiver is not answering...
         assert receiver.arrived.wait(timeout=30), "the alert's delivery never went out"
         # ...while ingest carries on and stores the rest.
@@ -312,7 +312,7 @@ def test_ingest_is_not_held_up_by_a_hanging_webhook(
             f"/v1/streams/{stream}/records", content=orjson.dumps(records[4:]), headers=engine
         )
         assert rest.status_code == 200, rest.text
-        assert rest.json()["counts"].get("ok") == 4
+        assert sum(rest.json()["counts"].values()) == 4  # all stored (waiting behind 2)
         [entry] = delivery_log(client, t, created["id"])
         assert (entry["state"], entry["attempts"]) == ("pending", 0)  # still waiting on it
         receiver.released.set()
