@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.chain import ChainWriter, CheckpointPolicy, record_hash
 from audit.integrity.events import EventAction
 from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
@@ -151,6 +151,45 @@ def test_another_tenants_producer_cannot_poison_a_chain(service: Service) -> Non
     assert "acme" not in str(owner_alert)
     [own] = [a for a in service.alerts("acme") if a["rule"] == "unauthorized_producer"]
     assert "acme/engine-1" in own["title"]
+
+
+def test_a_misbehaving_producer_of_the_same_stream_cannot_poison_it(service: Service) -> None:
+    """The same attack by a producer that may write the stream (a compromised second engine
+    of the tenant): its well-formed forgery of records 4..5 arrives first and is accepted
+    provisionally; the genuine records, with their signed checkpoint, settle it."""
+    signer = Signer.generate()
+    service.register("beta", "b-cam", signer)
+    sealer = Sealer(
+        ChainWriter("b-cam", "beta", signer, policy=CheckpointPolicy(3, None)),
+        Pseudonymizer(Keyring.generate(), "beta"),
+    )
+    event = AuditEvent(action=EventAction.JOB_SUBMITTED, actor="alice", job_id="j-1")
+    genuine = [r.record for _ in range(6) for r in sealer.seal(event)]
+    assert [r["event.action"] for r in genuine[:3]][-1] == "audit.checkpoint"
+    engine = service.producer("beta", "engine-b", ["b-cam"])
+    insider = service.producer("beta", "engine-x", ["b-cam"])
+    service.deliver(genuine[:3], engine)  # signed through 3
+    forged, prev = [], genuine[2]["event.hash"]
+    for record in genuine[3:5]:
+        body = {k: v for k, v in record.items() if k != "event.hash"}
+        body.update({"event.outcome": "failure", "ffaudit.prev": prev})
+        body["event.hash"] = record_hash(body)
+        forged.append(body)
+        prev = body["event.hash"]
+    service.deliver(forged, insider)
+    assert service.head("beta", "b-cam") == 5  # provisional: nothing can tell yet
+    service.deliver(genuine[3:], engine)
+    assert service.head("beta", "b-cam") == genuine[-1]["event.sequence"]
+    verified = service.call("POST", "/v1/verify", "beta", json={"stream": "b-cam"}).json()
+    [stream] = verified["streams"]
+    assert stream["matches_head"] is True
+    blamed = {(f["sequence"], f["record_id"]) for f in stream["failures"]}
+    assert blamed == {(r["event.sequence"], f"b-cam:{r['event.sequence']}") for r in forged}
+    events = service.call(
+        "GET", "/v1/events", "beta", params={"stream": "b-cam", "verdict": "rejected"}
+    ).json()["events"]
+    assert {(e["sequence"], e["failure"]) for e in events} == {(4, "forged"), (5, "forged")}
+    assert "chain_attack" in {a["rule"] for a in service.alerts("beta")}
 
 
 def test_a_producer_is_held_to_its_stream_patterns(service: Service) -> None:
