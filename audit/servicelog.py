@@ -101,7 +101,7 @@ class ServiceLog:
             )
         )
         with self._sessions() as session:
-            head = StreamRepository(session).get_head(stream)
+            head = StreamRepository(session).get_head(tenant, stream)
             resume = ChainHead(head.sequence, head.hash) if head is not None else None
         writer = ChainWriter(
             stream,

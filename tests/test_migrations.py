@@ -81,3 +81,57 @@ def test_sqlite_overwrites_what_it_deletes(tmp_path: Path) -> None:
         conn.execute(text("DELETE FROM t"))
     engine.dispose()
     assert marker.encode() not in (tmp_path / "c.db").read_bytes()
+
+
+def test_0011_keeps_streams_heads_checkpoints_and_pending_records(empty_url: str) -> None:
+    upgrade(empty_url, "0010")
+    engine = make_engine(empty_url)
+    at = {"at": "2026-12-01 00:00:00"}
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO tenants (id, created_at) VALUES ('acme', :at)"), at)
+        connection.execute(
+            text(
+                "INSERT INTO streams (id, tenant_id, public_key_pem, key_fingerprint,"
+                " registered_at) VALUES ('cam-1', 'acme', 'pem', :fp, :at)"
+            ),
+            {**at, "fp": "f" * 64},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO chain_heads (stream_id, sequence, hash, signed_through,"
+                " signed_hash, last_checkpoint, closed, updated_at)"
+                " VALUES ('cam-1', 7, :h, 5, :s, 5, false, :at)"
+            ),
+            {**at, "h": "a" * 64, "s": "b" * 64},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO checkpoints (stream_id, sequence, event_hash, closing, verified,"
+                " received_at) VALUES ('cam-1', 5, :s, false, true, :at)"
+            ),
+            {**at, "s": "b" * 64},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO pending_records (stream_id, sequence, event_hash, prev, doc_id,"
+                " \"timestamp\", received_at) VALUES ('cam-1', 9, :h, :h, 'cam-1:9', :at, :at)"
+            ),
+            {**at, "h": "c" * 64},
+        )
+    upgrade(empty_url)
+    with engine.connect() as connection:
+
+        def rows(query: str) -> list[tuple[object, ...]]:
+            return [tuple(r) for r in connection.execute(text(query))]
+
+        assert rows("SELECT tenant_id, id FROM streams") == [("acme", "cam-1")]
+        assert rows("SELECT tenant_id, stream_id, sequence, signed_through FROM chain_heads") == [
+            ("acme", "cam-1", 7, 5)
+        ]
+        assert rows("SELECT tenant_id, stream_id, sequence FROM checkpoints") == [
+            ("acme", "cam-1", 5)
+        ]
+        assert rows("SELECT tenant_id, stream_id, sequence, doc_id FROM pending_records") == [
+            ("acme", "cam-1", 9, "cam-1:9")
+        ]
+    engine.dispose()

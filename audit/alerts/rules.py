@@ -64,7 +64,8 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {
             "wrong_tenant",
             Severity.HIGH,
             "ingest",
-            "records claim another tenant than their stream's",
+            "records claim another tenant than their stream's (no longer raised: stream names "
+            "are per tenant; kept so older alerts keep their rule)",
         ),
         BuiltinRule("malformed_record", Severity.MEDIUM, "ingest", "input that is not a record"),
         BuiltinRule(

@@ -25,6 +25,7 @@ from audit.settings import AuditSettings
 # space), as identity providers issue them.
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _SUBJECT = re.compile(r"[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x1f\x7f\s])?")
+_STREAM_PATTERN = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\*?")
 
 
 class Role(StrEnum):
@@ -42,6 +43,9 @@ class Principal:
     tenant: str
     roles: frozenset[Role]
     amr: frozenset[str]
+    # The `streams` claim of an ingest token: names, or prefixes ending in `*`, of its
+    # tenant's streams that it may write; None (no claim) for all of them.
+    streams: tuple[str, ...] | None = None
 
     def has(self, *roles: Role) -> bool:
         return bool(self.roles.intersection(roles))
@@ -111,11 +115,21 @@ class TokenVerifier:
             raise AuthenticationError("`roles` must be a list")
         roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
         amr = claims.get("amr", [])
+        streams = claims.get("streams")
+        if streams is not None and (
+            not isinstance(streams, list)
+            or not 1 <= len(streams) <= 256
+            or not all(isinstance(p, str) and _STREAM_PATTERN.fullmatch(p) for p in streams)
+        ):
+            raise AuthenticationError(
+                "invalid token: `streams` must list 1-256 stream names, or prefixes ending in '*'"
+            )
         return Principal(
             subject=subject,
             tenant=tenant,
             roles=roles,
             amr=frozenset(str(m) for m in amr) if isinstance(amr, list) else frozenset(),
+            streams=tuple(streams) if streams is not None else None,
         )
 
 

@@ -189,7 +189,8 @@ def keyrings_import(tenant: str, keyring: Path) -> None:
 
 @streams.command("show")
 @click.argument("stream")
-def streams_show(stream: str) -> None:
+@click.option("--tenant", default=None, help="the stream's tenant (names are per tenant)")
+def streams_show(stream: str, tenant: str | None) -> None:
     """A stream's registration and accepted chain head."""
-    read = _service().read(stream)
+    read = _service().read(stream, tenant)
     echo_json(read.model_dump(mode="json"))

@@ -124,7 +124,7 @@ async def create_export(
     for stream in sorted({s for s, _ in selected}):
         wanted = sorted(seq for s, seq in selected if s == stream)
         service.streams.read(stream, tenant_id=scope)  # 404 unless the caller's tenant's
-        keys[stream] = service.streams.verifier(stream).pem().decode()
+        keys[stream] = service.streams.verifier(scope, stream).pem().decode()
         placed: set[int] = set()
         async for event in service.store.scan(scope, stream, start=wanted[0]):
             if event.verdict == Verdict.REJECTED or event.sequence in placed:

@@ -381,6 +381,7 @@ class Planner:
         self._write(item, doc, PENDING, None)
         self.plan.pending_add.append(
             PendingRecord(
+                tenant_id=self.tenant,
                 stream_id=self.stream,
                 sequence=item.sequence,
                 event_hash=item.event_hash,
@@ -741,6 +742,7 @@ class Planner:
             return
         self.plan.checkpoints.append(
             Checkpoint(
+                tenant_id=self.tenant,
                 stream_id=self.stream,
                 sequence=item.sequence,
                 event_hash=item.event_hash,

@@ -15,11 +15,11 @@ class IngestRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def pending(self, stream_id: str) -> list[PendingRecord]:
+    def pending(self, tenant_id: str, stream_id: str) -> list[PendingRecord]:
         return list(
             self.session.scalars(
                 select(PendingRecord)
-                .where(PendingRecord.stream_id == stream_id)
+                .where(PendingRecord.tenant_id == tenant_id, PendingRecord.stream_id == stream_id)
                 .order_by(PendingRecord.sequence, PendingRecord.id)
             )
         )
@@ -32,12 +32,16 @@ class IngestRepository:
         if ids:
             self.session.execute(delete(PendingRecord).where(PendingRecord.id.in_(ids)))
 
-    def checkpoints(self, stream_id: str, sequences: list[int]) -> dict[int, Checkpoint]:
+    def checkpoints(
+        self, tenant_id: str, stream_id: str, sequences: list[int]
+    ) -> dict[int, Checkpoint]:
         if not sequences:
             return {}
         rows = self.session.scalars(
             select(Checkpoint).where(
-                Checkpoint.stream_id == stream_id, Checkpoint.sequence.in_(sequences)
+                Checkpoint.tenant_id == tenant_id,
+                Checkpoint.stream_id == stream_id,
+                Checkpoint.sequence.in_(sequences),
             )
         )
         return {row.sequence: row for row in rows}
@@ -54,5 +58,8 @@ class IngestRepository:
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    def streams_with_pending(self) -> list[str]:
-        return list(self.session.scalars(select(PendingRecord.stream_id).distinct()))
+    def streams_with_pending(self) -> list[tuple[str, str]]:
+        rows = self.session.execute(
+            select(PendingRecord.tenant_id, PendingRecord.stream_id).distinct()
+        )
+        return [(tenant, stream) for tenant, stream in rows]

@@ -10,12 +10,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, ingest_service, settings_dep, stream_service
-from audit.errors import FFAuditError, ForbiddenError, InvalidInputError, NotFoundError
+from audit.deps import Caller, allow, ingest_service, settings_dep
+from audit.errors import FFAuditError, ForbiddenError, InvalidInputError
 from audit.ingest.service import IngestService, check_record
 from audit.integrity import record as f
+from audit.producers.schemas import ProducerIdentity
 from audit.settings import AuditSettings
-from audit.streams.service import StreamService
 
 router = APIRouter(prefix="/v1/streams", tags=["ingest"])
 
@@ -95,7 +95,6 @@ async def ingest_records(
     stream: Annotated[str, Path(max_length=128)],
     service: Annotated[IngestService, Depends(ingest_service)],
     settings: Annotated[AuditSettings, Depends(settings_dep)],
-    streams: Annotated[StreamService, Depends(stream_service)],
     who: Caller,
 ) -> JSONResponse:
     """Store records of one stream. Idempotent: resending stored records is harmless.
@@ -104,13 +103,18 @@ async def ingest_records(
     if service.is_service_stream(stream):
         # The log of the logs is written by the service itself, never through this route.
         raise ForbiddenError("this stream is written by the audit service alone")
-    if engine is not None:
-        try:
-            owner = streams.read(stream).tenant
-        except NotFoundError:
-            owner = engine.tenant  # unknown streams are quarantined, whoever sends them
-        if owner != engine.tenant:
-            raise ForbiddenError("this stream belongs to another tenant")
+    # The token is the writer: its tenant's streams only, and of those the ones its
+    # `streams` claim names (ingest refuses anything else, and alerts the owner).
+    producer = (
+        ProducerIdentity(
+            id=f"token:{engine.subject}",
+            name=f"{engine.tenant}/token:{engine.subject}",
+            tenant=engine.tenant,
+            streams=engine.streams if engine.streams is not None else ("*",),
+        )
+        if engine is not None
+        else None
+    )
     body = await _read_body(request, settings.max_request_bytes)
     records = _parse(
         body, request.headers.get("content-type", ""), settings.max_records_per_request
@@ -124,7 +128,7 @@ async def ingest_records(
                 f"record {index}: ffaudit.stream does not match the URL's stream", index=index
             )
     peer = f"{request.client.host}:{request.client.port}" if request.client else None
-    report = await service.ingest(records, source="http", peer=peer)
+    report = await service.ingest(records, source="http", peer=peer, producer=producer)
     response = IngestResponse(
         stream=stream,
         counts=report.counts(),

@@ -53,6 +53,7 @@ from audit.streams.service import StreamService
 log = logging.getLogger("audit.ingest")
 _RESERVED_PREFIX = "ffaudit.ingest."
 _COMMIT_ATTEMPTS = 12
+_MAX_BUDGETS = 10_000  # quarantine budgets kept before idle senders are forgotten
 
 
 class _LostRace(Exception):
@@ -122,8 +123,8 @@ class IngestService:
         self.store = store
         self.metrics = metrics or Metrics()
         self._streams = StreamService(sessions)
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._registrations: dict[str, tuple[str, Verifier]] = {}
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._registrations: dict[tuple[str, str], tuple[str, Verifier]] = {}
         # Quarantined payloads are kept encrypted: they can hold raw PII (an unsealed event
         # sent by mistake carries e-mail addresses and paths in clear).
         self._box: SecretBox | None = None
@@ -145,7 +146,8 @@ class IngestService:
         from `source="service"` alone."""
         started = time.perf_counter()
         report = IngestReport()
-        by_stream: dict[str, list[Incoming]] = defaultdict(list)
+        # Streams are named per tenant: records are grouped by the tenant they claim.
+        by_stream: dict[tuple[str, str], list[Incoming]] = defaultdict(list)
         for index, obj in enumerate(records):
             checked = check_record(index, obj)
             if isinstance(checked, str):
@@ -161,12 +163,12 @@ class IngestService:
                     producer=producer.name if producer is not None else None,
                 )
                 continue
-            by_stream[checked.record[f.STREAM]].append(checked)
+            by_stream[checked.record[f.TENANT], checked.record[f.STREAM]].append(checked)
         await self._authorize(by_stream, source, peer, producer)
         self.metrics.in_flight.inc()
         try:
-            for stream, items in by_stream.items():
-                await self._ingest_stream(stream, items, source, peer, producer, report)
+            for (tenant, stream), items in by_stream.items():
+                await self._ingest_stream(tenant, stream, items, source, peer, producer, report)
         finally:
             self.metrics.in_flight.dec()
         for r in report.results:
@@ -180,8 +182,8 @@ class IngestService:
     async def sweep_gaps(self) -> None:
         """Flag gaps that stayed open past the timeout, also when no new record arrives."""
         streams = await asyncio.to_thread(self._streams_with_pending)
-        for stream in streams:
-            registration = await self._registration(stream)
+        for tenant, stream in streams:
+            registration = await self._registration(tenant, stream)
             if registration is not None:
                 await self._commit_stream(stream, registration, [])
 
@@ -192,22 +194,23 @@ class IngestService:
 
     async def _authorize(
         self,
-        by_stream: dict[str, list[Incoming]],
+        by_stream: dict[tuple[str, str], list[Incoming]],
         source: str,
         peer: str | None,
         producer: ProducerIdentity | None,
     ) -> None:
-        """Refuse the whole call when any record is for a stream its writer may not write."""
-        for stream, items in by_stream.items():
+        """Refuse the whole call when any record is for a stream its writer may not write:
+        a producer writes its own tenant's streams that its patterns name, nothing else."""
+        for (tenant, stream), items in by_stream.items():
             if source != "service" and self.is_service_stream(stream):
                 await self._refuse(stream, items, peer, producer, owner=None)
                 raise ForbiddenError(f"stream {stream!r} is written by the audit service alone")
             if producer is None:
                 continue
-            registration = await self._registration(stream)
-            owner = registration[0] if registration is not None else None
-            if producer.may_write(stream) and owner in (None, producer.tenant):
+            if producer.tenant == tenant and producer.may_write(stream):
                 continue
+            registration = await self._registration(tenant, stream)
+            owner = registration[0] if registration is not None else None
             await self._refuse(stream, items, peer, producer, owner=owner)
             raise ForbiddenError(f"producer {producer.name!r} may not write stream {stream!r}")
 
@@ -261,6 +264,7 @@ class IngestService:
 
     async def _ingest_stream(
         self,
+        claimed: str,
         stream: str,
         items: list[Incoming],
         source: str,
@@ -268,7 +272,7 @@ class IngestService:
         producer: ProducerIdentity | None,
         report: IngestReport,
     ) -> None:
-        registration = await self._registration(stream)
+        registration = await self._registration(claimed, stream)
         if registration is None:
             # Attributed to the authenticated producer's tenant, never to the tenant a record
             # claims: anyone could claim any tenant and raise alerts there.
@@ -285,21 +289,6 @@ class IngestService:
                 producer=producer.name if producer is not None else None,
             )
             return
-        tenant = registration[0]
-        foreign = [i for i in items if i.record[f.TENANT] != tenant]
-        if foreign:
-            await self._quarantine(
-                [(i.index, i.record) for i in foreign],
-                "record claims another tenant than its stream's",
-                source,
-                peer,
-                stream=stream,
-                tenant=tenant,
-                report=report,
-                rule="wrong_tenant",
-                producer=producer.name if producer is not None else None,
-            )
-            items = [i for i in items if i.record[f.TENANT] == tenant]
         if items:
             report.results += await self._commit_stream(stream, registration, items)
 
@@ -316,7 +305,7 @@ class IngestService:
         # lost race may judge a record differently (evidence, then placed), but it keeps
         # the one copy under the name it already has.
         written: dict[int, str] = {}
-        async with self._locks[stream]:
+        async with self._locks[tenant, stream]:
             for attempt in range(_COMMIT_ATTEMPTS):
                 if attempt:
                     # Another replica holds this head: give it time to commit.
@@ -324,7 +313,7 @@ class IngestService:
                     await asyncio.sleep(jitter * 2 ** min(attempt, 6))
                 for item in items:
                     item.stored_as = written.get(item.index)
-                head, pending, checkpoints = await asyncio.to_thread(self._load, stream)
+                head, pending, checkpoints = await asyncio.to_thread(self._load, tenant, stream)
                 loaded = (head.sequence, head.hash)
                 stored = await self._stored_hashes(tenant, stream, head, items)
                 batch = [*adopted.values(), *items]
@@ -461,9 +450,11 @@ class IngestService:
 
     # -- control database (run in a worker thread) -----------------------------------------
 
-    def _load(self, stream: str) -> tuple[Head, list[PendingRecord], dict[int, Checkpoint]]:
+    def _load(
+        self, tenant: str, stream: str
+    ) -> tuple[Head, list[PendingRecord], dict[int, Checkpoint]]:
         with self._sessions() as session:
-            row = StreamRepository(session).get_head(stream)
+            row = StreamRepository(session).get_head(tenant, stream)
             if row is None:
                 raise ConflictError(f"stream {stream!r} has no chain head")
             head = Head(
@@ -476,17 +467,16 @@ class IngestService:
                 row.contested_from,
             )
             repo = IngestRepository(session)
-            pending = repo.pending(stream)
-            checkpoints = repo.checkpoints(stream, [p.sequence for p in pending])
+            pending = repo.pending(tenant, stream)
+            checkpoints = repo.checkpoints(tenant, stream, [p.sequence for p in pending])
             return head, pending, checkpoints
 
     def _commit(self, stream: str, tenant: str, plan: Plan) -> bool:
         try:
             with self._sessions.begin() as session:
                 streams = StreamRepository(session)
-                row = streams.get_head(stream)
-                assert row is not None
                 moved = streams.advance_head(
+                    tenant,
                     stream,
                     expected_sequence=plan.loaded_sequence,
                     expected_hash=plan.loaded_hash,
@@ -523,28 +513,26 @@ class IngestService:
         with self._sessions.begin() as session:
             return IngestRepository(session).purge_quarantine(cutoff)
 
-    def _streams_with_pending(self) -> list[str]:
+    def _streams_with_pending(self) -> list[tuple[str, str]]:
         with self._sessions() as session:
             return IngestRepository(session).streams_with_pending()
 
     # -- registrations and quarantine --------------------------------------------------------
 
-    async def _registration(self, stream: str) -> tuple[str, Verifier] | None:
-        cached = self._registrations.get(stream)
+    async def _registration(self, tenant: str, stream: str) -> tuple[str, Verifier] | None:
+        cached = self._registrations.get((tenant, stream))
         if cached is not None:
             return cached
-        found = await asyncio.to_thread(self._lookup, stream)
+        found = await asyncio.to_thread(self._lookup, tenant, stream)
         if found is not None:
-            self._registrations[stream] = found
+            self._registrations[tenant, stream] = found
         return found
 
-    def _lookup(self, stream: str) -> tuple[str, Verifier] | None:
+    def _lookup(self, tenant: str, stream: str) -> tuple[str, Verifier] | None:
         with self._sessions() as session:
-            row = StreamRepository(session).get_stream(stream)
-            if row is None:
+            if StreamRepository(session).get_stream(tenant, stream) is None:
                 return None
-            tenant = row.tenant_id
-        return tenant, self._streams.verifier(stream)
+        return tenant, self._streams.verifier(tenant, stream)
 
     async def _quarantine(
         self,
@@ -563,6 +551,11 @@ class IngestService:
         one is known for sure, within the sender's budget (TooManyRequestsError past it)."""
         payloads = [_payload(obj) for _, obj in items]
         who = f"producer:{producer}" if producer else f"host:{_host(peer)}"
+        if who not in self._budgets and len(self._budgets) >= _MAX_BUDGETS:
+            # Senders that have been quiet long enough to refill owe nothing: forget them,
+            # so that many addresses cannot grow this map without bound.
+            for sender in [k for k, b in self._budgets.items() if b.full()]:
+                del self._budgets[sender]
         budget = self._budgets.setdefault(
             who,
             _Budget(
@@ -631,6 +624,13 @@ class _Budget:
         self.rate = (records / 60.0, size / 60.0)
         self.cap = (float(records), float(size))
         self.at = time.monotonic()
+
+    def full(self) -> bool:
+        elapsed = time.monotonic() - self.at
+        return (
+            self.records + elapsed * self.rate[0] >= self.cap[0]
+            and self.size + elapsed * self.rate[1] >= self.cap[1]
+        )
 
     def take(self, records: int, size: int) -> bool:
         now = time.monotonic()

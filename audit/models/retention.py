@@ -95,7 +95,9 @@ class RetentionCheckpoint(Base):
     the other columns are copies for lookups, never trusted by verification."""
 
     __tablename__ = "retention_checkpoints"
-    __table_args__ = (UniqueConstraint("stream_id", "first_sequence", "last_sequence"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "stream_id", "first_sequence", "last_sequence"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(63), index=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from audit.db.base import Base, utcnow
@@ -19,12 +19,15 @@ class Tenant(Base):
 
 
 class Stream(Base):
-    """A producer's hash chain, registered with its tenant and Ed25519 public key."""
+    """A producer's hash chain, registered with its tenant and Ed25519 public key.
+
+    Names are scoped by tenant: two tenants may each have a `cam-1`, and registering a name
+    never tells one tenant anything about another's."""
 
     __tablename__ = "streams"
 
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     public_key_pem: Mapped[str] = mapped_column(Text)
     key_fingerprint: Mapped[str] = mapped_column(HASH)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -39,8 +42,12 @@ class ChainHead(Base):
     """
 
     __tablename__ = "chain_heads"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "stream_id"], ["streams.tenant_id", "streams.id"]),
+    )
 
-    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     sequence: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(HASH, default="0" * 64)
     signed_through: Mapped[int] = mapped_column(default=0)
@@ -56,8 +63,12 @@ class ChainHead(Base):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "stream_id"], ["streams.tenant_id", "streams.id"]),
+    )
 
-    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     sequence: Mapped[int] = mapped_column(primary_key=True)
     event_hash: Mapped[str] = mapped_column(HASH)
     signature: Mapped[str | None] = mapped_column(String(128))
@@ -71,10 +82,15 @@ class PendingRecord(Base):
     """A record that arrived ahead of its predecessor: stored, waiting for the gap to fill."""
 
     __tablename__ = "pending_records"
-    __table_args__ = (UniqueConstraint("stream_id", "sequence", "event_hash"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "stream_id", "sequence", "event_hash"),
+        ForeignKeyConstraint(["tenant_id", "stream_id"], ["streams.tenant_id", "streams.id"]),
+        Index("ix_pending_records_tenant_id_stream_id", "tenant_id", "stream_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(63))
+    stream_id: Mapped[str] = mapped_column(String(128))
     sequence: Mapped[int]
     event_hash: Mapped[str] = mapped_column(HASH)
     prev: Mapped[str] = mapped_column(HASH)

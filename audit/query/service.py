@@ -148,7 +148,7 @@ class QueryService:
         edits or deletions made inside the store after ingest show up here. `on_progress`
         gets the records checked so far every PROGRESS_EVERY records (long chains)."""
         read = self.streams.read(stream, tenant_id=tenant)
-        verifier = ChainVerifier(self.streams.verifier(stream), strict=False)
+        verifier = ChainVerifier(self.streams.verifier(tenant, stream), strict=False)
         failures: list[Failure] = []
         ranges: list[PurgedRange] = []
         if self.purged is not None:

@@ -131,9 +131,12 @@ class RetentionRepository:
         )
         return list(self.session.scalars(query))
 
-    def same_checkpoint(self, stream: str, first: int, last: int) -> RetentionCheckpoint | None:
+    def same_checkpoint(
+        self, tenant: str, stream: str, first: int, last: int
+    ) -> RetentionCheckpoint | None:
         return self.session.scalars(
             select(RetentionCheckpoint).where(
+                RetentionCheckpoint.tenant_id == tenant,
                 RetentionCheckpoint.stream_id == stream,
                 RetentionCheckpoint.first_sequence == first,
                 RetentionCheckpoint.last_sequence == last,

@@ -262,7 +262,7 @@ class RetentionRunner:
             if archived.sha256 is not None:
                 ref["sha256"] = archived.sha256
             for run in archived.runs:
-                existing = repo.same_checkpoint(run.stream, run.first, run.last)
+                existing = repo.same_checkpoint(tenant, run.stream, run.first, run.last)
                 if existing is not None:
                     _same_run(existing, tenant, run)
                     continue  # purged before (then restored): the old checkpoint stands

@@ -12,11 +12,15 @@ class StreamRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get_stream(self, stream_id: str) -> Stream | None:
-        return self.session.get(Stream, stream_id)
+    def get_stream(self, tenant_id: str, stream_id: str) -> Stream | None:
+        return self.session.get(Stream, (tenant_id, stream_id))
 
-    def get_head(self, stream_id: str) -> ChainHead | None:
-        return self.session.get(ChainHead, stream_id)
+    def find_streams(self, stream_id: str) -> list[Stream]:
+        """Every tenant's stream of that name: for callers that name no tenant (open mode)."""
+        return list(self.session.scalars(select(Stream).where(Stream.id == stream_id).limit(2)))
+
+    def get_head(self, tenant_id: str, stream_id: str) -> ChainHead | None:
+        return self.session.get(ChainHead, (tenant_id, stream_id))
 
     def ensure_tenant(self, tenant_id: str) -> Tenant:
         tenant = self.session.get(Tenant, tenant_id)
@@ -29,7 +33,7 @@ class StreamRepository:
     def add_stream(self, stream: Stream) -> None:
         self.session.add(stream)
         self.session.flush()
-        self.session.add(ChainHead(stream_id=stream.id))
+        self.session.add(ChainHead(tenant_id=stream.tenant_id, stream_id=stream.id))
 
     def list_streams(self, tenant_id: str | None = None) -> list[Stream]:
         query = select(Stream).order_by(Stream.id)
@@ -39,6 +43,7 @@ class StreamRepository:
 
     def advance_head(
         self,
+        tenant_id: str,
         stream_id: str,
         *,
         expected_sequence: int,
@@ -55,6 +60,7 @@ class StreamRepository:
         result = self.session.execute(
             update(ChainHead)
             .where(
+                ChainHead.tenant_id == tenant_id,
                 ChainHead.stream_id == stream_id,
                 ChainHead.sequence == expected_sequence,
                 ChainHead.hash == expected_hash,

@@ -29,19 +29,16 @@ class StreamService:
         self._sessions = sessions
 
     def register(self, registration: StreamRegistration) -> StreamRead:
-        """Idempotent for the same tenant and key; any other re-registration is a conflict."""
+        """Idempotent for the same key; another key for a registered name is a conflict.
+        Names are per tenant: another tenant's streams never conflict, nor show."""
         verifier = parse_public_key(registration.public_key_pem)
         with self._sessions.begin() as session:
             repo = StreamRepository(session)
-            existing = repo.get_stream(registration.stream)
+            existing = repo.get_stream(registration.tenant, registration.stream)
             if existing is not None:
-                if (
-                    existing.tenant_id != registration.tenant
-                    or existing.key_fingerprint != verifier.fingerprint
-                ):
+                if existing.key_fingerprint != verifier.fingerprint:
                     raise ConflictError(
-                        f"stream {registration.stream!r} is already registered with another "
-                        "tenant or key"
+                        f"stream {registration.stream!r} is already registered with another key"
                     )
             else:
                 repo.ensure_tenant(registration.tenant)
@@ -53,14 +50,20 @@ class StreamService:
                         key_fingerprint=verifier.fingerprint,
                     )
                 )
-        return self.read(registration.stream)
+        return self.read(registration.stream, registration.tenant)
 
     def read(self, stream_id: str, tenant_id: str | None = None) -> StreamRead:
+        """The tenant's stream; with no tenant (open mode only), the one stream of that name
+        (NotFoundError when several tenants have one)."""
         with self._sessions() as session:
             repo = StreamRepository(session)
-            stream = repo.get_stream(stream_id)
-            head = repo.get_head(stream_id)
-            if stream is None or head is None or (tenant_id and stream.tenant_id != tenant_id):
+            if tenant_id is None:
+                found = repo.find_streams(stream_id)
+                stream = found[0] if len(found) == 1 else None
+            else:
+                stream = repo.get_stream(tenant_id, stream_id)
+            head = repo.get_head(stream.tenant_id, stream.id) if stream is not None else None
+            if stream is None or head is None:
                 raise NotFoundError(f"no stream {stream_id!r}")
             return StreamRead(
                 stream=stream.id,
@@ -77,9 +80,9 @@ class StreamService:
         with self._sessions() as session:
             return [s.id for s in StreamRepository(session).list_streams(tenant_id)]
 
-    def verifier(self, stream_id: str) -> Verifier:
+    def verifier(self, tenant_id: str, stream_id: str) -> Verifier:
         with self._sessions() as session:
-            stream = StreamRepository(session).get_stream(stream_id)
+            stream = StreamRepository(session).get_stream(tenant_id, stream_id)
             if stream is None:
                 raise NotFoundError(f"no stream {stream_id!r}")
             try:

@@ -278,7 +278,7 @@ async def load(
     streams = StreamService(sessions)
     received = datetime.now(UTC)
     total, started = 0, time.perf_counter()
-    heads: dict[str, tuple[int, str, int, bool]] = {}
+    heads: dict[tuple[str, str], tuple[int, str, int, bool]] = {}
     for spec in plan(events):
         index = int(spec.stream.rsplit("-", 1)[1])
         streams.register(
@@ -307,7 +307,12 @@ async def load(
         for write in writes:
             await write
         total += last["event.sequence"]
-        heads[spec.stream] = (last["event.sequence"], last["event.hash"], signed, True)
+        heads[spec.tenant, spec.stream] = (
+            last["event.sequence"],
+            last["event.hash"],
+            signed,
+            True,
+        )
         rate = total / (time.perf_counter() - started)
         print(
             f"  {spec.stream}: {last['event.sequence']:,} records ({total:,}, {rate:,.0f}/s)",
@@ -327,15 +332,16 @@ async def load(
 
 
 def set_heads(
-    sessions: sessionmaker[Session], heads: dict[str, tuple[int, str, int, bool]]
+    sessions: sessionmaker[Session], heads: dict[tuple[str, str], tuple[int, str, int, bool]]
 ) -> None:
     """The heads the service would have accepted after ingesting every record."""
     with sessions.begin() as session:
         repo = StreamRepository(session)
-        for stream, (sequence, hash_, signed, closed) in heads.items():
-            head = repo.get_head(stream)
+        for (tenant, stream), (sequence, hash_, signed, closed) in heads.items():
+            head = repo.get_head(tenant, stream)
             assert head is not None
             moved = repo.advance_head(
+                tenant,
                 stream,
                 expected_sequence=head.sequence,
                 expected_hash=head.hash,

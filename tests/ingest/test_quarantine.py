@@ -85,3 +85,21 @@ async def test_quarantine_expires(service: IngestService) -> None:
         )
     assert service.purge_quarantine() == 1
     assert len(rows(service)) == 1
+
+
+async def test_budgets_of_quiet_senders_are_forgotten_not_kept_for_ever(
+    service: IngestService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many source addresses (an IPv6 /64 has plenty) must not grow the map without bound.
+    monkeypatch.setattr("audit.ingest.service._MAX_BUDGETS", 3)
+    for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        await service.ingest([{"junk": 1}], source="http", peer=f"{host}:5")
+    assert len(service._budgets) == 3
+    service._budgets["host:10.0.0.1"].at -= 120  # quiet for two minutes: refilled
+    await service.ingest([{"junk": 1}], source="http", peer="10.0.0.4:5")
+    assert sorted(service._budgets) == ["host:10.0.0.2", "host:10.0.0.3", "host:10.0.0.4"]
+    # A sender still owing its budget keeps it: forgetting it would reset its limit.
+    for _ in range(4):
+        await service.ingest([{"junk": 1}], source="http", peer="10.0.0.2:5")
+    with pytest.raises(TooManyRequestsError):
+        await service.ingest([{"junk": 1}], source="http", peer="10.0.0.2:5")

@@ -166,15 +166,17 @@ async def test_unknown_stream_is_quarantined_and_alerted(env_factory: Factory) -
     assert await env.store.count("acme") == 0
 
 
-async def test_wrong_tenant_is_quarantined(env_factory: Factory) -> None:
+async def test_another_tenants_name_is_another_stream(env_factory: Factory) -> None:
+    # Stream names are per tenant: records claiming "other" are for other's cam-1, which
+    # is not registered, whatever acme's cam-1 is.
     env = env_factory()
     env.register(tenant="acme")
     records = make_records(env.signer, 3, tenant="other")
     report = await env.service.ingest(records, source="test")
-    assert [reason for _, reason in report.quarantined] == [
-        "record claims another tenant than its stream's"
-    ] * len(records)
+    assert [reason for _, reason in report.quarantined] == ["unknown stream"] * len(records)
     assert await env.store.count("other") == 0
+    assert await env.store.count("acme") == 0
+    assert env.streams.read("cam-1", "acme").head_sequence == 0
 
 
 async def test_malformed_records_are_quarantined_not_dropped(env_factory: Factory) -> None:

@@ -207,6 +207,56 @@ def test_a_producer_is_held_to_its_stream_patterns(service: Service) -> None:
     assert service.head("acme", "cam-1") == 0
 
 
+def test_stream_names_are_per_tenant_and_reveal_nothing_across_tenants(service: Service) -> None:
+    """Tenant A registering a name tenant B uses (or will use) neither blocks B nor learns
+    anything: each tenant has its own `cam-1`, with its own key, head and records."""
+    a_key, b_key = Signer.generate(), Signer.generate()
+    service.register("beta", "cam-1", b_key)
+    body = {"stream": "cam-1", "tenant": "acme", "public_key_pem": a_key.verifier.pem().decode()}
+    first = service.call("POST", "/v1/streams", "acme", json=body)
+    assert first.status_code == 201, first.text  # as for a name nobody has
+    again = service.call("POST", "/v1/streams", "acme", json=body)
+    assert again.status_code == 201  # idempotent
+    other_key = {**body, "public_key_pem": Signer.generate().verifier.pem().decode()}
+    assert service.call("POST", "/v1/streams", "acme", json=other_key).status_code == 409
+    service.deliver(sealed(a_key, "acme", "cam-1", 3), service.producer("acme", "e", ["cam-1"]))
+    service.deliver(sealed(b_key, "beta", "cam-1", 5), service.producer("beta", "e", ["cam-1"]))
+    assert (service.head("acme", "cam-1"), service.head("beta", "cam-1")) == (3, 5)
+    for tenant in ("acme", "beta"):
+        verified = service.call("POST", "/v1/verify", tenant, json={"stream": "cam-1"}).json()
+        assert verified["ok"] is True, verified
+    # The reserved prefix of the service's own streams stays reserved in every tenant.
+    squat = {**body, "stream": "ffaudit-service.beta.host-1"}
+    assert service.call("POST", "/v1/streams", "acme", json=squat).status_code == 403
+
+
+def test_an_ingest_token_writes_its_tenants_streams_named_by_its_claim(service: Service) -> None:
+    signer = Signer.generate()
+    for tenant, stream in (("acme", "cam-1"), ("acme", "billing"), ("beta", "cam-1")):
+        service.register(tenant, stream, signer)
+
+    def post(stream: str, records: list[dict[str, Any]], **claims: Any) -> httpx.Response:
+        return service.call(
+            "POST",
+            f"/v1/streams/{stream}/records",
+            "acme",
+            json=records,
+            claims={"roles": ["ingest"], "amr": [], **claims},
+        )
+
+    # Beta's cam-1 cannot be reached with acme's token: records claiming beta are refused.
+    refused = post("cam-1", sealed(signer, "beta", "cam-1", 2))
+    assert refused.status_code == 403, refused.text
+    assert service.head("beta", "cam-1") == 0
+    # A token bound by its `streams` claim writes those streams only.
+    bound = {"streams": ["cam-*"]}
+    assert post("billing", sealed(signer, "acme", "billing", 1), **bound).status_code == 403
+    assert post("cam-1", sealed(signer, "acme", "cam-1", 2), **bound).status_code == 200
+    assert service.head("acme", "cam-1") == 2
+    malformed = post("cam-1", [], streams="cam-1")
+    assert malformed.status_code == 401, malformed.text
+
+
 def test_revoked_producers_are_refused(service: Service) -> None:
     signer = Signer.generate()
     service.register("acme", "cam-1", signer)
@@ -273,9 +323,17 @@ def test_records_of_an_unknown_stream_alert_the_producers_tenant_not_the_claimed
     service: Service,
 ) -> None:
     producer = service.producer("acme", "engine-1", ["new-*"])
-    claims_beta = sealed(Signer.generate(), "beta", "new-stream", 2)
-    service.deliver(claims_beta, producer)  # quarantined (and acked: kept as evidence)
+    own = sealed(Signer.generate(), "acme", "new-stream", 2)
+    service.deliver(own, producer)  # quarantined (and acked: kept as evidence)
     assert [a["rule"] for a in service.alerts("acme")] == ["unknown_stream"]
+    # Records claiming another tenant are not this producer's to send: refused whole.
+    claims_beta = sealed(Signer.generate(), "beta", "new-stream", 2)
+    with pytest.raises(DeliveryError):
+        service.deliver(claims_beta, producer)
+    assert sorted(a["rule"] for a in service.alerts("acme")) == [
+        "unauthorized_producer",
+        "unknown_stream",
+    ]
     assert service.alerts("beta") == []
 
 
