@@ -68,6 +68,22 @@ _GAP_SWEEP_S = 5.0
 _QUARANTINE_PURGE_S = 3600.0
 
 
+def _document_deployment_limits(app: FastAPI, settings: AuditSettings) -> None:
+    """Limits this deployment's settings choose go into its OpenAPI document, so that the
+    contract says exactly what the code enforces (the retention floor, today)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            days = schema["components"]["schemas"]["PolicyUpdate"]["properties"]["days"]
+            days["minimum"] = max(days.get("minimum", 1), settings.retention_min_days)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     settings = settings or AuditSettings()
 
@@ -195,6 +211,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(subjects_router)
     app.include_router(webhooks_router)
     app.include_router(producers_router)
+    _document_deployment_limits(app, settings)
 
     @app.exception_handler(FFAuditError)
     async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:

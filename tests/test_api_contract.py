@@ -42,3 +42,29 @@ def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
     rules = client.request("PATCH", "/v1/alert-rules/1", headers=bearer())
     assert rules.status_code == 405
     assert set(rules.headers["allow"].split(", ")) >= {"PUT", "DELETE"}
+
+
+def test_counts_and_switches_take_json_integers_and_booleans_only(client: TestClient) -> None:
+    security = bearer(roles=["security"])
+    rule = {"name": "r", "group_by": "stream", "window_s": 60, "threshold": 3}
+    for bad in ({"threshold": False}, {"threshold": "3"}, {"window_s": 60.5}, {"enabled": 0}):
+        answer = client.post("/v1/alert-rules", json={**rule, **bad}, headers=security)
+        assert answer.status_code == 422, bad
+    # 60.0 is an integer to JSON Schema (no fractional part): taken as 60.
+    made = client.post("/v1/alert-rules", json={**rule, "window_s": 60.0}, headers=security)
+    assert made.status_code == 201, made.text
+    assert made.json()["window_s"] == 60
+
+
+def test_the_document_states_the_rules_the_code_applies(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    # This deployment's retention floor, not a generic 1.
+    days = schemas["PolicyUpdate"]["properties"]["days"]
+    assert days["minimum"] == app_settings(Path("/tmp")).retention_min_days
+    assert "pattern" in schemas["StreamRegistration"]["properties"]["stream"]
+    assert {"anyOf"} <= set(schemas["VerifyRequest"])
+    assert len(schemas["HoldCreate"]["oneOf"]) == 4
+    # A newline after a valid name is refused (a `$` that matches before "\n" let it in).
+    admin = bearer(roles=["admin"], amr=["otp"])
+    body = {"stream": "cam-1\n", "tenant": "acme", "public_key_pem": "x"}
+    assert client.post("/v1/streams", json=body, headers=admin).status_code == 422

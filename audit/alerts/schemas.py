@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from audit.errors import InvalidInputError
 from audit.integrity.events import EventAction, Outcome
+from audit.jsontypes import JsonInt
 from audit.models import Alert, AlertRule
-from audit.store.query import GroupField, query_words
+from audit.store.query import TEXT_SCHEMA, GroupField, query_words
 
 State = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["critical", "high", "medium", "low"]
@@ -63,9 +64,13 @@ class RuleFilter(BaseModel):
 
     action: list[EventAction] = Field(default_factory=list, max_length=50)
     outcome: list[Outcome] = Field(default_factory=list, max_length=3)
-    stream: list[str] = Field(default_factory=list, max_length=100)
-    verdict: list[Verdict] = Field(default_factory=list, max_length=3)
-    q: str | None = Field(default=None, max_length=200, description="free text")
+    stream: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=100
+    )
+    verdict: list[Verdict] = Field(default_factory=list, max_length=4)
+    q: str | None = Field(
+        default=None, max_length=200, description="free text", json_schema_extra=TEXT_SCHEMA
+    )
 
     @model_validator(mode="after")
     def _values(self) -> RuleFilter:
@@ -109,10 +114,11 @@ class RuleIn(BaseModel):
     severity: SeverityName = "medium"
     filter: RuleFilter = Field(default_factory=RuleFilter)
     group_by: GroupField
-    window_s: int = Field(ge=5, le=_WEEK)
-    step_s: int | None = Field(default=None, ge=5, le=_WEEK)
-    threshold: int = Field(ge=0, le=1_000_000_000)
-    enabled: bool = True
+    # Strict numbers: `false` or "5" are not counts (the schema says integer).
+    window_s: JsonInt = Field(ge=5, le=_WEEK)
+    step_s: JsonInt | None = Field(default=None, ge=5, le=_WEEK)
+    threshold: JsonInt = Field(ge=0, le=1_000_000_000)
+    enabled: StrictBool = True  # `0` is not a boolean: the schema says so, and so does this
 
     @model_validator(mode="after")
     def _step(self) -> RuleIn:

@@ -20,6 +20,7 @@ from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
 from audit.store.protocol import Verdict
+from audit.store.query import TEXT_SCHEMA
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
@@ -44,7 +45,7 @@ class ExportRequest(BaseModel):
     stream: list[str] = Field(default_factory=list)
     since: Timestamp | None = None
     until: Timestamp | None = None
-    q: str | None = Field(default=None, max_length=200)
+    q: str | None = Field(default=None, max_length=200, json_schema_extra=TEXT_SCHEMA)
 
 
 def manifest_query(

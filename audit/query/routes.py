@@ -11,13 +11,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from audit.auth.tokens import Principal, ReadScope, Role, read_scope
 from audit.deps import Caller, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
+from audit.store.query import TEXT_SCHEMA
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
@@ -64,8 +65,23 @@ class JobTimeline(BaseModel):
     failed_frames: int
 
 
+def _named(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: schema}}
+
+
 class VerifyRequest(BaseModel):
-    stream: str | None = None
+    # The scope rule below, in the OpenAPI document too: a stream, or since, or until.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                _named("stream", {"type": "string"}),
+                _named("since", {"type": "string"}),
+                _named("until", {"type": "string"}),
+            ]
+        }
+    )
+
+    stream: str | None = Field(default=None, max_length=128)
     since: Timestamp | None = None
     until: Timestamp | None = None
 
@@ -170,7 +186,10 @@ async def list_events(
     verdict: Annotated[list[Literal["ok", "pending", "broken", "rejected"]] | None, Query()] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="free text, non-PII")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="free text, non-PII", json_schema_extra=TEXT_SCHEMA),
+    ] = None,
     order: Literal["asc", "desc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,

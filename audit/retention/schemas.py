@@ -5,8 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
+from audit.jsontypes import JsonInt
 from audit.retention.classes import ActionClass
 
 HoldScope = Literal["tenant", "stream", "job", "actor"]
@@ -27,7 +35,7 @@ Text = Annotated[str, AfterValidator(_unicode)]
 class PolicyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    days: int = Field(ge=1, le=36_500, description="at least the configured floor")
+    days: JsonInt = Field(ge=1, le=36_500, description="at least the configured floor")
 
 
 class PolicyOut(BaseModel):
@@ -44,11 +52,43 @@ class PoliciesOut(BaseModel):
     policies: list[PolicyOut]
 
 
+_HOLD_VALUES = ("stream", "job", "actor", "actor_hash")
+_HOLD_TAKES = {
+    "tenant": (),
+    "stream": ("stream",),
+    "job": ("job",),
+    "actor": ("actor", "actor_hash"),
+}
+
+
+def _given(field: str) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: {"type": "string"}}}
+
+
+def _hold_shape(scope: str) -> dict[str, Any]:
+    """The JSON Schema of one scope's body: exactly one of the values it takes, none other
+    (null counts as absent, as in the validator)."""
+    takes = _HOLD_TAKES[scope]
+    exactly_one = [
+        {"allOf": [_given(f), *({"not": _given(o)} for o in takes if o != f)]} for f in takes
+    ]
+    return {
+        "properties": {"scope": {"const": scope}},
+        "allOf": [
+            *({"not": _given(f)} for f in _HOLD_VALUES if f not in takes),
+            *([{"anyOf": exactly_one}] if exactly_one else []),
+        ],
+    }
+
+
 class HoldCreate(BaseModel):
     """One of `stream`, `job`, `actor` (raw id) or `actor_hash` (pseudonym), as the scope
     says; nothing for a tenant-wide hold."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The validator's rule, in the OpenAPI document too.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [_hold_shape(s) for s in _HOLD_TAKES]}
+    )
 
     scope: HoldScope
     stream: Text | None = Field(default=None, min_length=1, max_length=128)

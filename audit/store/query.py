@@ -69,6 +69,11 @@ MAX_QUERY_WORDS = 32
 WORD_CHARS = 64
 MAX_RECORD_WORDS = 1000
 _WORD = re.compile(r"[^\W_]+")
+# What the OpenAPI document promises for free text: 1 to MAX_QUERY_WORDS words (runs of
+# letters and digits), whatever separates them. Unambiguous (a word is always followed by
+# separators or the end), so no regex engine backtracks on it.
+TEXT_PATTERN = rf"^[\W_]*(?:[^\W_]+(?:[\W_]+|$)){{1,{MAX_QUERY_WORDS}}}$"
+TEXT_SCHEMA: dict[str, Any] = {"pattern": TEXT_PATTERN}
 _PSEUDONYM_LIKE = re.compile(r"[0-9a-f]{16,}")
 _SEARCHED_FIELDS = ("event.action", "error.type", "error.message")
 _CURSOR_VERSION = "v1."

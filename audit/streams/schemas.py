@@ -4,7 +4,7 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -12,19 +12,27 @@ _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 def validate_tenant(value: str) -> str:
     # Tenants name Elasticsearch indices: lowercase, no separators ES reserves.
-    if not _TENANT.match(value):
+    if not _TENANT.fullmatch(value):
         raise ValueError("tenant must be 1-63 chars of a-z, 0-9, '_' or '-', starting alphanumeric")
     return value
 
 
 def _stream(value: str) -> str:
-    if not _STREAM.match(value):
+    if not _STREAM.fullmatch(value):
         raise ValueError("stream must be 1-128 chars of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
     return value
 
 
-TenantId = Annotated[str, AfterValidator(validate_tenant)]
-StreamId = Annotated[str, AfterValidator(_stream)]
+# The pattern goes into the OpenAPI document (the contract says what the code enforces);
+# the validator gives the clear message.
+TenantId = Annotated[
+    str,
+    AfterValidator(validate_tenant),
+    WithJsonSchema({"type": "string", "pattern": _TENANT.pattern}),
+]
+StreamId = Annotated[
+    str, AfterValidator(_stream), WithJsonSchema({"type": "string", "pattern": _STREAM.pattern})
+]
 
 
 class StreamRegistration(BaseModel):

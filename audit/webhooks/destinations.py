@@ -18,14 +18,17 @@ from dataclasses import dataclass
 
 import httpx
 
-from audit.errors import InvalidInputError
+from audit.errors import ForbiddenError
 from audit.settings import AuditSettings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 REFUSED = "refused: destination not allowed"
 
 
-class DestinationRefused(InvalidInputError):
+class DestinationRefused(ForbiddenError):
+    """A policy refusal (403), not malformed input: the URL is well formed, its destination
+    is one the operator does not let webhooks reach."""
+
     def __init__(self) -> None:
         super().__init__(
             "destination not allowed: webhooks go to public https addresses, or to those the "

@@ -30,12 +30,18 @@ def _webhook_url(value: str) -> str:
     return value
 
 
+# http(s), a DNS host name or IPv4 address, an optional port, then a path and query in
+# printable ASCII without a fragment; no user:password@. IPv6 literals pass the validator
+# but are not promised here.
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_URL_PATTERN = (
+    rf"^[hH][tT][tT][pP][sS]?://{_LABEL}(?:\.{_LABEL})*(?::[1-9][0-9]{{0,3}})?(?:[/?][!\x22$-~]*)?$"
+)
+
 WebhookUrl = Annotated[
     str,
     # The pattern documents the scheme rule in the schema; the validator gives the message.
-    Field(
-        min_length=1, max_length=2048, json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"}
-    ),
+    Field(min_length=1, max_length=2048, json_schema_extra={"pattern": _URL_PATTERN}),
     AfterValidator(_webhook_url),
 ]
 

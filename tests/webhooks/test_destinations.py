@@ -47,7 +47,7 @@ def test_internal_destinations_are_refused_at_registration(
     with TestClient(create_app(strict)) as client:
         t = tenant()
         answer = client.post("/v1/webhooks", json={"url": url}, headers=token(t, "security"))
-        assert answer.status_code == 422, answer.text
+        assert answer.status_code == 403, answer.text
         assert "destination not allowed" in answer.json()["error"]["message"]
         assert client.get("/v1/webhooks", headers=token(t, "security")).json()["webhooks"] == []
 
