@@ -65,6 +65,10 @@ def _refuse(value: object) -> NoReturn:
 # paths, every verifier), so this is the one limit; deeper values broke the readers (a
 # serializer's own recursion limit) long after they had been accepted.
 MAX_DEPTH = 64
+# The largest record: its hashed body (the record less event.hash and ffaudit.signature) in
+# canonical form (docs/record-spec.md §2). One limit for the sealer, both ingest paths and
+# every verifier, so a record one accepts is never one another refuses.
+MAX_RECORD_BYTES = 1 << 20
 
 
 def canonicalize(value: Any) -> bytes:
@@ -83,6 +87,17 @@ def canonicalize(value: Any) -> bytes:
     if not out.isascii() and _KEY_ORDER_HAZARD.search(out) is not None:
         return canonicalize_reference(value)
     return out
+
+
+def record_body(record: Any) -> bytes:
+    """The canonical bytes of a record's hashed body; CanonicalizationError past
+    MAX_RECORD_BYTES as for any value JCS cannot represent."""
+    body = canonicalize(record)
+    if len(body) > MAX_RECORD_BYTES:
+        raise CanonicalizationError(
+            f"the record is larger than {MAX_RECORD_BYTES} bytes in canonical form"
+        )
+    return body
 
 
 def _float_hazard(x: float) -> bool:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from audit.integrity import record as f
-from audit.integrity.canonical import canonicalize
+from audit.integrity.canonical import canonicalize, record_body
 from audit.integrity.digest import sha256_hex
 from audit.integrity.events import ACTIONS, EventAction, Outcome
 from audit.integrity.keys import Signer
@@ -36,7 +36,7 @@ def record_hash(record: Mapping[str, Any]) -> str:
     """event.hash of `record`, whether or not it already carries one."""
     if f.EVENT_HASH in record or f.SIGNATURE in record:
         record = {k: v for k, v in record.items() if k not in f.UNHASHED}
-    return sha256_hex(canonicalize(record))
+    return sha256_hex(record_body(record))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ class ChainWriter:
             f.TENANT: self.tenant,
             f.PREV: self._head.hash,
         }
-        hashed = canonicalize(record)
+        hashed = record_body(record)
         digest = sha256_hex(hashed)
         record[f.EVENT_HASH] = digest
         if self._last_ts is None or ts > self._last_ts:

@@ -35,7 +35,7 @@ import orjson
 
 from audit.errors import CanonicalizationError
 from audit.integrity import record as f
-from audit.integrity.canonical import canonicalize
+from audit.integrity.canonical import canonicalize, record_body
 from audit.integrity.chain import checkpoint_message, splice_hash
 from audit.integrity.digest import sha256_hex
 from audit.integrity.keys import Verifier
@@ -228,7 +228,7 @@ class ChainVerifier:
             state = self.streams[key] = StreamReport(stream, key[0], recent=[None] * self.window)
         state.records += 1
         try:
-            body: bytes | None = canonicalize(rec)
+            body: bytes | None = record_body(rec)
         except CanonicalizationError as exc:
             # Still placed in the chain by its stored hash: one bad value is one failure.
             body = None

@@ -19,12 +19,13 @@ from sqlalchemy import create_engine, text
 
 from audit.app import create_app
 from audit.errors import CanonicalizationError
-from audit.integrity.canonical import MAX_DEPTH, canonicalize
+from audit.integrity.canonical import MAX_DEPTH, MAX_RECORD_BYTES, canonicalize
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.events import EventAction
 from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
+from audit.integrity.verify import ChainVerifier, FailureKind
 from audit.store.protocol import StoredEvent
 from audit.store.sql import SqlEventStore
 from tests.apptools import app_settings, bearer
@@ -150,3 +151,51 @@ def test_http_ingest_refuses_and_a_stored_deep_record_is_shown_with_a_marker(
         assert shown["record"]["event.hash"] == record["event.hash"]
         one = client.get("/v1/events/cam-1:1", headers=bearer())
         assert one.status_code == 200
+
+
+def big_record(signer: Signer, size: int) -> dict[str, Any]:
+    record = deep_record(signer, 1)
+    record.pop("event.hash")
+    record["ffaudit.metadata"] = {"blob": "x" * size}
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(rfc8785.dumps(record))
+    record["event.hash"] = digest.finalize().hex()
+    return record
+
+
+def test_one_size_limit_for_records_everywhere(tmp_path: Path) -> None:
+    # The sealer refuses to make a record over the limit...
+    sealer = Sealer(
+        ChainWriter("s", "acme", Signer.generate(), policy=CheckpointPolicy(10, None)),
+        Pseudonymizer(Keyring.generate(), "acme"),
+    )
+    event = AuditEvent(
+        action=EventAction.JOB_SUBMITTED, actor="a", metadata={"blob": "x" * MAX_RECORD_BYTES}
+    )
+    with pytest.raises(CanonicalizationError, match="larger than"):
+        sealer.seal(event)
+    # ...a verifier calls one malformed, and HTTP ingest refuses it with its index.
+    signer = Signer.generate()
+    too_big = big_record(signer, MAX_RECORD_BYTES)
+    verifier = ChainVerifier(signer.verifier)
+    kinds = {f.kind for f in verifier.feed_record(1, too_big)}
+    assert kinds == {FailureKind.MALFORMED}
+    fits = big_record(signer, MAX_RECORD_BYTES // 2)
+    assert ChainVerifier(signer.verifier).feed_record(1, fits) == []
+    settings = app_settings(tmp_path, max_request_bytes=4 * MAX_RECORD_BYTES)
+    with TestClient(create_app(settings)) as client:
+        register = {
+            "stream": "cam-1",
+            "tenant": "acme",
+            "public_key_pem": signer.verifier.pem().decode(),
+        }
+        admin = bearer(roles=["admin"], amr=["otp"])
+        client.post("/v1/streams", json=register, headers=admin).raise_for_status()
+        answer = client.post(
+            "/v1/streams/cam-1/records",
+            content=json.dumps([too_big]),
+            headers={**bearer(roles=["ingest"]), "content-type": "application/json"},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["index"] == 0
+        assert "larger than" in answer.json()["error"]["message"]
