@@ -161,12 +161,19 @@ def _service(request: Request) -> QueryService:
 
 
 async def _log(
-    request: Request, who: Principal | None, tenant: str, action: EventAction, **metadata: Any
+    request: Request,
+    who: Principal | None,
+    tenant: str,
+    action: EventAction,
+    *,
+    outcome: Outcome = Outcome.SUCCESS,
+    **metadata: Any,
 ) -> None:
     await request.app.state.servicelog.record(
         who,
         tenant,
         action,
+        outcome=outcome,
         metadata=metadata,
         client_ip=request.client.host if request.client else None,
     )
@@ -318,7 +325,16 @@ async def verify(
         return StreamingResponse(_verify_lines(request, who, scope, heads), media_type=NDJSON)
     results = [await service.verify_stream(scope, name) for name in names]
     out = _verify_out(results)
-    await _log(request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok)
+    await _log(
+        request,
+        who,
+        scope,
+        EventAction.AUDIT_VERIFIED,
+        # A verification that found failures is a failed verification in the log of the logs.
+        outcome=Outcome.SUCCESS if out.ok else Outcome.FAILURE,
+        streams=len(results),
+        ok=out.ok,
+    )
     return out
 
 
@@ -362,7 +378,13 @@ async def _verify_lines(
                 results.append(result)
             out = _verify_out(results)
             await _log(
-                request, who, scope, EventAction.AUDIT_VERIFIED, streams=len(results), ok=out.ok
+                request,
+                who,
+                scope,
+                EventAction.AUDIT_VERIFIED,
+                outcome=Outcome.SUCCESS if out.ok else Outcome.FAILURE,
+                streams=len(results),
+                ok=out.ok,
             )
             await lines.put(_line({"result": out.model_dump(mode="json")}))
         except asyncio.CancelledError:

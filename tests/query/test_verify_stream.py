@@ -98,6 +98,18 @@ def test_edits_and_deletions_inside_the_store_reach_the_result_line(env: Env) ->
     ]
     assert streams["cam-2"]["matches_head"] is False
     assert streams["cam-2"]["stored_last_sequence"] == sizes["cam-2"] - 1
+    plain = client.post("/v1/verify", json={"stream": "cam-1"}, headers=bearer()).json()
+    assert plain["ok"] is False
+    # A verification that found failures is logged as a failed one, not "success, ok=false".
+    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    logged = client.get(
+        "/v1/events",
+        params={"stream": stream, "action": "audit.verified", "order": "asc"},
+        headers=bearer(),
+    ).json()["events"]
+    assert [
+        (e["record"]["event.outcome"], e["record"]["ffaudit.metadata"]["ok"]) for e in logged
+    ] == [("failure", False), ("failure", False)]
 
 
 def test_an_error_mid_stream_is_the_last_line_and_is_logged(env: Env) -> None:
