@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 
+import click
 import httpx
 import pytest
 
-from audit.cli.client import call, refusal
+from audit.cli.client import call, refusal, when
 from audit.errors import (
     AuthenticationError,
     ConflictError,
@@ -58,3 +59,21 @@ def test_an_unreachable_service_is_a_usage_error() -> None:
         port = s.getsockname()[1]
     with pytest.raises(UsageError, match="cannot reach the audit service"):
         call("GET", f"http://127.0.0.1:{port}", "/v1/alerts", None)
+
+
+def test_a_date_on_the_command_line_means_midnight_utc() -> None:
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    seen: list[str | None] = []
+
+    @click.command()
+    @click.option("--since", callback=when)
+    def probe(since: str | None) -> None:
+        seen.append(since)
+
+    for given in ("2026-11-03", "2026-11-03T10:00:00+01:00", None):
+        CliRunner().invoke(probe, ["--since", given] if given else [], catch_exceptions=False)
+    assert seen == ["2026-11-03T00:00:00Z", "2026-11-03T10:00:00+01:00", None]
+    assert "date (midnight UTC)" in CliRunner().invoke(cli, ["query", "--help"]).output

@@ -5,6 +5,7 @@ request function that turns the service's error schema into audit.errors, and JS
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,16 @@ from audit.errors import (
 )
 
 DEFAULT_SERVICE = "http://127.0.0.1:8080"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A --since/--until value: RFC 3339 as the API takes it, or a bare date meaning
+    midnight UTC (`--since 2026-11-03`); the API itself takes date-times only."""
+    if value is not None and _DATE.fullmatch(value.strip()):
+        return f"{value.strip()}T00:00:00Z"
+    return value
+
 
 # A refused request's status -> the error raised; any other status >= 400 raises
 # ServiceRefusedError("<status>: <message>").

@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
-from audit.cli.client import DEFAULT_SERVICE, echo_json
+from audit.cli.client import DEFAULT_SERVICE, echo_json, when
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.chain import ChainWriter, CheckpointPolicy, SealedRecord
 from audit.integrity.keys import KeySet, Verifier, rotate_pseudonym_key
@@ -158,8 +158,12 @@ def _write(out: IO[bytes], records: list[SealedRecord]) -> None:
     help=f"Verify what a running service stores [FFAUDIT_SERVICE_URL; default {DEFAULT_SERVICE}].",
 )
 @click.option("--stream", "streams", multiple=True, help="Service: a stream (repeatable).")
-@click.option("--since", help="Service: every stream of the tenant (with --until), RFC 3339.")
-@click.option("--until", help="Service: see --since.")
+@click.option(
+    "--since",
+    callback=when,
+    help="Service: every stream of the tenant (with --until), RFC 3339 or a date (UTC).",
+)
+@click.option("--until", callback=when, help="Service: see --since.")
 @click.option("--token", envvar="FFAUDIT_TOKEN", default=None, help="Service: bearer token.")
 @click.option("--tenant", default=None, help="Service in open mode (no tokens): the tenant.")
 @click.option("--progress", is_flag=True, help="Service: progress on stderr even when not a tty.")
@@ -281,6 +285,9 @@ def _verify_file(pubkey: Path, strict: bool, as_json: bool, window: int, records
     if strict and not verifier.streams:
         verifier.counts[FailureKind.TRUNCATED] += 1
         report([])
+    elif not verifier.lines:
+        # "OK: 0 records" read as a pass: a wrong path or an empty export proves nothing.
+        raise UsageError(f"{records}: no records to verify")
     summary = {
         "ok": verifier.ok,
         "lines": verifier.lines,

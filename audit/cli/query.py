@@ -15,6 +15,7 @@ from audit.cli.client import (
     service_option,
     tenant_option,
     token_option,
+    when,
 )
 
 _TENANT = tenant_option("Open mode only (no tokens): the tenant to read.")
@@ -48,8 +49,8 @@ def _table(events: list[dict[str, Any]]) -> None:
 @click.option("--outcome", multiple=True, type=click.Choice(["success", "failure", "unknown"]))
 @click.option("--job", multiple=True)
 @click.option("--stream", multiple=True)
-@click.option("--since", help="RFC 3339 time, inclusive.")
-@click.option("--until", help="RFC 3339 time, exclusive.")
+@click.option("--since", callback=when, help="RFC 3339 time or a date (midnight UTC), inclusive.")
+@click.option("--until", callback=when, help="RFC 3339 time or a date (midnight UTC), exclusive.")
 @click.option("--text", "q", help="Free text over non-PII fields.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--all", "everything", is_flag=True, help="Follow cursors to the end.")

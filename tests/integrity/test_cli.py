@@ -123,6 +123,18 @@ def test_strict_flags_a_truncated_file(keys: Path, tmp_path: Path) -> None:
     assert b"FAIL truncated" in strict.stdout
 
 
+def test_verify_of_nothing_is_not_a_pass(keys: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ndjson"
+    empty.write_bytes(b"\n\n")
+    pub = str(keys / "signing.pub")
+    plain = ffaudit("verify", "--pubkey", pub, str(empty))
+    assert plain.returncode == 2, plain.stdout
+    assert b"no records to verify" in plain.stderr
+    strict = ffaudit("verify", "--pubkey", pub, "--strict", str(empty))
+    assert strict.returncode == 1
+    assert b"OK" not in strict.stdout
+
+
 def test_verify_wrong_key(keys: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     ffaudit("keygen", "--out", str(other))
