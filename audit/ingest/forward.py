@@ -38,6 +38,10 @@ from audit.settings import AuditSettings
 log = logging.getLogger("audit.ingest.forward")
 
 _READ_SIZE = 256 * 1024
+# A PING is a few hundred bytes: before the handshake, a peer that has proven nothing may
+# not hold more, or unauthenticated connections could fill the memory budget and get every
+# producer's large frame closed for it.
+_PING_MAX_BYTES = 16 * 1024
 _NS = 1_000_000_000
 _MAX_CONTAINER_LEN = 65_536
 _CLOSE_TIMEOUT_S = 5.0
@@ -671,9 +675,12 @@ class ForwardServer:
                     return
             buffered = fed - boundary
             self._hold(conn, buffered)
-            room = s.forward_max_frame_bytes - buffered
+            limit = s.forward_max_frame_bytes if handshake is None else _PING_MAX_BYTES
+            room = limit - buffered
             if room <= 0:
-                raise _FrameError("frame_too_large", f"over {s.forward_max_frame_bytes} bytes")
+                if handshake is not None:
+                    self.stats.handshake_failures += 1
+                raise _FrameError("frame_too_large", f"over {limit} bytes")
             want = min(room, _READ_SIZE)
             if self._buffered + want > s.forward_max_buffered_bytes and buffered:
                 # Every connection's incomplete frames together may hold this much memory:
@@ -705,6 +712,7 @@ class ForwardServer:
                 return
             unpacker.feed(data)
             fed += len(data)
+            del data  # the unpacker holds its copy: this one would outlive the read uncounted
 
     def _hold(self, conn: _Connection, buffered: int) -> None:
         self._buffered += buffered - conn.buffered

@@ -759,6 +759,26 @@ async def test_incomplete_frames_share_one_memory_budget(
     assert server._buffered <= budget + 256 * 1024  # one read's worth of slack
 
 
+async def test_before_the_handshake_a_peer_holds_no_more_than_a_ping(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """An unauthenticated peer cannot take the memory budget that producers' frames share:
+    its first message may be no larger than a PING needs."""
+    server = await make_server(Sink(), forward_shared_key=KEY)
+    stranger = await connect(server.port)
+    await stranger.receive()  # HELO
+    head = b"\x93" + msgpack.packb("t") + b"\xdb" + struct.pack(">I", 4 * 1024 * 1024)
+    with contextlib.suppress(ConnectionError):
+        await stranger.send_raw(head + b"x" * (64 * 1024))
+    assert await stranger.closed_by_server()
+    assert server.stats.rejected_frames["frame_too_large"] == 1
+    assert server._buffered == 0
+    # A producer still logs in and delivers.
+    client = await connect(server.port, credentials=Credentials(KEY), server_name="ffaudit-test")
+    await client.send_message("t", T, rec(0), chunk="c0")
+    assert await client.read_ack() == "c0"
+
+
 async def test_a_client_that_streams_frames_back_to_back_is_not_cut(
     make_server: MakeServer, connect: Connect
 ) -> None:
