@@ -176,15 +176,34 @@ def keyrings() -> None:
 @click.option("--tenant", required=True)
 @click.argument("keyring", type=click.Path(dir_okay=False, path_type=Path))
 def keyrings_import(tenant: str, keyring: Path) -> None:
-    """Import a producer's pii.key for TENANT (stored 0600 under FFAUDIT_KEYRINGS_DIR)."""
+    """Add a producer's pii.key to TENANT's keyring (stored 0600 under FFAUDIT_KEYRINGS_DIR).
+    Import every engine's key: a query by raw id matches under the keys imported, only."""
     from audit.query.keyrings import TenantKeyrings
 
     try:
         data = keyring.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {keyring}: {exc.strerror}") from None
-    imported = TenantKeyrings(AuditSettings().keyrings_dir).import_keyring(tenant, data)
-    click.echo(f"tenant {tenant}: {len(imported.active)} active pseudonym key(s)", err=True)
+    keyrings = TenantKeyrings(AuditSettings().keyrings_dir)
+    before = set(keyrings.keys(tenant))
+    imported = keyrings.import_keyring(tenant, data)
+    new = [k.key_id for k in imported.active if k.key_id not in before]
+    click.echo(
+        f"tenant {tenant}: {len(new)} key(s) added ({', '.join(new) or 'none: all already held'}); "
+        f"{len(imported.active)} active pseudonym key(s) in all",
+        err=True,
+    )
+
+
+@keyrings.command("list")
+@click.option("--tenant", required=True)
+def keyrings_list(tenant: str) -> None:
+    """The ids of TENANT's active pseudonym keys: what a query by raw id covers."""
+    from audit.query.keyrings import TenantKeyrings
+
+    echo_json(
+        {"tenant": tenant, "keys": list(TenantKeyrings(AuditSettings().keyrings_dir).keys(tenant))}
+    )
 
 
 @streams.command("show")

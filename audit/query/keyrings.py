@@ -52,7 +52,13 @@ class TenantKeyrings:
         return tuple(sorted(set(pseudonymizer.candidates(kind, raw).values())))
 
     def import_keyring(self, tenant: str, data: bytes) -> Keyring:
-        keyring = Keyring.loads(data, "keyring")
+        """Add the keys of a producer's keyring to the tenant's: every engine of a tenant may
+        have its own pii.key, and a query by raw id must match under all of them (replacing
+        the tenant's keyring made the other producers' records silently unfindable). Keys
+        already held are skipped; a key id held with another secret is refused."""
+        incoming = Keyring.loads(data, "keyring")
+        path = self._path(tenant)
+        keyring = _merged(Keyring.load(path), incoming) if path.is_file() else incoming
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".import-", suffix=".part")
         try:
@@ -67,9 +73,29 @@ class TenantKeyrings:
             raise
         return keyring
 
+    def keys(self, tenant: str) -> tuple[str, ...]:
+        """The ids of the tenant's active pseudonym keys (what a raw-id query covers)."""
+        path = self._path(tenant)
+        return tuple(k.key_id for k in Keyring.load(path).active) if path.is_file() else ()
+
     def _path(self, tenant: str) -> Path:
         try:
             validate_tenant(tenant)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return self.directory / f"{tenant}.pii.key"
+
+
+def _merged(held: Keyring, incoming: Keyring) -> Keyring:
+    known = {k.key_id: k for k in held.keys}
+    added = []
+    for key in incoming.keys:
+        same = known.get(key.key_id)
+        if same is None:
+            added.append(key)
+        elif same.secret != key.secret:
+            raise ConflictError(
+                f"pseudonym key {key.key_id!r} is already held with another secret: "
+                "refusing to replace it (records sealed under it would become unfindable)"
+            )
+    return Keyring((*held.keys, *added), held.current)
