@@ -50,6 +50,8 @@ from audit.query.routes import router as query_router
 from audit.query.service import QueryService
 from audit.retention.routes import router as retention_router
 from audit.retention.service import RetentionService
+from audit.reverify.routes import router as reverify_router
+from audit.reverify.service import Reverifier
 from audit.secretbox import SecretBox
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
@@ -168,6 +170,9 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         app.state.alert_scheduler = AlertScheduler(settings, sessions, store)
         if settings.alert_evaluation_enabled:
             loops.append(asyncio.create_task(app.state.alert_scheduler.run()))
+        app.state.reverifier = Reverifier(settings, sessions, app.state.queries)
+        if settings.reverify_enabled:
+            loops.append(asyncio.create_task(app.state.reverifier.run()))
         app.state.webhooks = WebhookService(sessions, secrets)
         sealed = await asyncio.to_thread(app.state.webhooks.seal_legacy_secrets)
         if sealed:
@@ -211,6 +216,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(subjects_router)
     app.include_router(webhooks_router)
     app.include_router(producers_router)
+    app.include_router(reverify_router)
     _document_deployment_limits(app, settings)
 
     @app.exception_handler(FFAuditError)

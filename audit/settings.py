@@ -114,6 +114,16 @@ class AuditSettings(BaseSettings):
     gap_timeout_s: float = Field(
         default=60.0, gt=0, description="a gap still open after this long is flagged"
     )
+    reverify_enabled: bool = Field(
+        default=True, description="re-verify stored chains on a schedule (store_tampered alerts)"
+    )
+    reverify_tick_s: float = Field(
+        default=300.0, gt=0, description="how often records after each stream's mark are checked"
+    )
+    reverify_full_interval_s: float = Field(
+        default=86_400.0, gt=0, description="how often each stream is re-verified whole"
+    )
+    reverify_lease_s: float = Field(default=900.0, gt=0, description="the re-verifier's lease")
     arbitration_max_records: int = Field(
         default=200_000,
         ge=1,

@@ -38,7 +38,7 @@ class Severity(StrEnum):
 class BuiltinRule:
     id: str
     severity: Severity
-    source: str  # "ingest" | "retention" | "schedule"
+    source: str  # "ingest" | "retention" | "schedule" | "reverify"
     description: str
 
 
@@ -52,6 +52,13 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {
             "a record or checkpoint fails verification (modified, broken link, bad signature)",
         ),
         BuiltinRule("fork", Severity.CRITICAL, "ingest", "two records claim one sequence"),
+        BuiltinRule(
+            "store_tampered",
+            Severity.CRITICAL,
+            "reverify",
+            "re-verification found the event store changed since ingest (edited, deleted, "
+            "re-hashed records)",
+        ),
         BuiltinRule(
             "chain_attack",
             Severity.CRITICAL,

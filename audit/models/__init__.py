@@ -15,6 +15,7 @@ from audit.models.retention import (
     RetentionPolicy,
     RetentionRun,
 )
+from audit.models.reverify import ReverifyMark
 from audit.models.streams import ChainHead, Checkpoint, PendingRecord, Stream, Tenant
 from audit.models.subjects import SubjectErasure, SubjectKey
 from audit.models.webhooks import Webhook, WebhookDelivery
@@ -36,6 +37,7 @@ __all__ = [
     "RetentionLease",
     "RetentionPolicy",
     "RetentionRun",
+    "ReverifyMark",
     "Stream",
     "SubjectErasure",
     "SubjectKey",

@@ -43,8 +43,12 @@ class EventOut(BaseModel):
     id: str
     stream: str
     sequence: int
-    verdict: str
+    verdict: str = Field(description="what ingest decided when the record arrived")
     failure: str | None
+    intact: bool = Field(
+        description="the record as stored still hashes to its event.hash (checked on read): "
+        "false means it was edited in the store after ingest, whatever `verdict` says"
+    )
     record: dict[str, Any]
 
 

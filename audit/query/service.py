@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from audit.errors import NotFoundError
+from audit.errors import CanonicalizationError, NotFoundError
 from audit.integrity.canonical import MAX_DEPTH, too_deep
+from audit.integrity.chain import record_hash
 from audit.integrity.pseudonym import PiiKind
+from audit.integrity.record import EVENT_HASH, ZERO_HASH
 from audit.integrity.verify import ChainVerifier, Failure, FailureKind, PurgedRange
 from audit.query.keyrings import TenantKeyrings
 from audit.store.protocol import EventStore, StoredEvent, Verdict
@@ -67,6 +69,10 @@ class StreamVerification:
     stored_last_hash: str | None
     signed_through: int
     matches_head: bool
+    # The records kept aside at ingest (also in `failures`): evidence, not store damage.
+    evidence: list[Failure] = field(default_factory=list)
+    # The stored verdict of every record a failure names (what ingest already knew of it).
+    verdicts: dict[str, str] = field(default_factory=dict)
 
 
 class QueryService:
@@ -142,11 +148,19 @@ class QueryService:
         return max(0, head_sequence - sum(r.last - r.first + 1 for r in ranges))
 
     async def verify_stream(
-        self, tenant: str, stream: str, *, on_progress: Progress | None = None
+        self,
+        tenant: str,
+        stream: str,
+        *,
+        on_progress: Progress | None = None,
+        after: tuple[int, str] | None = None,
     ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
         edits or deletions made inside the store after ingest show up here. `on_progress`
-        gets the records checked so far every PROGRESS_EVERY records (long chains)."""
+        gets the records checked so far every PROGRESS_EVERY records (long chains).
+
+        `after` = (sequence, hash) that an earlier pass verified: only the records after it
+        are read, the chain continuing from that hash (incremental re-verification)."""
         read = self.streams.read(stream, tenant_id=tenant)
         verifier = ChainVerifier(self.streams.verifier(tenant, stream), strict=False)
         failures: list[Failure] = []
@@ -154,16 +168,29 @@ class QueryService:
         if self.purged is not None:
             # Retention removed these on purpose; their signed checkpoints stand in for them.
             ranges, failures = await asyncio.to_thread(self.purged.ranges, tenant, stream)
+        start = 1
+        if after is not None and after[0] > 0:
+            if any(r.first <= after[0] < r.last for r in ranges):
+                after = None  # the verified point was purged since: verify it all
+            else:
+                # The verified prefix stands in for itself, as a purged range would.
+                ranges = [r for r in ranges if r.first > after[0]]
+                ranges.append(PurgedRange(1, after[0], ZERO_HASH, after[1]))
+                failures = [f for f in failures if (f.sequence or 0) > after[0]]
+                start = after[0] + 1
+        if ranges:
             verifier.skip_purged(tenant, stream, ranges)
         count, last_seq, last_hash = 0, 0, None
         line = 0
-        # The doc id of each recent line: failures name the record they blame (a verdict
-        # of the chain refers back at most the verifier's window).
+        evidence: list[Failure] = []
+        # The doc id and verdict of each recent line: failures name the record they blame
+        # (a verdict of the chain refers back at most the verifier's window).
         ids: OrderedDict[int, str] = OrderedDict()
-        async for event in self.store.scan(tenant, stream):
+        verdicts: OrderedDict[str, str] = OrderedDict()
+        async for event in self.store.scan(tenant, stream, start=start):
             if event.verdict == Verdict.REJECTED:
                 # Kept aside at ingest, never part of the chain: reported, not fed.
-                failures.append(
+                evidence.append(
                     Failure(
                         FailureKind.INSERTED,
                         stream,
@@ -177,6 +204,9 @@ class QueryService:
             line += 1
             count += 1
             ids[line] = event.doc_id
+            verdicts[event.doc_id] = event.verdict
+            if len(verdicts) > 2 * verifier.window:
+                verdicts.popitem(last=False)
             if len(ids) > 2 * verifier.window:
                 ids.popitem(last=False)
             # The verifier hashes the record as it is: no canonical line is made to be parsed.
@@ -185,6 +215,12 @@ class QueryService:
             if on_progress is not None and count % PROGRESS_EVERY == 0:
                 await on_progress(count)
         failures += _named(verifier.finish(), ids)
+        blamed = {
+            f.record_id: verdicts[f.record_id]
+            for f in failures
+            if f.record_id is not None and f.record_id in verdicts
+        }
+        failures += evidence
         report = verifier.streams.get((tenant, stream))
         if ranges and report is not None and report.expected - 1 > last_seq:
             # The stream's tail was purged: the chain ends with its last purged range.
@@ -202,6 +238,8 @@ class QueryService:
             stored_last_hash=last_hash,
             signed_through=report.signed_through if report else 0,
             matches_head=matches,
+            evidence=evidence,
+            verdicts={**blamed, **{f.record_id: "rejected" for f in evidence if f.record_id}},
         )
 
 
@@ -228,5 +266,17 @@ def describe(event: StoredEvent) -> dict[str, Any]:
         "sequence": event.sequence,
         "verdict": event.verdict,
         "failure": event.failure,
+        "intact": _intact(event),
         "record": record,
     }
+
+
+def _intact(event: StoredEvent) -> bool:
+    """The stored record hashes to the event.hash it carries and that ingest accepted."""
+    try:
+        return (
+            event.record.get(EVENT_HASH) == event.event_hash
+            and record_hash(event.record) == event.event_hash
+        )
+    except CanonicalizationError:
+        return False

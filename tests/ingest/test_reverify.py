@@ -1,0 +1,106 @@
+"""Scheduled re-verification finds a store edited after ingest, without anyone asking, on
+SQLite and on Elasticsearch; what ingest already flagged is not reported again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from audit.alerts.repository import AlertRepository
+from audit.query.keyrings import TenantKeyrings
+from audit.query.service import QueryService, describe
+from audit.reverify.service import Reverifier
+from audit.store.elastic import ElasticEventStore
+
+from .conftest import Env, Factory, make_records
+
+
+def reverifier(env: Env, tmp_path: Path) -> Reverifier:
+    queries = QueryService(env.store, TenantKeyrings(tmp_path / "kr"), env.streams)
+    return Reverifier(env.settings, env.service._sessions, queries)
+
+
+def alerts(env: Env) -> list[tuple[str, dict[str, Any]]]:
+    with env.service._sessions() as session:
+        return [(a.rule, a.detail) for a in AlertRepository(session).list()]
+
+
+async def tamper(env: Env, doc_id: str, change: dict[str, Any]) -> None:
+    """An edit made inside the event store, behind the service's back."""
+    stored = await env.store.get("acme", doc_id)
+    assert stored is not None
+    record = {**stored.record, **change}
+    if isinstance(env.store, ElasticEventStore):
+        client = env.store.client
+        found = await client.search(
+            index=env.store._pattern("acme"), query={"ids": {"values": [doc_id]}}
+        )
+        index = found["hits"]["hits"][0]["_index"]
+        await client.update(
+            index=index, id=doc_id, doc={"ffaudit.ingest.record": record}, refresh=True
+        )
+    else:
+        url = env.settings.event_store_database_url
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE events SET record = :r WHERE doc_id = :d"),
+                {"r": json.dumps(record), "d": doc_id},
+            )
+        engine.dispose()
+
+
+async def test_an_edit_inside_the_store_opens_a_critical_alert(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    env = env_factory()
+    env.register()
+    records = make_records(env.signer, 12, close=False)
+    await env.service.ingest(records[:8], source="test")
+    job = reverifier(env, tmp_path)
+    first = await job.tick()
+    assert (first.streams, first.full, first.tampered) == (1, 1, [])
+    [mark] = job.marks("acme")
+    assert (mark.verified_through, mark.ok) == (8, True)
+    # New records: the next pass reads only those (incremental).
+    await env.service.ingest(records[8:], source="test")
+    second = await job.tick()
+    assert (second.full, second.records, second.tampered) == (0, len(records) - 8, [])
+    # An old record edited in the store (job.failed -> success, say): an incremental pass
+    # does not read it, the periodic full pass does.
+    await tamper(env, "cam-1:3", {"event.outcome": "failure"})
+    # Every read shows it at once: its verdict is ingest's, `intact` is checked on read.
+    edited = await env.store.get("acme", "cam-1:3")
+    untouched = await env.store.get("acme", "cam-1:4")
+    assert edited is not None
+    assert untouched is not None
+    assert (describe(edited)["verdict"], describe(edited)["intact"]) == ("ok", False)
+    assert describe(untouched)["intact"] is True
+    assert (await job.tick()).tampered == []
+    found = await job.tick(full=True)
+    assert found.tampered == ["acme/cam-1"]
+    [detail] = [d for rule, d in alerts(env) if rule == "store_tampered"]
+    assert detail["failures"][0]["record_id"] == "cam-1:3"
+    assert detail["failures"][0]["kind"] == "modified"
+    [mark] = job.marks("acme")
+    assert mark.ok is False
+    assert mark.verified_through == len(records)  # not moved past the damage
+
+
+async def test_what_ingest_flagged_is_not_store_damage(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    env = env_factory(reorder_window=2)
+    env.register()
+    records = make_records(env.signer, 12, close=False)
+    del records[4]  # a gap, flagged at ingest
+    await env.service.ingest(records, source="test")
+    job = reverifier(env, tmp_path)
+    assert (await job.tick()).tampered == []
+    assert (await job.tick(full=True)).tampered == []
+    assert [r for r, _ in alerts(env) if r == "store_tampered"] == []
+    [mark] = job.marks("acme")
+    assert mark.ok is True
