@@ -154,13 +154,16 @@ class QueryService:
         *,
         on_progress: Progress | None = None,
         after: tuple[int, str] | None = None,
+        through_head: bool = False,
     ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
         edits or deletions made inside the store after ingest show up here. `on_progress`
         gets the records checked so far every PROGRESS_EVERY records (long chains).
 
         `after` = (sequence, hash) that an earlier pass verified: only the records after it
-        are read, the chain continuing from that hash (incremental re-verification)."""
+        are read, the chain continuing from that hash (incremental re-verification). With
+        `through_head`, records after the head as read are left out: those ingest is placing
+        meanwhile, or still holds as pending, are not the accepted chain yet."""
         read = self.streams.read(stream, tenant_id=tenant)
         verifier = ChainVerifier(self.streams.verifier(tenant, stream), strict=False)
         failures: list[Failure] = []
@@ -187,7 +190,8 @@ class QueryService:
         # (a verdict of the chain refers back at most the verifier's window).
         ids: OrderedDict[int, str] = OrderedDict()
         verdicts: OrderedDict[str, str] = OrderedDict()
-        async for event in self.store.scan(tenant, stream, start=start):
+        end = read.head_sequence if through_head else None
+        async for event in self.store.scan(tenant, stream, start=start, end=end):
             if event.verdict == Verdict.REJECTED:
                 # Kept aside at ingest, never part of the chain: reported, not fed.
                 evidence.append(

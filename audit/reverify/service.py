@@ -80,11 +80,12 @@ class Reverifier:
     async def run(self) -> None:
         try:
             while True:
+                # Sleep first: a starting service has ingest and migrations to settle.
+                await asyncio.sleep(self._settings.reverify_tick_s)
                 try:
                     await self.tick()
                 except Exception:  # keep going; the failure is visible in the log
                     log.exception("re-verification failed")
-                await asyncio.sleep(self._settings.reverify_tick_s)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._release)
@@ -100,7 +101,9 @@ class Reverifier:
             whole = full or mark is None or mark.full_at is None or now - mark.full_at >= interval
             after = None if whole or mark is None else (mark.sequence, mark.hash)
             try:
-                result = await self._queries.verify_stream(tenant, stream, after=after)
+                result = await self._queries.verify_stream(
+                    tenant, stream, after=after, through_head=True
+                )
             except FFAuditError as exc:
                 report.failed += 1
                 log.warning("re-verify %s/%s: %s", tenant, stream, exc.message)

@@ -104,3 +104,22 @@ async def test_what_ingest_flagged_is_not_store_damage(
     assert [r for r, _ in alerts(env) if r == "store_tampered"] == []
     [mark] = job.marks("acme")
     assert mark.ok is True
+
+
+async def test_records_not_yet_placed_are_not_store_damage(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    # Records waiting for a missing predecessor are stored beyond the head; so are those
+    # ingest is placing while a pass runs. Neither is the accepted chain yet.
+    env = env_factory()
+    env.register()
+    records = make_records(env.signer, 8, close=False)
+    report = await env.service.ingest(records[:3] + records[4:6], source="test")
+    assert report.counts() == {"ok": 3, "pending": 2}
+    job = reverifier(env, tmp_path)
+    assert (await job.tick()).tampered == []
+    [mark] = job.marks("acme")
+    assert (mark.verified_through, mark.ok) == (3, True)
+    await env.service.ingest(records[3:], source="test")
+    assert (await job.tick()).tampered == []
+    assert job.marks("acme")[0].verified_through == len(records)
