@@ -204,3 +204,20 @@ async def test_a_forged_checkpoint_never_replaces_a_verified_one(env_factory: Fa
     assert await ingest(env, [other]) == [(5, "rejected", "bad_signature")]
     assert env.streams.read("cam-1").signed_through == 5
     assert {o for _, o, _ in await ingest(env, genuine[6:])} == {"ok"}
+
+
+async def test_an_altered_resend_is_modified_not_a_duplicate(env_factory: Factory) -> None:
+    # Same event.hash as a stored record, other content: ingest called it "duplicate" (200,
+    # no alert) while offline verification calls it modified.
+    env = env_factory()
+    env.register()
+    genuine = make_records(env.signer, 8)
+    await ingest(env, genuine)
+    altered = {**genuine[2], "event.outcome": "failure"}
+    assert await ingest(env, [altered]) == [(3, "rejected", "modified")]
+    assert await ingest(env, [altered]) == [(3, "duplicate", None)]  # the same edit again
+    assert await ingest(env, [genuine[2]]) == [(3, "duplicate", None)]
+    assert "integrity_failure" in rules(env)
+    placed = await env.store.get("acme", "cam-1:3")
+    assert placed is not None
+    assert (placed.record, placed.verdict) == (genuine[2], "ok")
