@@ -22,7 +22,7 @@ from audit import __version__
 from audit.alerts.routes import router as alerts_router
 from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import AlertService
-from audit.auth.tokens import TokenVerifier
+from audit.auth.tokens import Principal, TokenVerifier
 from audit.db.session import make_engine, session_factory
 from audit.errors import (
     FFAuditError,
@@ -41,6 +41,7 @@ from audit.ingest.forward import (
 )
 from audit.ingest.routes import router as ingest_router
 from audit.ingest.service import IngestService
+from audit.integrity.events import EventAction, Outcome
 from audit.metrics import Metrics
 from audit.producers.routes import router as producers_router
 from audit.producers.schemas import ProducerIdentity
@@ -68,6 +69,29 @@ from audit.webhooks.service import WebhookService
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0
 _QUARANTINE_PURGE_S = 3600.0
+
+
+async def _log_refusal(request: Request, exc: FFAuditError) -> None:
+    """A denied (403) or conflicting (409) request of an authenticated caller is a record in
+    its tenant's log of the logs: who tried what, and why it was refused."""
+    who = getattr(request.state, "principal", None)
+    if not isinstance(who, Principal):
+        return  # unauthenticated (401 first) or open mode: no tenant to file it under
+    route = request.scope.get("route")
+    with contextlib.suppress(FFAuditError):  # the answer matters more than this record
+        await request.app.state.servicelog.record(
+            who,
+            who.tenant,
+            EventAction.ACCESS_DENIED,
+            outcome=Outcome.FAILURE,
+            metadata={
+                "method": request.method,
+                "route": getattr(route, "path", None) or "unmatched",
+                "status": exc.http_status,
+                "error": type(exc).__name__,
+            },
+            client_ip=request.client.host if request.client else None,
+        )
 
 
 def _document_deployment_limits(app: FastAPI, settings: AuditSettings) -> None:
@@ -220,7 +244,9 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     _document_deployment_limits(app, settings)
 
     @app.exception_handler(FFAuditError)
-    async def ffaudit_error(_: Request, exc: FFAuditError) -> JSONResponse:
+    async def ffaudit_error(request: Request, exc: FFAuditError) -> JSONResponse:
+        if exc.http_status in (403, 409):
+            await _log_refusal(request, exc)
         body: dict[str, object] = {"type": type(exc).__name__, "message": exc.message}
         if exc.index is not None:
             body["index"] = exc.index

@@ -45,7 +45,11 @@ def principal_dep(
         return None
     if credentials is None:
         raise AuthenticationError("a bearer token is required")
-    return verifier.verify(credentials.credentials)
+    principal = verifier.verify(credentials.credentials)
+    # For the error handler: a refused request of a known caller goes to its tenant's log
+    # of the logs.
+    request.state.principal = principal
+    return principal
 
 
 Caller = Annotated[Principal | None, Depends(principal_dep)]

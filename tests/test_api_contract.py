@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from audit.app import create_app
+from audit.integrity.keys import Signer
 from tests.apptools import app_settings, bearer
 
 
@@ -68,3 +69,24 @@ def test_the_document_states_the_rules_the_code_applies(client: TestClient) -> N
     admin = bearer(roles=["admin"], amr=["otp"])
     body = {"stream": "cam-1\n", "tenant": "acme", "public_key_pem": "x"}
     assert client.post("/v1/streams", json=body, headers=admin).status_code == 422
+
+
+def test_refused_requests_are_in_the_log_of_the_logs(client: TestClient) -> None:
+    engineer = bearer(roles=["engineer"], sub="eve")
+    assert client.post("/v1/verify", json={"stream": "x"}, headers=engineer).status_code == 403
+    admin = bearer(roles=["admin"], amr=["otp"])
+    for status in (201, 409):  # the same name again, with another key
+        key = Signer.generate().verifier.pem().decode()
+        body = {"stream": "cam-1", "tenant": "acme", "public_key_pem": key}
+        assert client.post("/v1/streams", json=body, headers=admin).status_code == status
+    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    logged = client.get(
+        "/v1/events",
+        params={"stream": stream, "action": "access.denied", "order": "asc"},
+        headers=bearer(),
+    ).json()["events"]
+    assert [
+        (e["record"]["ffaudit.metadata"]["status"], e["record"]["ffaudit.metadata"]["route"])
+        for e in logged
+    ] == [(403, "/v1/verify"), (409, "/v1/streams")]
+    assert {e["record"]["event.outcome"] for e in logged} == {"failure"}
