@@ -14,6 +14,7 @@ from audit.alerts.schemas import (
     RulesOut,
     SeverityName,
     State,
+    TransitionIn,
 )
 from audit.alerts.service import AlertService
 from audit.auth.tokens import Role
@@ -79,12 +80,19 @@ async def acknowledge_alert(
     request: Request,
     who: Caller,
     alert_id: Annotated[int, _ID],
+    body: TransitionIn | None = None,
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> AlertOut:
-    """open -> acknowledged (security, admin); recorded in the log of the logs."""
+    """open -> acknowledged (security, admin); recorded in the log of the logs, with the
+    reason when one is given."""
     allow(request, who, *_RESPONDERS)
     return await _service(request).transition(
-        who, tenant_scope(who, tenant), alert_id, "acknowledged", client_ip=_ip(request)
+        who,
+        tenant_scope(who, tenant),
+        alert_id,
+        "acknowledged",
+        client_ip=_ip(request),
+        reason=body.reason if body else None,
     )
 
 
@@ -97,13 +105,19 @@ async def resolve_alert(
     request: Request,
     who: Caller,
     alert_id: Annotated[int, _ID],
+    body: TransitionIn | None = None,
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> AlertOut:
-    """open or acknowledged -> resolved (security, admin); recorded in the log of the logs.
-    A later repeat of the incident opens a new alert."""
+    """open or acknowledged -> resolved (security, admin); recorded in the log of the logs,
+    with the reason when one is given. A later repeat of the incident opens a new alert."""
     allow(request, who, *_RESPONDERS)
     return await _service(request).transition(
-        who, tenant_scope(who, tenant), alert_id, "resolved", client_ip=_ip(request)
+        who,
+        tenant_scope(who, tenant),
+        alert_id,
+        "resolved",
+        client_ip=_ip(request),
+        reason=body.reason if body else None,
     )
 
 

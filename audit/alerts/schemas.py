@@ -169,3 +169,11 @@ class BuiltinRuleOut(BaseModel):
 class RulesOut(BaseModel):
     builtin: list[BuiltinRuleOut]
     custom: list[RuleOut]
+
+
+class TransitionIn(BaseModel):
+    """Why an alert is acknowledged or resolved (kept in the log of the logs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, min_length=1, max_length=1000)

@@ -150,6 +150,7 @@ class AlertService:
         to: str,
         *,
         client_ip: str | None = None,
+        reason: str | None = None,
     ) -> AlertOut:
         """open -> acknowledged, open|acknowledged -> resolved; anything else is a 409.
 
@@ -165,12 +166,14 @@ class AlertService:
         action = (
             EventAction.ALERT_ACKNOWLEDGED if to == ACKNOWLEDGED else EventAction.ALERT_RESOLVED
         )
-        metadata = {
+        metadata: dict[str, Any] = {
             "alert_id": alert.id,
             "rule": alert.rule,
             "severity": alert.severity,
             "from": alert.state,
         }
+        if reason is not None:
+            metadata["reason"] = reason
         await self._servicelog.record(who, tenant, action, metadata=metadata, client_ip=client_ip)
         try:
             changed = await asyncio.to_thread(self._transition, tenant, alert_id, to)

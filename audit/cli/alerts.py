@@ -87,25 +87,37 @@ def show(alert_id: int, service: str, token: str | None, tenant: str | None) -> 
     echo_json(call("GET", service, f"/v1/alerts/{alert_id}", token, tenant))
 
 
+_REASON = click.option("--reason", help="Why (kept in the log of the logs).")
+
+
 @alerts.command("ack")
 @click.argument("alert_id", type=click.IntRange(1))
+@_REASON
 @service_option
 @_TOKEN
 @_TENANT
-def ack(alert_id: int, service: str, token: str | None, tenant: str | None) -> None:
+def ack(
+    alert_id: int, reason: str | None, service: str, token: str | None, tenant: str | None
+) -> None:
     """Acknowledge an open alert (security or admin role)."""
-    alert = call("POST", service, f"/v1/alerts/{alert_id}/acknowledge", token, tenant)
+    body = {"reason": reason} if reason else None
+    path = f"/v1/alerts/{alert_id}/acknowledge"
+    alert = call("POST", service, path, token, tenant, body=body)
     click.echo(f"alert {alert['id']}: {alert['state']}")
 
 
 @alerts.command("resolve")
 @click.argument("alert_id", type=click.IntRange(1))
+@_REASON
 @service_option
 @_TOKEN
 @_TENANT
-def resolve(alert_id: int, service: str, token: str | None, tenant: str | None) -> None:
+def resolve(
+    alert_id: int, reason: str | None, service: str, token: str | None, tenant: str | None
+) -> None:
     """Resolve an open or acknowledged alert (security or admin role)."""
-    alert = call("POST", service, f"/v1/alerts/{alert_id}/resolve", token, tenant)
+    body = {"reason": reason} if reason else None
+    alert = call("POST", service, f"/v1/alerts/{alert_id}/resolve", token, tenant, body=body)
     click.echo(f"alert {alert['id']}: {alert['state']}")
 
 

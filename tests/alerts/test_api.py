@@ -132,14 +132,20 @@ def test_state_transitions_and_the_log_of_the_logs(api: Api) -> None:
     assert (resolved["state"], resolved["resolved_at"] is not None) == ("resolved", True)
     assert error(c.post(f"/v1/alerts/{one}/resolve", headers=SECURITY), 409) == "ConflictError"
     assert error(c.post(f"/v1/alerts/{one}/acknowledge", headers=SECURITY), 409)
-    # Resolving without acknowledging first (a false positive, say) is allowed.
-    assert c.post(f"/v1/alerts/{two}/resolve", headers=ADMIN).json()["state"] == "resolved"
+    # Resolving without acknowledging first (a false positive, say) is allowed; the reason
+    # goes into the log of the logs.
+    why = {"reason": "false positive: a planned key rotation"}
+    assert c.post(f"/v1/alerts/{two}/resolve", headers=ADMIN, json=why).json()["state"] == (
+        "resolved"
+    )
     assert error(c.post("/v1/alerts/999999/resolve", headers=SECURITY), 404)
     acks = api.service_log("acme", "alert.acknowledged")
     resolutions = api.service_log("acme", "alert.resolved")
     assert [m["alert_id"] for m in acks] == [one]
     assert [m["alert_id"] for m in resolutions] == [one, two]
     assert acks[0]["rule"] == "integrity_failure"
+    assert "reason" not in resolutions[0]
+    assert resolutions[1]["reason"] == why["reason"]
 
 
 def test_filters_and_paging(api: Api) -> None:
