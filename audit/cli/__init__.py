@@ -30,6 +30,7 @@ COMMANDS = {
     "keyrings": "audit.cli.service:keyrings",
     "query": "audit.cli.query:query",
     "job": "audit.cli.query:job",
+    "jobs": "audit.cli.query:jobs",
     "verify-export": "audit.cli.exports:verify_export",
     "retention": "audit.cli.retention:retention",
     "alerts": "audit.cli.alerts:alerts",

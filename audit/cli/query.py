@@ -116,3 +116,46 @@ def job(job_id: str, service: str, token: str | None, tenant: str | None, as_jso
         f"{timeline['failed_frames']} failed frame(s)"
     )
     _table(timeline["events"])
+
+
+@click.command()
+@click.option("--failed", is_flag=True, help="Failed jobs only.")
+@click.option("--stream", multiple=True, help="Repeatable.")
+@click.option("--since", callback=when, help="RFC 3339 time or a date (midnight UTC).")
+@click.option("--until", callback=when, help="RFC 3339 time or a date (midnight UTC).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@service_option
+@token_option()
+@_TENANT
+@json_option
+def jobs(
+    failed: bool,
+    stream: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    limit: int,
+    service: str,
+    token: str | None,
+    tenant: str | None,
+    as_json: bool,
+) -> None:
+    """Finished jobs, newest first (--failed: those that failed, with their error)."""
+    params: dict[str, Any] = {"stream": list(stream), "limit": limit}
+    for name, value in (
+        ("outcome", "failure" if failed else None),
+        ("since", since),
+        ("until", until),
+    ):
+        if value is not None:
+            params[name] = value
+    page = call("GET", service, "/v1/jobs", token, tenant, params=params)
+    if as_json:
+        echo_json(page["jobs"])
+        return
+    for j in page["jobs"]:
+        error = (
+            f"  {j['error_type'] or ''}: {j['error_message'] or ''}"
+            if j["outcome"] == "failure"
+            else ""
+        )
+        click.echo(f"{j['finished_at']}  {j['job_id']}  {j['stream']}  {j['outcome']}{error}")

@@ -62,6 +62,22 @@ class StatsOut(BaseModel):
     counts: dict[str, int]
 
 
+class JobSummary(BaseModel):
+    job_id: str
+    stream: str
+    outcome: Literal["success", "failure"]
+    finished_at: str = Field(description="the @timestamp of its job.completed / job.failed")
+    error_type: str | None
+    error_message: str | None = Field(description="as the engine recorded it (scrubbed)")
+    event_id: str = Field(description="its final record (GET /v1/events/{id})")
+    intact: bool
+
+
+class JobPageOut(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="pass back as `cursor` for the next page")
+
+
 class JobTimeline(BaseModel):
     job_id: str
     events: list[EventOut]
@@ -275,6 +291,64 @@ async def stats(
     counts = await service.store.stats(query, by=by)
     await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
     return StatsOut(by=by, counts=counts)
+
+
+_FINISHED = {"success": "job.completed", "failure": "job.failed"}
+
+
+@router.get("/jobs", response_model=JobPageOut, responses={401: {}, 403: {}})
+async def list_jobs(
+    request: Request,
+    who: Caller,
+    outcome: Literal["success", "failure"] | None = None,
+    stream: Annotated[list[str] | None, Query(max_length=20)] = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> JobPageOut:
+    """Finished jobs, newest first: `outcome=failure` lists the failed ones with their error
+    (engineers included; records carry pseudonyms only). GET /v1/jobs/{id} has the rest."""
+    allow(request, who, *_TIMELINES)
+    scope = tenant_scope(who, tenant)
+    filters = Filters(
+        actions=(_FINISHED[outcome],) if outcome else tuple(_FINISHED.values()),
+        streams=tuple(stream or ()),
+        since=since,
+        until=until,
+    )
+    service = _service(request)
+    query = await asyncio.to_thread(service.build, scope, None, filters)
+    page = await service.search(query, min(limit, request.app.state.settings.max_page_size), cursor)
+    await _log(
+        request,
+        who,
+        scope,
+        EventAction.AUDIT_QUERIED,
+        endpoint="jobs",
+        filters=filters.names(),
+        results=len(page.events),
+    )
+    jobs = []
+    for e in page.events:
+        shown = describe(e)
+        r = e.record
+        jobs.append(
+            JobSummary(
+                job_id=str(r.get("trace.id", "")),
+                stream=e.stream,
+                outcome="failure" if r.get("event.action") == "job.failed" else "success",
+                finished_at=str(r.get("@timestamp", "")),
+                error_type=r.get("error.type") if isinstance(r.get("error.type"), str) else None,
+                error_message=r.get("error.message")
+                if isinstance(r.get("error.message"), str)
+                else None,
+                event_id=e.doc_id,
+                intact=shown["intact"],
+            )
+        )
+    return JobPageOut(jobs=jobs, next_cursor=page.next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobTimeline, responses={401: {}, 403: {}, 404: {}})

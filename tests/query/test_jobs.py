@@ -1,0 +1,78 @@
+"""Engineers list failed jobs (pseudonymised records, the error as the engine recorded it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from audit.app import create_app
+from audit.integrity.chain import ChainWriter, CheckpointPolicy
+from audit.integrity.events import EventAction, Outcome
+from audit.integrity.keys import Keyring, Signer
+from audit.integrity.pseudonym import Pseudonymizer
+from audit.integrity.seal import AuditEvent, Sealer
+from tests.apptools import app_settings, bearer
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(app_settings(tmp_path))) as client:
+        signer = Signer.generate()
+        body = {
+            "stream": "cam-1",
+            "tenant": "acme",
+            "public_key_pem": signer.verifier.pem().decode(),
+        }
+        admin = bearer(roles=["admin"], amr=["otp"])
+        client.post("/v1/streams", json=body, headers=admin).raise_for_status()
+        sealer = Sealer(
+            ChainWriter("cam-1", "acme", signer, policy=CheckpointPolicy(100, None)),
+            Pseudonymizer(Keyring.generate(), "acme"),
+        )
+        events = []
+        for n in range(3):
+            job = f"j-{n}"
+            events.append(AuditEvent(EventAction.JOB_SUBMITTED, actor="alice", job_id=job))
+            failed = n == 1
+            events.append(
+                AuditEvent(
+                    EventAction.JOB_FAILED if failed else EventAction.JOB_COMPLETED,
+                    outcome=Outcome.FAILURE if failed else Outcome.SUCCESS,
+                    actor="alice",
+                    job_id=job,
+                    error_type="CUDAOutOfMemory" if failed else None,
+                    error_message="model inswapper_128 needs 2 GiB" if failed else None,
+                )
+            )
+        records = [r.record for e in events for r in sealer.seal(e)]
+        ingest = {**bearer(roles=["ingest"]), "content-type": "application/json"}
+        posted = client.post(
+            "/v1/streams/cam-1/records", content=orjson.dumps(records), headers=ingest
+        )
+        posted.raise_for_status()
+        yield client
+
+
+def test_an_engineer_lists_the_failed_jobs(client: TestClient) -> None:
+    engineer = bearer(roles=["engineer"])
+    failed = client.get("/v1/jobs", params={"outcome": "failure"}, headers=engineer)
+    assert failed.status_code == 200, failed.text
+    [job] = failed.json()["jobs"]
+    assert (job["job_id"], job["outcome"], job["error_type"]) == (
+        "j-1",
+        "failure",
+        "CUDAOutOfMemory",
+    )
+    assert "2 GiB" in job["error_message"]
+    assert job["intact"] is True
+    every = client.get("/v1/jobs", headers=engineer).json()["jobs"]
+    assert sorted(j["job_id"] for j in every) == ["j-0", "j-1", "j-2"]
+    assert "alice" not in str(every)  # pseudonyms only
+    # The timeline of that job is open to the engineer too; the event listing is not.
+    assert client.get("/v1/jobs/j-1", headers=engineer).json()["outcome"] == "job.failed"
+    assert client.get("/v1/events", headers=engineer).status_code == 403
+    assert client.get("/v1/jobs", headers=bearer(roles=["ingest"])).status_code == 403
