@@ -29,13 +29,30 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     metavar="STREAM=FILE",
     help="Also require STREAM's checkpoints to be signed by the key in FILE (repeatable).",
 )
+@click.option(
+    "--trust-bundled-key",
+    is_flag=True,
+    help="Accept a --pubkey file inside the bundle (it proves only that the bundle is "
+    "consistent with itself, not who made it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def verify_export(
-    pubkey: Path, stream_pubkeys: tuple[str, ...], as_json: bool, directory: Path
+    pubkey: Path,
+    stream_pubkeys: tuple[str, ...],
+    trust_bundled_key: bool,
+    as_json: bool,
+    directory: Path,
 ) -> int:
     """Verify the export bundle in DIRECTORY. Exit 0 intact, 1 any failure, 2 usage or
     unreadable input."""
+    if pubkey.resolve().is_relative_to(directory.resolve()) and not trust_bundled_key:
+        # Whoever made the bundle chose that key: verifying with it proves nothing about
+        # who signed it. Passed silently before.
+        raise UsageError(
+            f"{pubkey} is inside the bundle: verify with the service's key obtained "
+            "separately (or --trust-bundled-key to check self-consistency only)"
+        )
     service_key = Verifier.load(pubkey)
     pinned: dict[str, Verifier] = {}
     for item in stream_pubkeys:
@@ -61,6 +78,8 @@ def _print(report: ExportReport) -> None:
             f"signed through {r.signed_through or 'none'}; "
             f"{len(r.producer_signed)} of {r.records} records proven by the stream's key"
         )
+        for seq, why in r.unproven:
+            click.echo(f"  not proven by the stream's key: seq {seq}: {why}")
     if report.ok:
         total = sum(r.records for r in report.ranges)
         click.echo(f"OK: {total} records in {len(report.ranges)} ranges verified")

@@ -128,6 +128,8 @@ class RangeReport:
     # Selected records joined to a verifying checkpoint through full records only: those
     # the producer's key proves. The others rest on the service's signature alone.
     producer_signed: tuple[int, ...]
+    # Every other selected record, with why the producer's key does not reach it.
+    unproven: tuple[tuple[int, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +141,7 @@ class RangeReport:
             "checkpoints": self.checkpoints,
             "signed_through": self.signed_through,
             "producer_signed": list(self.producer_signed),
+            "unproven": [{"sequence": s, "reason": why} for s, why in self.unproven],
         }
 
 
@@ -899,6 +902,20 @@ class _Checker:
             if anchored and el is not None and el.selected:
                 proven.append(seq)
         values = chosen.values()
+        last_signed = max(signed, default=0)
+        taken = set(proven)
+        unproven = []
+        for seq in range(r.first, r.last + 1):
+            el = chosen.get(seq)
+            if el is None or not el.selected or seq in taken:
+                continue
+            if not el.intact:
+                why = "its content does not hash to its event.hash"
+            elif seq > last_signed:
+                why = "after the range's last verifying checkpoint: the service's signature alone"
+            else:
+                why = "an unselected record (a stub) lies between it and its checkpoint"
+            unproven.append((seq, why))
         return RangeReport(
             stream=r.stream,
             first_sequence=r.first,
@@ -908,6 +925,7 @@ class _Checker:
             checkpoints=sum(1 for el in values if el.record is not None),
             signed_through=max(signed, default=0),
             producer_signed=tuple(sorted(proven)),
+            unproven=tuple(unproven),
         )
 
 

@@ -396,8 +396,12 @@ def test_cli_verifies_and_exits_by_outcome(world: World, bundle: Path, tmp_path:
     missing = ffaudit("verify-export", str(tmp_path / "nope"), "--pubkey", str(pub))
     assert missing.returncode == 2
     assert "not a directory" in missing.stderr
-    not_a_key = ffaudit("verify-export", str(bundle), "--pubkey", str(bundle / "records.csv"))
+    not_a_key = ffaudit("verify-export", str(bundle), "--pubkey", str(pub.parent / "nope.pem"))
     assert not_a_key.returncode == 2
+    # The bundle's own service.pub proves only self-consistency: refused unless asked for.
+    bundled = ffaudit("verify-export", str(bundle), "--pubkey", str(bundle / "service.pub"))
+    assert bundled.returncode == 2
+    assert "inside the bundle" in bundled.stderr
     bad_pin = ffaudit(
         "verify-export", str(bundle), "--pubkey", str(pub), "--stream-pubkey", "cam-2"
     )
@@ -475,6 +479,11 @@ def test_producer_proof_stops_at_stubs(world: World) -> None:
     before_stub = selected_before(world, "cam-1", "stub")
     assert ("cam-1", before_cp) in proven
     assert ("cam-1", before_stub) not in proven
+    # Every selected record the key does not reach is named, with the reason.
+    unproven = {(r.stream, seq): why for r in report.ranges for seq, why in r.unproven}
+    assert "stub" in unproven["cam-1", before_stub]
+    for r in report.ranges:
+        assert len(r.producer_signed) + len(r.unproven) == r.records
 
 
 # -- tampering ------------------------------------------------------------------------
