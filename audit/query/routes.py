@@ -18,7 +18,7 @@ from audit.deps import Caller, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
-from audit.store.query import TEXT_SCHEMA
+from audit.store.query import TEXT_SCHEMA, StatsBy
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
@@ -35,6 +35,13 @@ def _own_only(request: Request, who: Principal | None) -> str | None:
 
 _ANALYSTS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN)
 _TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
+
+
+# A pseudonym as records and alerts show it: 64 lowercase hex digits.
+def _pseudonym() -> Any:
+    return Query(pattern=r"^[0-9a-f]{64}$", description="a pseudonym, as records show it")
+
+
 NDJSON = "application/x-ndjson"
 log = logging.getLogger("audit.query")
 
@@ -206,6 +213,12 @@ async def list_events(
     actor: Annotated[str | None, Query(max_length=512, description="raw user id")] = None,
     session: Annotated[str | None, Query(max_length=512)] = None,
     target: Annotated[str | None, Query(max_length=4096, description="raw input path")] = None,
+    client_ip: Annotated[
+        str | None, Query(max_length=64, description="raw client IP, under every key")
+    ] = None,
+    actor_hash: Annotated[str | None, _pseudonym()] = None,
+    session_hash: Annotated[str | None, _pseudonym()] = None,
+    client_ip_hash: Annotated[str | None, _pseudonym()] = None,
     action: Annotated[list[EventAction] | None, Query()] = None,
     outcome: Annotated[list[Outcome] | None, Query()] = None,
     job: Annotated[list[str] | None, Query(max_length=20)] = None,
@@ -230,6 +243,10 @@ async def list_events(
         actor=actor,
         session=session,
         target=target,
+        client_ip=client_ip,
+        actor_hash=actor_hash,
+        session_hash=session_hash,
+        client_ip_hash=client_ip_hash,
         actions=tuple(a.value for a in action or ()),
         outcomes=tuple(o.value for o in outcome or ()),
         jobs=tuple(job or ()),
@@ -278,12 +295,13 @@ async def get_event(
 async def stats(
     request: Request,
     who: Caller,
-    by: Literal["action", "outcome", "actor", "day", "verdict"] = "action",
+    by: StatsBy = "action",
     since: Timestamp | None = None,
     until: Timestamp | None = None,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> StatsOut:
-    """Counts by action, outcome, actor (pseudonym), day or verdict over a time range."""
+    """Counts by action, outcome, actor, client IP or session (pseudonyms), stream, day or
+    verdict over a time range."""
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
     service = _service(request)

@@ -42,6 +42,11 @@ class Filters:
     actor: str | None = None  # raw ids: pseudonymised here
     session: str | None = None
     target: str | None = None
+    client_ip: str | None = None
+    # Pseudonyms as records and alerts show them (following an alert's group key).
+    actor_hash: str | None = None
+    session_hash: str | None = None
+    client_ip_hash: str | None = None
     actions: tuple[str, ...] = ()
     outcomes: tuple[str, ...] = ()
     jobs: tuple[str, ...] = ()
@@ -94,20 +99,34 @@ class QueryService:
         actors: tuple[str, ...] = ()
         if filters.actor is not None:
             actors = self.keyrings.candidates(tenant, PiiKind.USER, filters.actor)
+        if filters.actor_hash is not None:
+            # Both given: records that match both (nothing, unless they agree).
+            actors = (
+                tuple(a for a in actors if a == filters.actor_hash) or ("-",)
+                if filters.actor is not None
+                else (filters.actor_hash,)
+            )
         if own_only is not None:
             own = self.keyrings.candidates(tenant, PiiKind.USER, own_only)
             # A subject asking for someone else gets nothing, not an error that confirms
             # the other person exists.
             actors = tuple(a for a in actors if a in own) if actors else own
-            if filters.actor is not None and not actors:
+            if (filters.actor is not None or filters.actor_hash is not None) and not actors:
                 actors = ("-",)
         return EventQuery(
             tenant=tenant,
             actor_hashes=actors,
-            session_hashes=(
+            session_hashes=_both(
                 self.keyrings.candidates(tenant, PiiKind.SESSION, filters.session)
                 if filters.session is not None
-                else ()
+                else None,
+                filters.session_hash,
+            ),
+            client_ip_hashes=_both(
+                self.keyrings.candidates(tenant, PiiKind.CLIENT_IP, filters.client_ip)
+                if filters.client_ip is not None
+                else None,
+                filters.client_ip_hash,
             ),
             target_hashes=(
                 self.keyrings.candidates(tenant, PiiKind.PATH, filters.target)
@@ -245,6 +264,15 @@ class QueryService:
             evidence=evidence,
             verdicts={**blamed, **{f.record_id: "rejected" for f in evidence if f.record_id}},
         )
+
+
+def _both(candidates: tuple[str, ...] | None, pseudonym: str | None) -> tuple[str, ...]:
+    """A raw value's pseudonyms, a pseudonym given as such, or both (they must agree)."""
+    if pseudonym is None:
+        return candidates or ()
+    if candidates is None:
+        return (pseudonym,)
+    return tuple(c for c in candidates if c == pseudonym) or ("-",)
 
 
 def _named(failures: list[Failure], ids: OrderedDict[int, str]) -> list[Failure]:

@@ -106,12 +106,16 @@ _FILTERS = (
     ("job_ids", "trace.id"),
     ("streams", _STREAM),
     ("verdicts", _VERDICT),
+    ("client_ip_hashes", "ffaudit.client.ip_hash"),
 )
 _STATS_FIELDS = {
     "action": "event.action",
     "outcome": "event.outcome",
     "actor": "user.hash",
     "verdict": _VERDICT,
+    "client_ip": "ffaudit.client.ip_hash",
+    "session": "ffaudit.session.hash",
+    "stream": _STREAM,
 }
 _STATS_PAGE = 1000
 # GroupField -> the indexed field `count_by` groups on.

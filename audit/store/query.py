@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from audit.store.protocol import StoredEvent
 
 Order = Literal["asc", "desc"]
-StatsBy = Literal["action", "outcome", "actor", "day", "verdict"]
+StatsBy = Literal["action", "outcome", "actor", "day", "verdict", "client_ip", "session", "stream"]
 STATS_BY: tuple[str, ...] = get_args(StatsBy)
 # What `EventStore.count_by` groups on: record fields, and "stream" (the service-assigned one).
 GroupField = Literal[
@@ -86,6 +86,7 @@ _VALUE_FIELDS = (
     "job_ids",
     "streams",
     "verdicts",
+    "client_ip_hashes",
 )
 _MAX_CURSOR = 4096
 
@@ -104,7 +105,8 @@ class EventQuery:
     target_hashes: tuple[str, ...] = ()  # ffaudit.target.hash
     job_ids: tuple[str, ...] = ()  # trace.id
     streams: tuple[str, ...] = ()
-    verdicts: tuple[str, ...] = ()  # ok | pending | broken
+    verdicts: tuple[str, ...] = ()  # ok | pending | broken | rejected
+    client_ip_hashes: tuple[str, ...] = ()  # ffaudit.client.ip_hash, under every key
     since: datetime | None = None  # @timestamp >= since
     until: datetime | None = None  # @timestamp < until
     text: str | None = None  # free text, module docstring

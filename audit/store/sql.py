@@ -87,12 +87,16 @@ _FILTERS = (
     ("job_ids", Event.trace_id),
     ("streams", Event.stream),
     ("verdicts", Event.verdict),
+    ("client_ip_hashes", Event.client_ip_hash),
 )
 _STATS_COLUMNS: dict[str, ColumnElement[Any]] = {
     "action": _TABLE.c.action,
     "outcome": _TABLE.c.outcome,
     "actor": _TABLE.c.user_hash,
     "verdict": _TABLE.c.verdict,
+    "client_ip": _TABLE.c.client_ip_hash,
+    "session": _TABLE.c.session_hash,
+    "stream": _TABLE.c.stream,
 }
 _PAGE_ORDER = (Event.timestamp, Event.stream, Event.sequence, Event.doc_id)
 # GroupField -> the column `count_by` groups on.

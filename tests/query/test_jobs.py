@@ -15,12 +15,18 @@ from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
+from audit.query.keyrings import TenantKeyrings
 from tests.apptools import app_settings, bearer
+
+IPS = ("198.51.100.7", "203.0.113.9")
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(app_settings(tmp_path))) as client:
+    settings = app_settings(tmp_path)
+    keyring = Keyring.generate()
+    TenantKeyrings(settings.keyrings_dir).import_keyring("acme", keyring.dumps())
+    with TestClient(create_app(settings)) as client:
         signer = Signer.generate()
         body = {
             "stream": "cam-1",
@@ -31,12 +37,16 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         client.post("/v1/streams", json=body, headers=admin).raise_for_status()
         sealer = Sealer(
             ChainWriter("cam-1", "acme", signer, policy=CheckpointPolicy(100, None)),
-            Pseudonymizer(Keyring.generate(), "acme"),
+            Pseudonymizer(keyring, "acme"),
         )
         events = []
         for n in range(3):
             job = f"j-{n}"
-            events.append(AuditEvent(EventAction.JOB_SUBMITTED, actor="alice", job_id=job))
+            events.append(
+                AuditEvent(
+                    EventAction.JOB_SUBMITTED, actor="alice", job_id=job, client_ip=IPS[n % 2]
+                )
+            )
             failed = n == 1
             events.append(
                 AuditEvent(
@@ -76,3 +86,22 @@ def test_an_engineer_lists_the_failed_jobs(client: TestClient) -> None:
     assert client.get("/v1/jobs/j-1", headers=engineer).json()["outcome"] == "job.failed"
     assert client.get("/v1/events", headers=engineer).status_code == 403
     assert client.get("/v1/jobs", headers=bearer(roles=["ingest"])).status_code == 403
+
+
+def test_from_an_alert_to_the_records_of_a_client_ip(client: TestClient) -> None:
+    # An IP-burst alert shows ffaudit.client.ip_hash: the same records are found by that
+    # pseudonym and by the raw address (pseudonymised under every key), and counted by it.
+    auditor = bearer()
+    by_ip = client.get("/v1/stats", params={"by": "client_ip"}, headers=auditor).json()
+    counts = {k: v for k, v in by_ip["counts"].items() if k}
+    assert sorted(counts.values()) == [1, 2]
+    busiest = max(counts, key=lambda k: counts[k])
+    raw = client.get("/v1/events", params={"client_ip": IPS[0]}, headers=auditor).json()
+    hashed = client.get("/v1/events", params={"client_ip_hash": busiest}, headers=auditor).json()
+    assert [e["id"] for e in raw["events"]] == [e["id"] for e in hashed["events"]]
+    assert len(raw["events"]) == 2
+    assert {e["record"]["ffaudit.client.ip_hash"] for e in raw["events"]} == {busiest}
+    bad = client.get("/v1/events", params={"client_ip_hash": "not-a-pseudonym"}, headers=auditor)
+    assert bad.status_code == 422
+    streams = client.get("/v1/stats", params={"by": "stream"}, headers=auditor).json()
+    assert streams["counts"]["cam-1"] >= 6

@@ -32,6 +32,7 @@ STREAMS = ("cam-1", "cam-2")
 PER_STREAM = 150
 ACTORS = ("1f" * 32, "2e" * 32, "3d" * 32)
 SESSIONS = ("4c" * 32, "5b" * 32)
+CLIENT_IPS = ("a1" * 32, "b2" * 32, "c3" * 32)
 TARGETS = ("6a" * 32, "79" * 32, "88" * 32)
 PATH_HASH = "97" * 32  # a pseudonym in metadata, under a `_hash` key
 JOBS = ("job-alpha", "job-beta")
@@ -121,6 +122,7 @@ def dataset(tenant: str) -> list[StoredEvent]:
                 "event.outcome": outcome,
                 "user.hash": ACTORS[seq % 3],
                 "ffaudit.session.hash": SESSIONS[(seq // 40) % 2],
+                "ffaudit.client.ip_hash": CLIENT_IPS[(seq // 7) % 3],
                 "ffaudit.target.hash": TARGETS[seq % 3],
                 "trace.id": JOBS[(seq // 25) % 2],
                 "ffaudit.metadata": metadata,
@@ -194,6 +196,7 @@ def matches(query: EventQuery, event: StoredEvent) -> bool:
         (query.job_ids, record.get("trace.id")),
         (query.streams, event.stream),
         (query.verdicts, event.verdict),
+        (query.client_ip_hashes, record.get("ffaudit.client.ip_hash")),
     ):
         if values and value not in values:
             return False
@@ -217,6 +220,9 @@ def group(event: StoredEvent, by: str) -> str:
         "actor": event.record.get("user.hash"),
         "verdict": event.verdict,
         "day": event.timestamp.astimezone(UTC).date().isoformat(),
+        "client_ip": event.record.get("ffaudit.client.ip_hash"),
+        "session": event.record.get("ffaudit.session.hash"),
+        "stream": event.stream,
     }[by]
     return value or ""
 
@@ -252,6 +258,8 @@ def queries(tenant: str) -> list[EventQuery]:
         EventQuery(tenant, outcomes=("unknown",)),
         EventQuery(tenant, outcomes=("failure", "success")),
         EventQuery(tenant, session_hashes=(SESSIONS[1],)),
+        EventQuery(tenant, client_ip_hashes=(CLIENT_IPS[2],)),
+        EventQuery(tenant, client_ip_hashes=(CLIENT_IPS[0], CLIENT_IPS[1]), streams=("cam-2",)),
         EventQuery(tenant, target_hashes=(TARGETS[2],)),
         EventQuery(tenant, job_ids=(JOBS[1],)),
         EventQuery(tenant, job_ids=("job-none",)),
