@@ -10,7 +10,7 @@ straddles one window boundary still falls whole into another window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -175,21 +175,33 @@ class ThresholdRule:
     async def evaluate(
         self, store: EventStore, tenant: str, start: datetime, end: datetime
     ) -> list[Finding]:
-        counts = await store.count_by(
-            self.query(tenant, start, end), field=self.group_by, more_than=self.threshold
-        )
+        query = self.query(tenant, start, end)
+        counts = await store.count_by(query, field=self.group_by, more_than=self.threshold)
         seconds = int(self.window.total_seconds())
-        return [
-            Finding(
-                group=value,
-                count=n,
-                title=f"{self.name}: {n} records with {self.group_by} {_short(value)} "
-                f"in {seconds} s (threshold {self.threshold})",
-                detail=_window_detail(start, end, group_by=self.group_by, value=value, count=n),
-                stream_id=value if self.group_by == "stream" else None,
+        findings = []
+        for value, n in counts.items():
+            # From the alert to its records: the events query that lists them, and a few.
+            shown = _records_query(query, self.group_by, value)
+            sample = await store.search(_narrowed(query, self.group_by, value), limit=_SAMPLE)
+            findings.append(
+                Finding(
+                    group=value,
+                    count=n,
+                    title=f"{self.name}: {n} records with {self.group_by} {_short(value)} "
+                    f"in {seconds} s (threshold {self.threshold})",
+                    detail=_window_detail(
+                        start,
+                        end,
+                        group_by=self.group_by,
+                        value=value,
+                        count=n,
+                        records_query=shown,
+                        sample_records=[e.doc_id for e in sample.events],
+                    ),
+                    stream_id=value if self.group_by == "stream" else None,
+                )
             )
-            for value, n in counts.items()
-        ]
+        return findings
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +357,40 @@ def custom_rule(row: AlertRule) -> ThresholdRule:
 
 def _short(value: str) -> str:
     return value if len(value) <= 24 else value[:16] + "…"
+
+
+_SAMPLE = 5  # record ids an alert names
+# GroupField -> (the EventQuery field, the GET /v1/events parameter) that select one group.
+_GROUP_FILTERS: dict[str, tuple[str, str]] = {
+    "user.hash": ("actor_hashes", "actor_hash"),
+    "ffaudit.client.ip_hash": ("client_ip_hashes", "client_ip_hash"),
+    "ffaudit.session.hash": ("session_hashes", "session_hash"),
+    "event.action": ("actions", "action"),
+    "event.outcome": ("outcomes", "outcome"),
+    "trace.id": ("job_ids", "job"),
+    "stream": ("streams", "stream"),
+}
+
+
+def _narrowed(query: EventQuery, group_by: str, value: str) -> EventQuery:
+    changes: dict[str, Any] = {_GROUP_FILTERS[group_by][0]: (value,)}
+    return replace(query, **changes)
+
+
+def _records_query(query: EventQuery, group_by: str, value: str) -> dict[str, Any]:
+    """GET /v1/events parameters that list the records behind a finding."""
+    params: dict[str, Any] = {
+        "action": list(query.actions),
+        "outcome": list(query.outcomes),
+        "stream": list(query.streams),
+        "verdict": list(query.verdicts),
+        "q": query.text,
+        "since": query.since.isoformat() if query.since else None,
+        "until": query.until.isoformat() if query.until else None,
+    }
+    name = _GROUP_FILTERS[group_by][1]
+    params[name] = [value] if isinstance(params.get(name), list) else value
+    return {"path": "/v1/events", "params": {k: v for k, v in params.items() if v}}
 
 
 def _window_detail(start: datetime, end: datetime, **extra: Any) -> dict[str, Any]:

@@ -42,6 +42,17 @@ async def test_client_ip_burst(world: World) -> None:
     assert burst.detail["count"] == 11
     # The four 60 s windows (ending every 15 s) that hold the burst: one incident.
     assert burst.count == 4
+    # From the alert to its records: the query that lists them, and some of their ids.
+    shown = burst.detail["records_query"]
+    assert shown["path"] == "/v1/events"
+    assert shown["params"]["client_ip_hash"] == IP_A
+    assert "job.submitted" in shown["params"]["action"]  # the rule's request actions
+    samples = burst.detail["sample_records"]
+    assert 1 <= len(samples) <= 5
+    for doc in samples:
+        event = await world.store.get(world.tenant, doc)
+        assert event is not None
+        assert event.record["ffaudit.client.ip_hash"] == IP_A
 
 
 async def test_client_ip_steady_traffic_is_quiet(world: World) -> None:
