@@ -251,6 +251,70 @@ class FailedJobRatioRule:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitRule:
+    """Producers that dropped records for their rate limit, per stream: the alert counts the
+    dropped events (each summary record carries its count), not the summaries, and names the
+    sessions that were limited."""
+
+    window: timedelta
+    step: timedelta
+    rule: str = "rate_limited"
+    severity: str = Severity.MEDIUM.value
+    since: datetime | None = None
+
+    async def evaluate(
+        self, store: EventStore, tenant: str, start: datetime, end: datetime
+    ) -> list[Finding]:
+        query = EventQuery(
+            tenant=tenant,
+            actions=(EventAction.AUDIT_RATE_LIMITED.value,),
+            since=start,
+            until=end,
+            order="asc",
+        )
+        dropped: dict[str, int] = {}
+        sessions: dict[str, dict[str, int]] = {}
+        samples: dict[str, list[str]] = {}
+        cursor = None
+        while True:
+            page = await store.search(query, limit=_PAGE, cursor=cursor)
+            for event in page.events:
+                meta = event.record.get("ffaudit.metadata")
+                n = meta.get("dropped") if isinstance(meta, dict) else None
+                n = n if type(n) is int and n > 0 else 1  # a summary says at least one
+                dropped[event.stream] = dropped.get(event.stream, 0) + n
+                session = str(event.record.get("ffaudit.session.hash", "-"))
+                per = sessions.setdefault(event.stream, {})
+                per[session] = per.get(session, 0) + n
+                if len(samples.setdefault(event.stream, [])) < _SAMPLE:
+                    samples[event.stream].append(event.doc_id)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        findings = []
+        for stream, n in dropped.items():
+            worst = sorted(sessions[stream].items(), key=lambda kv: (-kv[1], kv[0]))
+            findings.append(
+                Finding(
+                    group=stream,
+                    count=n,
+                    title=f"{n} event(s) dropped by the rate limit in stream {stream} "
+                    f"({len(worst)} session(s))",
+                    detail=_window_detail(
+                        start,
+                        end,
+                        dropped=n,
+                        sessions=[{"session_hash": s, "dropped": d} for s, d in worst[:20]],
+                        records_query=_records_query(query, "stream", stream),
+                        sample_records=samples[stream],
+                    ),
+                    stream_id=stream,
+                )
+            )
+        return findings
+
+
+@dataclass(frozen=True, slots=True)
 class AdminExportRule:
     """An audit.exported record of the service's own stream whose caller held the admin role
     (the export route records the caller's roles)."""
@@ -316,15 +380,9 @@ def builtin_window_rules(settings: AuditSettings) -> list[WindowRule]:
             step=timedelta(seconds=min(s.alert_ip_burst_step_s, s.alert_ip_burst_window_s)),
             filters={"actions": list(s.alert_ip_request_actions)},
         ),
-        ThresholdRule(
-            rule="rate_limited",
-            severity=Severity.MEDIUM.value,
-            name="rate-limit drops",
-            group_by="stream",
-            threshold=0,
+        RateLimitRule(
             window=timedelta(seconds=s.alert_rate_limit_window_s),
             step=timedelta(seconds=s.alert_rate_limit_window_s),
-            filters={"actions": [EventAction.AUDIT_RATE_LIMITED.value]},
         ),
         FailedJobRatioRule(
             ratio=s.alert_failed_job_ratio,

@@ -92,11 +92,25 @@ async def test_rate_limit_drops(world: World) -> None:
         "event.outcome": "failure",
         "ffaudit.metadata": {"dropped": 31, "actions": {"face.swapped": 31}},
     }
-    await world.write(T0 + timedelta(seconds=20), stream="cam-9", **summary)
+    session_a, session_b = "5a" * 32, "6b" * 32
+    await world.write(
+        T0 + timedelta(seconds=20), stream="cam-9", **summary, **{"ffaudit.session.hash": session_a}
+    )
+    other = {**summary, "ffaudit.metadata": {"dropped": 2, "actions": {"face.swapped": 2}}}
+    await world.write(
+        T0 + timedelta(seconds=30), stream="cam-9", **other, **{"ffaudit.session.hash": session_b}
+    )
     await world.tick(after(T0 + timedelta(minutes=5)))
-    assert [(a.rule, a.stream_id, a.severity) for a in world.alerts()] == [
-        ("rate_limited", "cam-9", "medium")
+    [alert] = world.alerts()
+    assert (alert.rule, alert.stream_id, alert.severity) == ("rate_limited", "cam-9", "medium")
+    # The dropped events are counted (33), not the two summaries, and the sessions named.
+    assert alert.detail["dropped"] == 33
+    assert "33 event(s) dropped" in alert.title
+    assert alert.detail["sessions"] == [
+        {"session_hash": session_a, "dropped": 31},
+        {"session_hash": session_b, "dropped": 2},
     ]
+    assert len(alert.detail["sample_records"]) == 2
 
 
 async def test_admin_export(world: World) -> None:
