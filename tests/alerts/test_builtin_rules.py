@@ -93,13 +93,14 @@ async def test_rate_limit_drops(world: World) -> None:
         "ffaudit.metadata": {"dropped": 31, "actions": {"face.swapped": 31}},
     }
     session_a, session_b = "5a" * 32, "6b" * 32
-    await world.write(
-        T0 + timedelta(seconds=20), stream="cam-9", **summary, **{"ffaudit.session.hash": session_a}
-    )
-    other = {**summary, "ffaudit.metadata": {"dropped": 2, "actions": {"face.swapped": 2}}}
-    await world.write(
-        T0 + timedelta(seconds=30), stream="cam-9", **other, **{"ffaudit.session.hash": session_b}
-    )
+    first: dict[str, Any] = {**summary, "ffaudit.session.hash": session_a}
+    await world.write(T0 + timedelta(seconds=20), stream="cam-9", **first)
+    other: dict[str, Any] = {
+        **summary,
+        "ffaudit.session.hash": session_b,
+        "ffaudit.metadata": {"dropped": 2, "actions": {"face.swapped": 2}},
+    }
+    await world.write(T0 + timedelta(seconds=30), stream="cam-9", **other)
     await world.tick(after(T0 + timedelta(minutes=5)))
     [alert] = world.alerts()
     assert (alert.rule, alert.stream_id, alert.severity) == ("rate_limited", "cam-9", "medium")
