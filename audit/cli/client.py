@@ -113,11 +113,21 @@ def collect(
     everything: bool,
 ) -> list[dict[str, Any]]:
     """page[key] of a GET of a cursor-paged list; with `everything`, of every page (the
-    service's `next_cursor` followed to the end)."""
+    service's `next_cursor` followed to the end). A page's `coverage` naming streams a
+    raw-id query could not search is said on stderr, once."""
     query = dict(params)
     found: list[dict[str, Any]] = []
+    warned = False
     while True:
         page = call("GET", service, path, token, tenant, params=query)
+        blind = (page.get("coverage") or {}).get("not_searchable") or []
+        if blind and not warned:
+            warned = True
+            click.echo(
+                f"warning: not searchable by raw id (the service lacks their pseudonym "
+                f"key: ffaudit keyrings import): stream {', '.join(blind)}",
+                err=True,
+            )
         found += page[key]
         if not everything or page["next_cursor"] is None:
             return found

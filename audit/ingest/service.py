@@ -129,6 +129,7 @@ class IngestService:
         # sent by mistake carries e-mail addresses and paths in clear).
         self._box: SecretBox | None = None
         self._budgets: dict[str, _Budget] = {}
+        self._noted_keys: dict[tuple[str, str], set[str]] = {}
 
     async def ingest(
         self,
@@ -472,6 +473,15 @@ class IngestService:
             return head, pending, checkpoints
 
     def _commit(self, stream: str, tenant: str, plan: Plan) -> bool:
+        # Key ids the stream's records were sealed under, noted once per replica: a query
+        # by raw id must say which streams it could not cover.
+        keys = {
+            w.record[f.KEY_ID]
+            for w in plan.writes
+            if w.verdict != "rejected"
+            and isinstance(w.record.get(f.KEY_ID), str)
+            and len(w.record[f.KEY_ID]) <= 64
+        } - self._noted_keys.get((tenant, stream), set())
         try:
             with self._sessions.begin() as session:
                 streams = StreamRepository(session)
@@ -490,6 +500,8 @@ class IngestService:
                 )
                 if not moved:
                     raise _LostRace
+                if keys:
+                    streams.note_keys(tenant, stream, keys)
                 repo = IngestRepository(session)
                 repo.remove_pending(plan.pending_remove)
                 repo.add_pending(plan.pending_add)
@@ -503,8 +515,10 @@ class IngestService:
             return False
         except IntegrityError:
             # The pending table's unique key caught another replica recording the same
-            # early record between our read and this commit: a lost race like any other.
+            # early record (or key id) between our read and this commit: a lost race like
+            # any other.
             return False
+        self._noted_keys.setdefault((tenant, stream), set()).update(keys)
         return True
 
     def purge_quarantine(self) -> int:

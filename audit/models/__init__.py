@@ -16,7 +16,14 @@ from audit.models.retention import (
     RetentionRun,
 )
 from audit.models.reverify import ReverifyMark
-from audit.models.streams import ChainHead, Checkpoint, PendingRecord, Stream, Tenant
+from audit.models.streams import (
+    ChainHead,
+    Checkpoint,
+    PendingRecord,
+    Stream,
+    StreamKey,
+    Tenant,
+)
 from audit.models.subjects import SubjectErasure, SubjectKey
 from audit.models.webhooks import Webhook, WebhookDelivery
 
@@ -39,6 +46,7 @@ __all__ = [
     "RetentionRun",
     "ReverifyMark",
     "Stream",
+    "StreamKey",
     "SubjectErasure",
     "SubjectKey",
     "Tenant",

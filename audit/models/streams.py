@@ -97,3 +97,18 @@ class PendingRecord(Base):
     doc_id: Mapped[str] = mapped_column(String(256))
     timestamp: Mapped[datetime]  # the record's @timestamp: addresses its daily index
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StreamKey(Base):
+    """A pseudonym key id a stream's records were sealed under (`ffaudit.key_id`), noted at
+    ingest: a query by raw id covers a stream only if the service holds all of its keys."""
+
+    __tablename__ = "stream_keys"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "stream_id"], ["streams.tenant_id", "streams.id"]),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)

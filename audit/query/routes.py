@@ -59,9 +59,20 @@ class EventOut(BaseModel):
     record: dict[str, Any]
 
 
+class Coverage(BaseModel):
+    keys: list[str] = Field(description="pseudonym key ids the raw ids were matched under")
+    not_searchable: list[str] = Field(
+        description="streams sealed under a key the service does not hold (or none known "
+        "yet): their records cannot match a raw id (ffaudit keyrings import)"
+    )
+
+
 class EventPageOut(BaseModel):
     events: list[EventOut]
     next_cursor: str | None = Field(description="pass back as `cursor` for the next page")
+    coverage: Coverage | None = Field(
+        default=None, description="with a raw-id filter: which keys and streams it covered"
+    )
 
 
 class StatsOut(BaseModel):
@@ -271,8 +282,14 @@ async def list_events(
         filters=filters.names(),
         results=len(page.events),
     )
+    coverage = None
+    if any(v is not None for v in (actor, session, target, client_ip)):
+        keys, blind = await asyncio.to_thread(service.coverage, scope)
+        coverage = Coverage(keys=keys, not_searchable=blind)
     return EventPageOut(
-        events=[EventOut(**describe(e)) for e in page.events], next_cursor=page.next_cursor
+        events=[EventOut(**describe(e)) for e in page.events],
+        next_cursor=page.next_cursor,
+        coverage=coverage,
     )
 
 

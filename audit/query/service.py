@@ -144,6 +144,18 @@ class QueryService:
             order=filters.order,
         )
 
+    def coverage(self, tenant: str) -> tuple[list[str], list[str]]:
+        """(the pseudonym key ids a raw id is matched under, the streams a raw-id query
+        cannot cover): a stream sealed under a key the service does not hold, or whose key
+        is not known yet, is named rather than silently skipped."""
+        held = set(self.keyrings.keys(tenant))
+        blind = sorted(
+            stream
+            for stream, keys in self.streams.key_ids(tenant).items()
+            if not keys or not keys <= held
+        )
+        return sorted(held), blind
+
     async def search(self, query: EventQuery, limit: int, cursor: str | None) -> EventPage:
         return await self.store.search(query, limit=limit, cursor=cursor)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from audit.models import ChainHead, Stream, Tenant
+from audit.models import ChainHead, Stream, StreamKey, Tenant
 
 
 class StreamRepository:
@@ -34,6 +34,30 @@ class StreamRepository:
         self.session.add(stream)
         self.session.flush()
         self.session.add(ChainHead(tenant_id=stream.tenant_id, stream_id=stream.id))
+
+    def note_keys(self, tenant_id: str, stream_id: str, key_ids: set[str]) -> None:
+        """Remember key ids a stream's records were sealed under (those not known yet)."""
+        known = set(
+            self.session.scalars(
+                select(StreamKey.key_id).where(
+                    StreamKey.tenant_id == tenant_id,
+                    StreamKey.stream_id == stream_id,
+                    StreamKey.key_id.in_(key_ids),
+                )
+            )
+        )
+        for key_id in sorted(key_ids - known):
+            self.session.add(StreamKey(tenant_id=tenant_id, stream_id=stream_id, key_id=key_id))
+
+    def stream_keys(self, tenant_id: str) -> dict[str, set[str]]:
+        """Every stream of the tenant -> the key ids its records were sealed under."""
+        out: dict[str, set[str]] = {s.id: set() for s in self.list_streams(tenant_id)}
+        rows = self.session.execute(
+            select(StreamKey.stream_id, StreamKey.key_id).where(StreamKey.tenant_id == tenant_id)
+        )
+        for stream, key_id in rows:
+            out.setdefault(stream, set()).add(key_id)
+        return out
 
     def list_streams(self, tenant_id: str | None = None) -> list[Stream]:
         query = select(Stream).order_by(Stream.id)

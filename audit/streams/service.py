@@ -76,6 +76,10 @@ class StreamService:
                 closed=head.closed,
             )
 
+    def key_ids(self, tenant_id: str) -> dict[str, set[str]]:
+        with self._sessions() as session:
+            return StreamRepository(session).stream_keys(tenant_id)
+
     def names(self, tenant_id: str) -> list[str]:
         with self._sessions() as session:
             return [s.id for s in StreamRepository(session).list_streams(tenant_id)]

@@ -105,3 +105,37 @@ def test_from_an_alert_to_the_records_of_a_client_ip(client: TestClient) -> None
     assert bad.status_code == 422
     streams = client.get("/v1/stats", params={"by": "stream"}, headers=auditor).json()
     assert streams["counts"]["cam-1"] >= 6
+
+
+def test_a_raw_id_query_names_the_streams_it_could_not_search(
+    client: TestClient, tmp_path: Path
+) -> None:
+    # A second engine with its own pii.key the service does not hold yet.
+    signer, other_key = Signer.generate(), Keyring.generate()
+    body = {"stream": "cam-2", "tenant": "acme", "public_key_pem": signer.verifier.pem().decode()}
+    admin = bearer(roles=["admin"], amr=["otp"])
+    client.post("/v1/streams", json=body, headers=admin).raise_for_status()
+    sealer = Sealer(
+        ChainWriter("cam-2", "acme", signer, policy=CheckpointPolicy(100, None)),
+        Pseudonymizer(other_key, "acme"),
+    )
+    event = AuditEvent(EventAction.JOB_SUBMITTED, actor="alice", job_id="j-9")
+    records = [r.record for r in sealer.seal(event)]
+    ingest = {**bearer(roles=["ingest"]), "content-type": "application/json"}
+    client.post(
+        "/v1/streams/cam-2/records", content=orjson.dumps(records), headers=ingest
+    ).raise_for_status()
+    found = client.get("/v1/events", params={"actor": "alice"}, headers=bearer()).json()
+    assert {e["stream"] for e in found["events"]} == {"cam-1"}
+    # (The log of the logs is pseudonymised under the service's own key: named too.)
+    blind = [s for s in found["coverage"]["not_searchable"] if not s.startswith("ffaudit-")]
+    assert blind == ["cam-2"]
+    assert len(found["coverage"]["keys"]) == 1
+    # Without a raw id there is nothing to cover.
+    assert client.get("/v1/events", headers=bearer()).json()["coverage"] is None
+    # Once cam-2's key is imported, alice's records there are found too.
+    keyrings = TenantKeyrings(client.app.state.settings.keyrings_dir)  # type: ignore[attr-defined]
+    keyrings.import_keyring("acme", other_key.dumps())
+    found = client.get("/v1/events", params={"actor": "alice"}, headers=bearer()).json()
+    assert {e["stream"] for e in found["events"]} == {"cam-1", "cam-2"}
+    assert [s for s in found["coverage"]["not_searchable"] if not s.startswith("ffaudit-")] == []
