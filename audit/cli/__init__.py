@@ -32,6 +32,7 @@ COMMANDS = {
     "job": "audit.cli.query:job",
     "jobs": "audit.cli.query:jobs",
     "verify-export": "audit.cli.exports:verify_export",
+    "export": "audit.cli.exports:export",
     "retention": "audit.cli.retention:retention",
     "alerts": "audit.cli.alerts:alerts",
     "erase-subject": "audit.cli.subjects:erase_subject",

@@ -1,4 +1,5 @@
-"""verify-export: check an export bundle offline, as an auditor or a court expert would."""
+"""export and verify-export: have the service make a signed bundle and fetch it; check a
+bundle offline, as an auditor or a court expert would."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from pathlib import Path
 
 import click
 
-from audit.cli.client import echo_json
+from audit.cli.client import (
+    REFUSALS,
+    bearer,
+    call,
+    echo_json,
+    refusal,
+    service_option,
+    tenant_option,
+    token_option,
+    unreachable,
+    when,
+)
 from audit.errors import UsageError
 from audit.exports.verify import ExportReport
 from audit.exports.verify import verify_export as check_bundle
@@ -86,3 +98,93 @@ def _print(report: ExportReport) -> None:
     else:
         counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.counts.items()))
         click.echo(f"FAILED: {counts}")
+
+
+@click.command("export")
+@click.option("--actor", help="Raw user id (pseudonymised by the service).")
+@click.option("--action", multiple=True, help="Repeatable.")
+@click.option("--outcome", multiple=True, help="Repeatable.")
+@click.option("--job", multiple=True, help="Repeatable.")
+@click.option("--stream", multiple=True, help="Repeatable.")
+@click.option("--since", callback=when, help="RFC 3339 time or a date (midnight UTC).")
+@click.option("--until", callback=when, help="RFC 3339 time or a date (midnight UTC).")
+@click.option("--q", help="Free text.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The bundle is written to OUT/EXPORT_ID.",
+)
+@click.option(
+    "--pubkey",
+    type=_FILE,
+    help="Verify the downloaded bundle with the service's public key (obtained separately).",
+)
+@service_option
+@token_option()
+@tenant_option("Open mode only (no tokens): the tenant to export.")
+def export(
+    actor: str | None,
+    action: tuple[str, ...],
+    outcome: tuple[str, ...],
+    job: tuple[str, ...],
+    stream: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    q: str | None,
+    out: Path,
+    pubkey: Path | None,
+    service: str,
+    token: str | None,
+    tenant: str | None,
+) -> int:
+    """Create an export bundle of the selected records (POST /v1/exports), download its
+    files, and with --pubkey verify it. Exit 0 done (and intact), 1 verification failed."""
+    body = {
+        "actor": actor,
+        "action": list(action),
+        "outcome": list(outcome),
+        "job": list(job),
+        "stream": list(stream),
+        "since": since,
+        "until": until,
+        "q": q,
+    }
+    made = call(
+        "POST",
+        service,
+        "/v1/exports",
+        token,
+        tenant,
+        body={k: v for k, v in body.items() if v not in (None, [])},
+    )
+    directory = out / made["export_id"]
+    directory.mkdir(parents=True, mode=0o700)
+    for name in made["files"]:
+        (directory / name).write_bytes(_download(service, made["export_id"], name, token, tenant))
+    click.echo(f"export {made['export_id']}: {made['records']} records in {directory}", err=True)
+    if pubkey is None:
+        return 0
+    report = check_bundle(directory, Verifier.load(pubkey))
+    _print(report)
+    return 0 if report.ok else 1
+
+
+def _download(
+    service: str, export_id: str, name: str, token: str | None, tenant: str | None
+) -> bytes:
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"{service.rstrip('/')}/v1/exports/{export_id}/{name}",
+            headers=bearer(token),
+            params={"tenant": tenant} if tenant else None,
+            timeout=120,
+        )
+    except httpx.HTTPError as exc:
+        raise unreachable(service, exc) from None
+    if response.status_code >= 400:
+        raise refusal(response, REFUSALS)
+    return response.content
