@@ -77,3 +77,36 @@ def test_a_date_on_the_command_line_means_midnight_utc() -> None:
         CliRunner().invoke(probe, ["--since", given] if given else [], catch_exceptions=False)
     assert seen == ["2026-11-03T00:00:00Z", "2026-11-03T10:00:00+01:00", None]
     assert "date (midnight UTC)" in CliRunner().invoke(cli, ["query", "--help"]).output
+
+
+def test_the_job_summary_shows_models_providers_error_and_steps() -> None:
+    from audit.cli.query import _job_summary
+
+    def event(at: str, action: str, **fields: object) -> dict[str, object]:
+        return {"record": {"@timestamp": at, "event.action": action, **fields}}
+
+    model = {"role": "swapper", "name": "inswapper_128", "sha256": "e4a3f08c" * 8}
+    lines = _job_summary(
+        [
+            event(
+                "2026-12-04T10:00:00.000000+00:00",
+                "job.submitted",
+                **{"ffaudit.metadata": {"models": [model], "providers": ["CPUExecutionProvider"]}},
+            ),
+            event("2026-12-04T10:00:00.250000+00:00", "job.started"),
+            event(
+                "2026-12-04T10:00:01.750000+00:00",
+                "job.failed",
+                **{
+                    "error.type": "ModelError",
+                    "error.message": "no recognition model",
+                    "ffaudit.metadata": {"duration_ms": 1750},
+                },
+            ),
+        ]
+    )
+    assert "model swapper: inswapper_128 sha256 e4a3f08ce4a3f08c…" in lines
+    assert "providers: CPUExecutionProvider" in lines
+    assert "error: ModelError: no recognition model" in lines
+    assert "duration: 1750 ms (job.failed)" in lines
+    assert "steps: job.started +250 ms, job.failed +1500 ms" in lines

@@ -3,6 +3,8 @@ the service, authenticated with the caller's bearer token)."""
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
 from typing import Any
 
 import click
@@ -115,7 +117,46 @@ def job(job_id: str, service: str, token: str | None, tenant: str | None, as_jso
         f"job {job_id}: {timeline['outcome'] or 'not finished'}, "
         f"{timeline['failed_frames']} failed frame(s)"
     )
+    for line in _job_summary(timeline["events"]):
+        click.echo(f"  {line}")
     _table(timeline["events"])
+
+
+def _job_summary(events: list[dict[str, Any]]) -> list[str]:
+    """What an engineer looks for first: models and their hashes, providers, the error, how
+    long it took and where the time went (the gaps between the job's records)."""
+    lines: list[str] = []
+    records = [e["record"] for e in events]
+    for rec in records:
+        meta = rec.get("ffaudit.metadata") or {}
+        if rec.get("event.action") == "job.submitted" and isinstance(meta, dict):
+            for model in meta.get("models") or []:
+                if isinstance(model, dict):
+                    lines.append(
+                        f"model {model.get('role', '?')}: {model.get('name', '?')} "
+                        f"sha256 {str(model.get('sha256', '?'))[:16]}…"
+                    )
+            if meta.get("providers"):
+                lines.append(f"providers: {', '.join(map(str, meta['providers']))}")
+            if meta.get("detector"):
+                lines.append(f"detector: {meta['detector']}")
+        if rec.get("error.type") or rec.get("error.message"):
+            lines.append(f"error: {rec.get('error.type', '')}: {rec.get('error.message', '')}")
+        if isinstance(meta, dict) and isinstance(meta.get("duration_ms"), int):
+            lines.append(f"duration: {meta['duration_ms']} ms ({rec.get('event.action')})")
+    times = []
+    for rec in records:
+        try:
+            times.append((datetime.fromisoformat(rec["@timestamp"]), rec["event.action"]))
+        except (KeyError, ValueError):
+            continue
+    steps = [
+        f"{b[1]} +{(b[0] - a[0]).total_seconds() * 1000:.0f} ms"
+        for a, b in itertools.pairwise(times)
+    ]
+    if steps:
+        lines.append("steps: " + ", ".join(steps))
+    return lines
 
 
 @click.command()
