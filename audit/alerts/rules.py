@@ -10,6 +10,7 @@ straddles one window boundary still falls whole into another window.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,7 +20,7 @@ from audit.integrity.digest import sha256_hex
 from audit.integrity.events import EventAction
 from audit.models import AlertRule
 from audit.settings import AuditSettings
-from audit.store.protocol import EventStore
+from audit.store.protocol import EventStore, StoredEvent
 from audit.store.query import EventQuery, GroupField
 
 CUSTOM_PREFIX = "custom:"
@@ -275,22 +276,16 @@ class RateLimitRule:
         dropped: dict[str, int] = {}
         sessions: dict[str, dict[str, int]] = {}
         samples: dict[str, list[str]] = {}
-        cursor = None
-        while True:
-            page = await store.search(query, limit=_PAGE, cursor=cursor)
-            for event in page.events:
-                meta = event.record.get("ffaudit.metadata")
-                n = meta.get("dropped") if isinstance(meta, dict) else None
-                n = n if type(n) is int and n > 0 else 1  # a summary says at least one
-                dropped[event.stream] = dropped.get(event.stream, 0) + n
-                session = str(event.record.get("ffaudit.session.hash", "-"))
-                per = sessions.setdefault(event.stream, {})
-                per[session] = per.get(session, 0) + n
-                if len(samples.setdefault(event.stream, [])) < _SAMPLE:
-                    samples[event.stream].append(event.doc_id)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        async for event in _every(store, query):
+            meta = event.record.get("ffaudit.metadata")
+            n = meta.get("dropped") if isinstance(meta, dict) else None
+            n = n if type(n) is int and n > 0 else 1  # a summary says at least one
+            dropped[event.stream] = dropped.get(event.stream, 0) + n
+            session = str(event.record.get("ffaudit.session.hash", "-"))
+            per = sessions.setdefault(event.stream, {})
+            per[session] = per.get(session, 0) + n
+            if len(samples.setdefault(event.stream, [])) < _SAMPLE:
+                samples[event.stream].append(event.doc_id)
         findings = []
         for stream, n in dropped.items():
             worst = sorted(sessions[stream].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -340,20 +335,14 @@ class AdminExportRule:
             order="asc",
         )
         by_actor: dict[str, list[str]] = {}
-        cursor = None
-        while True:
-            page = await store.search(query, limit=_PAGE, cursor=cursor)
-            for event in page.events:
-                meta = event.record.get("ffaudit.metadata")
-                if not event.stream.startswith(own) or not isinstance(meta, dict):
-                    continue
-                roles = meta.get("roles")
-                if isinstance(roles, list) and "admin" in roles:
-                    actor = str(event.record.get("user.hash", "-"))
-                    by_actor.setdefault(actor, []).append(str(meta.get("export_id", "")))
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        async for event in _every(store, query):
+            meta = event.record.get("ffaudit.metadata")
+            if not event.stream.startswith(own) or not isinstance(meta, dict):
+                continue
+            roles = meta.get("roles")
+            if isinstance(roles, list) and "admin" in roles:
+                actor = str(event.record.get("user.hash", "-"))
+                by_actor.setdefault(actor, []).append(str(meta.get("export_id", "")))
         return [
             Finding(
                 group=actor,
@@ -428,6 +417,18 @@ _GROUP_FILTERS: dict[str, tuple[str, str]] = {
     "trace.id": ("job_ids", "job"),
     "stream": ("streams", "stream"),
 }
+
+
+async def _every(store: EventStore, query: EventQuery) -> AsyncIterator[StoredEvent]:
+    """Every event `query` selects, page after page."""
+    cursor = None
+    while True:
+        page = await store.search(query, limit=_PAGE, cursor=cursor)
+        for event in page.events:
+            yield event
+        cursor = page.next_cursor
+        if cursor is None:
+            return
 
 
 def _narrowed(query: EventQuery, group_by: str, value: str) -> EventQuery:
