@@ -28,6 +28,11 @@ class AlertOut(BaseModel):
     stream_id: str | None
     detail: dict[str, Any]
     count: int = Field(description="sightings of this incident (repeats bump it)")
+    records: int | None = Field(
+        default=None,
+        description="the events behind its latest sighting (requests of a burst, dropped "
+        "events of a flood), where the rule counts them",
+    )
     first_seen: datetime
     last_seen: datetime
     acknowledged_at: datetime | None
@@ -44,6 +49,7 @@ class AlertOut(BaseModel):
             stream_id=alert.stream_id,
             detail=alert.detail,
             count=alert.count,
+            records=_records(alert.detail),
             first_seen=alert.first_seen,
             last_seen=alert.last_seen,
             acknowledged_at=alert.acknowledged_at,
@@ -177,3 +183,11 @@ class TransitionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
+def _records(detail: dict[str, Any]) -> int | None:
+    for name in ("dropped", "count"):
+        value = detail.get(name)
+        if type(value) is int:
+            return value
+    return None

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from audit.alerts.repository import AlertRepository
+from audit.alerts.schemas import AlertOut
 from tests.alerts.conftest import IP_A, IP_B, IP_C, T0, World, after
 
 SUBMIT: dict[str, Any] = {"event.action": "job.submitted"}
@@ -42,6 +43,7 @@ async def test_client_ip_burst(world: World) -> None:
     assert burst.detail["count"] == 11
     # The four 60 s windows (ending every 15 s) that hold the burst: one incident.
     assert burst.count == 4
+    assert AlertOut.of(burst).records == 11  # requests, not windows
     # From the alert to its records: the query that lists them, and some of their ids.
     shown = burst.detail["records_query"]
     assert shown["path"] == "/v1/events"
@@ -106,6 +108,7 @@ async def test_rate_limit_drops(world: World) -> None:
     assert (alert.rule, alert.stream_id, alert.severity) == ("rate_limited", "cam-9", "medium")
     # The dropped events are counted (33), not the two summaries, and the sessions named.
     assert alert.detail["dropped"] == 33
+    assert AlertOut.of(alert).records == 33
     assert "33 event(s) dropped" in alert.title
     assert alert.detail["sessions"] == [
         {"session_hash": session_a, "dropped": 31},
