@@ -433,13 +433,15 @@ class IngestService:
     async def _stored_hashes(
         self, tenant: str, stream: str, head: Head, items: list[Incoming]
     ) -> dict[str, tuple[str, str]]:
-        """(hash, verdict) under every doc id a repeated sequence of this batch could use,
-        and the next sequence's (a rejected record may hold its name): one read for the
-        batch, as a replay after a crash repeats thousands of records."""
+        """(hash, verdict) under every doc id a repeated sequence of this batch could use:
+        one read for the batch, as a replay after a crash repeats thousands of records. An
+        in-order batch reads nothing (the ingest hot path); the rare name its next sequence
+        finds taken (by a record rejected after waiting) is met by the create-only write
+        and settled by adoption."""
         wanted = [
             doc
             for item in items
-            if item.sequence <= head.sequence + 1
+            if item.sequence <= head.sequence
             for doc in {
                 doc_id(stream, item.sequence),
                 doc_id(stream, item.sequence, item.event_hash),

@@ -221,3 +221,25 @@ async def test_an_altered_resend_is_modified_not_a_duplicate(env_factory: Factor
     placed = await env.store.get("acme", "cam-1:3")
     assert placed is not None
     assert (placed.record, placed.verdict) == (genuine[2], "ok")
+
+
+async def test_a_forgery_that_waited_ahead_keeps_its_name_and_loses_its_place(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    # Sent ahead of a gap, the forgery waits under the sequence's plain name; when the gap
+    # fills it does not link and is kept aside, and the genuine record then finds its name
+    # taken: the create-only write and adoption settle it (no read on the hot path).
+    env = env_factory()
+    env.register()
+    genuine = make_records(env.signer, 12)
+    await ingest(env, genuine[:5])
+    fake = forge(genuine[6], **{"ffaudit.prev": "cd" * 32})
+    assert await ingest(env, [fake]) == [(7, "pending", None)]
+    assert await ingest(env, [genuine[5]]) == [(6, "ok", None)]
+    assert await ingest(env, genuine[6:]) == [
+        (r["event.sequence"], "ok", None) for r in genuine[6:]
+    ]
+    stored = await verdicts(env)
+    assert stored[fake["event.hash"]][1] == "rejected"
+    assert {stored[r["event.hash"]][1:] for r in genuine} == {("ok", None)}
+    assert await blamed_ids(env, tmp_path) == {("inserted", 7, "cam-1:7")}
