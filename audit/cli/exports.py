@@ -19,12 +19,14 @@ from audit.cli.client import (
     unreachable,
     when,
 )
-from audit.errors import UsageError
+from audit.errors import ServiceRefusedError, UsageError
+from audit.exports.bundle import DATA_FILES, MANIFEST, MANIFEST_SIG
 from audit.exports.verify import ExportReport
 from audit.exports.verify import verify_export as check_bundle
 from audit.integrity.keys import Verifier
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_BUNDLE_FILES = frozenset((*DATA_FILES, MANIFEST, MANIFEST_SIG))
 
 
 @click.command("verify-export")
@@ -159,11 +161,20 @@ def export(
         tenant,
         body={k: v for k, v in body.items() if v not in (None, [])},
     )
-    directory = out / made["export_id"]
+    # The answer names the directory and files written here: only an export id and the
+    # bundle's own file names are taken, so a spoofed or compromised service cannot make
+    # this command write outside OUT (`../`, absolute paths).
+    export_id, names = made.get("export_id"), made.get("files")
+    if not (isinstance(export_id, str) and export_id.isalnum() and isinstance(names, list)):
+        raise ServiceRefusedError("the service's answer is not an export (id and files)")
+    strange = [n for n in names if n not in _BUNDLE_FILES]
+    if strange:
+        raise ServiceRefusedError(f"the service named files no bundle has: {strange!r}")
+    directory = out / export_id
     directory.mkdir(parents=True, mode=0o700)
-    for name in made["files"]:
-        (directory / name).write_bytes(_download(service, made["export_id"], name, token, tenant))
-    click.echo(f"export {made['export_id']}: {made['records']} records in {directory}", err=True)
+    for name in names:
+        (directory / name).write_bytes(_download(service, export_id, name, token, tenant))
+    click.echo(f"export {export_id}: {made['records']} records in {directory}", err=True)
     if pubkey is None:
         return 0
     report = check_bundle(directory, Verifier.load(pubkey))

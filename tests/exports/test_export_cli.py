@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -74,3 +77,59 @@ def test_export_creates_downloads_and_verifies(tmp_path: Path) -> None:
     [bundle] = (tmp_path / "bundles").iterdir()
     assert (bundle / "manifest.json").is_file()
     assert (bundle.stat().st_mode & 0o077) == 0
+
+
+def test_a_hostile_service_cannot_write_outside_the_output_directory(tmp_path: Path) -> None:
+    # What a spoofed service (a wrong --service URL, a plain-http man in the middle) might
+    # answer: the command writes nothing, anywhere.
+    class Hostile(BaseHTTPRequestHandler):
+        answers: ClassVar[list[dict[str, Any]]] = [
+            {"export_id": "../../escape", "records": 1, "manifest": {}, "files": []},
+            {"export_id": "abc123", "records": 1, "manifest": {}, "files": ["../../x.pub"]},
+        ]
+
+        def do_POST(self) -> None:
+            body = orjson.dumps(self.answers.pop(0))
+            self.send_response(201)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "4")
+            self.end_headers()
+            self.wfile.write(b"evil")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "a" / "b" / "out"
+    try:
+        for _ in range(2):
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "audit",
+                    "export",
+                    "--out",
+                    str(out),
+                    "--service",
+                    f"http://127.0.0.1:{server.server_port}",
+                    "--tenant",
+                    "acme",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+            assert run.returncode == 2, run.stdout + run.stderr
+            assert "not an export" in run.stderr or "no bundle has" in run.stderr
+    finally:
+        server.shutdown()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
