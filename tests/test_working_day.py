@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from audit.app import create_app
+from audit.exports import verify_export
 from audit.integrity.chain import ChainWriter, CheckpointPolicy, record_hash
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, Signer
@@ -179,6 +180,25 @@ def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
     assert reverified.tampered == ["acme/cam-b"]
     shown = client.get("/v1/events/cam-b:2", headers=auditor).json()
     assert shown["intact"] is False
+
+    # Exports are evidence either way: the edited row and the forgery are stated in the
+    # signed manifest (it answered 409 before), and the bundle verifies as authentic.
+    made = client.post("/v1/exports", json={"stream": ["cam-b", "cam-a"]}, headers=auditor)
+    assert made.status_code == 201, made.text
+    manifest = made.json()["manifest"]
+    assert [(x["kind"], x["stream"], x["sequence"]) for x in manifest["failures"]] == [
+        ("modified_record", "cam-b", 2)
+    ]
+    assert [(x["kind"], x["stream"], x["sequence"]) for x in manifest["findings"]] == [
+        ("rejected_at_ingest", "cam-a", forged["event.sequence"])
+    ]
+    bundle = Path(settings.exports_dir) / "acme" / made.json()["export_id"]
+    report = verify_export(bundle, app.state.servicelog.keys.signer.verifier)
+    assert report.authentic
+    assert report.damaged
+    assert [(x.kind.value, x.sequence, x.declared) for x in report.failures] == [
+        ("modified_record", 2, True)
+    ]
 
     # The scheduled rules: from each alert to its records.
     portal.call(lambda: app.state.alert_scheduler.tick(T0 + timedelta(minutes=10), lease=False))

@@ -58,8 +58,10 @@ def verify_export(
     as_json: bool,
     directory: Path,
 ) -> int:
-    """Verify the export bundle in DIRECTORY. Exit 0 intact, 1 any failure, 2 usage or
-    unreadable input."""
+    """Verify the export bundle in DIRECTORY. Exit 0 intact; 1 a failure the service did not
+    declare (the bundle is not what it issued, or not consistent); 4 authentic, and the
+    service declares the exported chain damaged (evidence of tampering in its store); 2 usage
+    or unreadable input."""
     if pubkey.resolve().is_relative_to(directory.resolve()) and not trust_bundled_key:
         # Whoever made the bundle chose that key: verifying with it proves nothing about
         # who signed it. Passed silently before.
@@ -79,12 +81,23 @@ def verify_export(
         echo_json(report.as_dict())
     else:
         _print(report)
-    return 0 if report.ok else 1
+    return exit_status(report)
+
+
+def exit_status(report: ExportReport) -> int:
+    if not report.authentic:
+        return 1
+    return 4 if report.damaged else 0
 
 
 def _print(report: ExportReport) -> None:
     for failure in report.failures:
         click.echo(failure.describe())
+    for finding in report.findings:
+        click.echo(
+            f"SERVICE STATES {finding.kind.value}: seq {finding.sequence}, stream "
+            f"{finding.stream}: {finding.detail}"
+        )
     for r in report.ranges:
         click.echo(
             f"stream {r.stream}: sequences {r.first_sequence}..{r.last_sequence}, "
@@ -94,12 +107,18 @@ def _print(report: ExportReport) -> None:
         )
         for seq, why in r.unproven:
             click.echo(f"  not proven by the stream's key: seq {seq}: {why}")
-    if report.ok:
-        total = sum(r.records for r in report.ranges)
-        click.echo(f"OK: {total} records in {len(report.ranges)} ranges verified")
-    else:
-        counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.counts.items()))
+    total = sum(r.records for r in report.ranges)
+    counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.counts.items()))
+    if not report.authentic:
         click.echo(f"FAILED: {counts}")
+    elif report.damaged:
+        click.echo(
+            f"AUTHENTIC, DAMAGED CHAIN: {total} records in {len(report.ranges)} ranges; every "
+            f"failure ({counts or 'none'}) is declared in the service's signed manifest, "
+            f"{sum(x.kind.damage for x in report.findings)} damage finding(s) stated"
+        )
+    else:
+        click.echo(f"OK: {total} records in {len(report.ranges)} ranges verified")
 
 
 @click.command("export")
@@ -142,7 +161,8 @@ def export(
     tenant: str | None,
 ) -> int:
     """Create an export bundle of the selected records (POST /v1/exports), download its
-    files, and with --pubkey verify it. Exit 0 done (and intact), 1 verification failed."""
+    files, and with --pubkey verify it. Exit 0 done (and intact), 1 verification failed,
+    4 authentic but the service declares the exported chain damaged."""
     body = {
         "actor": actor,
         "action": list(action),
@@ -179,7 +199,7 @@ def export(
         return 0
     report = check_bundle(directory, Verifier.load(pubkey))
     _print(report)
-    return 0 if report.ok else 1
+    return exit_status(report)
 
 
 def _download(

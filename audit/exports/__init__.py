@@ -7,13 +7,14 @@ nothing but the bundle and the service's public key.
 from __future__ import annotations
 
 from audit.exports.bundle import FORMAT, ExportResult, write_export
-from audit.exports.verify import (
+from audit.exports.chain import (
     ExportFailure,
     ExportFailureKind,
-    ExportReport,
+    Finding,
+    FindingKind,
     RangeReport,
-    verify_export,
 )
+from audit.exports.verify import ExportReport, verify_export
 
 __all__ = [
     "FORMAT",
@@ -21,6 +22,8 @@ __all__ = [
     "ExportFailureKind",
     "ExportReport",
     "ExportResult",
+    "Finding",
+    "FindingKind",
     "RangeReport",
     "verify_export",
     "write_export",

@@ -13,9 +13,13 @@ stub is vouched for by the service's signature alone; the producer's checkpoint 
 prove only records joined to a checkpoint through full records. The spec says so, and the
 verifier reports which selected records are producer-signed in that sense.
 
-The writer refuses input it cannot vouch for (a modified record, a fork, a hole, a broken
-link, a record after a closing checkpoint, a checkpoint whose signature does not verify)
-rather than sign a bundle that fails.
+A bundle is evidence either way. The writer walks the range it is about to write with the
+verifier's own walk (audit.exports.chain) and states every failure it finds (a modified
+record, a hole, a broken link, a record after a closing checkpoint, a checkpoint whose
+signature does not verify) in the signed manifest, with what the service alone knows (a
+fork, a modified record exported as a stub, a record rejected at ingest) as findings; each
+selected record's verdict is a column of records.csv. It refuses only input that is not a
+set of records of the tenant, or a selection outside it.
 """
 
 from __future__ import annotations
@@ -35,17 +39,28 @@ from typing import IO, Any, Final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from audit.errors import IntegrityError, InvalidInputError, KeyMaterialError, UsageError
+from audit.errors import InvalidInputError, KeyMaterialError, UsageError
+from audit.exports.chain import (
+    MODIFIED_DETAIL,
+    Element,
+    ExportFailure,
+    ExportFailureKind,
+    Finding,
+    FindingKind,
+    RangeSpec,
+    record_verdict,
+    verified_checkpoints,
+    walk,
+)
 from audit.files import fsync_dir
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
-from audit.integrity.chain import checkpoint_message, record_hash
+from audit.integrity.chain import record_hash
 from audit.integrity.keys import Signer, Verifier
 
-FORMAT: Final = "ffaudit.export.v1"
-# Domain separation: a manifest signature can never be mistaken for a checkpoint signature
-# (b"ffaudit.checkpoint.v1:") or anything else the service key might sign later.
-MANIFEST_CONTEXT: Final = b"ffaudit.export.v1:"
+FORMAT_V1: Final = "ffaudit.export.v1"  # no failures, findings or verdict column
+FORMAT: Final = "ffaudit.export.v2"
+FORMATS: Final = (FORMAT_V1, FORMAT)
 
 RECORDS: Final = "records.ndjson"
 RECORDS_CSV: Final = "records.csv"
@@ -89,14 +104,25 @@ CSV_COLUMNS: Final = (
     f.PREV,
     f.EVENT_HASH,
 )
+VERDICT: Final = "verdict"  # records.csv's last column from v2 on (chain.record_verdict)
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection); OWASP
 # adds tab and carriage return, which some of them strip before looking.
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
+def manifest_context(fmt: str) -> bytes:
+    """Domain separation: a manifest signature can never be mistaken for a checkpoint
+    signature (b"ffaudit.checkpoint.v1:"), another format's manifest, or anything else the
+    service key might sign later."""
+    return fmt.encode("ascii") + b":"
+
+
 def manifest_message(manifest: Any) -> bytes:
-    """The exact bytes `manifest.sig` signs: the context, then the manifest's JCS form."""
-    return MANIFEST_CONTEXT + canonicalize(manifest)
+    """The exact bytes `manifest.sig` signs: the context of the manifest's format (the
+    current one when it names none we know), then the manifest's JCS form."""
+    fmt = manifest.get("format") if isinstance(manifest, Mapping) else None
+    context = manifest_context(fmt if fmt in FORMATS else FORMAT)
+    return context + canonicalize(manifest)
 
 
 def csv_cell(value: Any) -> str:
@@ -111,12 +137,15 @@ def csv_cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def csv_header() -> list[str]:
-    return [csv_cell(name) for name in CSV_COLUMNS]
+def csv_header(fmt: str = FORMAT) -> list[str]:
+    names = CSV_COLUMNS if fmt == FORMAT_V1 else (*CSV_COLUMNS, VERDICT)
+    return [csv_cell(name) for name in names]
 
 
-def csv_row(record: Mapping[str, Any]) -> list[str]:
-    return [csv_cell(record.get(name)) for name in CSV_COLUMNS]
+def csv_row(record: Mapping[str, Any], verdict: str | None = None) -> list[str]:
+    """A record's row; `verdict` (v2 on) is appended as the last cell."""
+    row = [csv_cell(record.get(name)) for name in CSV_COLUMNS]
+    return row if verdict is None else [*row, csv_cell(verdict)]
 
 
 def stub(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,24 +173,6 @@ def load_public_key(pem: str | bytes, what: str) -> Verifier:
     return Verifier.from_key(key)
 
 
-def checkpoint_signature_ok(record: Mapping[str, Any], key: Verifier) -> str | None:
-    """None when the checkpoint is signed by `key` over its stored hash, else why not."""
-    if record.get(f.CP_SIGNER) != key.fingerprint:
-        return f"signed by key {str(record.get(f.CP_SIGNER))[:16]}…, not the stream's key"
-    signature = record.get(f.SIGNATURE)
-    if not isinstance(signature, str):
-        return "checkpoint has no signature"
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except ValueError:
-        raw = b""
-    if len(raw) != 64:
-        return "signature is not a base64 Ed25519 signature"
-    if not key.verify(raw, checkpoint_message(str(record[f.EVENT_HASH]))):
-        return "signature does not verify"
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class ExportResult:
     directory: Path
@@ -172,10 +183,22 @@ class ExportResult:
 class _Range:
     stream: str
     key: Verifier
-    chain: dict[int, Mapping[str, Any]]  # sequence -> record, contiguous first..last
+    chain: dict[int, Mapping[str, Any]]  # sequence -> record; a hole is a declared failure
     first: int
     last: int
-    signed_through: int
+    elements: list[Element]
+    signed_through: int = 0
+
+    def spec(self) -> RangeSpec:
+        return RangeSpec(
+            self.stream,
+            self.first,
+            self.last,
+            self.chain[self.first][f.PREV],
+            self.chain[self.last][f.EVENT_HASH],
+            self.signed_through,
+            self.key,
+        )
 
 
 def write_export(
@@ -187,6 +210,7 @@ def write_export(
     signer: Signer,
     *,
     tenant: str,
+    findings: Iterable[Finding] = (),
     created_at: datetime | None = None,
 ) -> ExportResult:
     """Write a bundle into `directory`, which must not exist yet.
@@ -197,17 +221,20 @@ def write_export(
     (stream, sequence) pairs the query matched; each must be among `records`.
     `public_keys`: each stream's registered Ed25519 public key (PEM). `query`: what the
     auditor asked for, as a JSON object. `signer`: the service key that signs the manifest.
+    `findings`: what the service knows of the ranges beyond the records (records rejected
+    at ingest), stated in the manifest beside what the writer finds itself.
 
-    Raises UsageError when `directory` exists, InvalidInputError for input that is not a
-    set of records of `tenant`, IntegrityError for a chain the service cannot vouch for,
-    KeyMaterialError for a missing or unusable stream key.
+    A damaged chain is exported with its failures stated (module docstring). Raises
+    UsageError when `directory` exists, InvalidInputError for input that is not a set of
+    records of `tenant`, KeyMaterialError for a missing or unusable stream key.
     """
     if os.path.lexists(directory):
         raise UsageError(f"{directory} already exists; an export never overwrites anything")
     if not isinstance(query, Mapping):
         raise InvalidInputError("the query must be a JSON object")
-    ranges = _ranges(records, tenant, public_keys)
     wanted = set(selected)
+    noted: list[Finding] = list(findings)
+    ranges = _ranges(records, tenant, public_keys, wanted, noted)
     known = {(r.stream, seq) for r in ranges for seq in r.chain}
     unknown = sorted(wanted - known)
     if unknown:
@@ -216,12 +243,16 @@ def write_export(
             f"{len(unknown)} selected record(s) are not among the records given, "
             f"e.g. stream {stream!r} sequence {seq}"
         )
+    failures = _failures(ranges)
+    noted.sort(key=lambda x: (x.stream, x.sequence, x.kind.value, x.detail))
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": f.format_timestamp(created_at or datetime.now(UTC)),
         "tenant": tenant,
         "query": dict(query),
         "service_key_fingerprint": signer.verifier.fingerprint,
+        "failures": [x.declaration() for x in failures],
+        "findings": [x.as_dict() for x in noted],
     }
     canonicalize(manifest)  # refuse an unrepresentable query before writing anything
 
@@ -232,7 +263,7 @@ def write_export(
     # either complete or absent; mkdtemp makes it 0700, which the rename keeps.
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
     try:
-        counts, files = _write_files(tmp, ranges, wanted, signer)
+        counts, files = _write_files(tmp, ranges, wanted, signer, failures, noted)
         manifest["counts"] = counts
         manifest["files"] = files
         manifest["ranges"] = [
@@ -249,7 +280,7 @@ def write_export(
             for r in ranges
         ]
         body = canonicalize(manifest)
-        signature = signer.sign(MANIFEST_CONTEXT + body)
+        signature = signer.sign(manifest_context(FORMAT) + body)
         _write(tmp / MANIFEST, body + b"\n")
         _write(tmp / MANIFEST_SIG, base64.b64encode(signature) + b"\n")
         fsync_dir(tmp)
@@ -262,7 +293,11 @@ def write_export(
 
 
 def _ranges(
-    records: Iterable[Mapping[str, Any]], tenant: str, public_keys: Mapping[str, str | bytes]
+    records: Iterable[Mapping[str, Any]],
+    tenant: str,
+    public_keys: Mapping[str, str | bytes],
+    wanted: set[tuple[str, int]],
+    noted: list[Finding],
 ) -> list[_Range]:
     chains: dict[str, dict[int, Mapping[str, Any]]] = {}
     for index, record in enumerate(records):
@@ -270,46 +305,97 @@ def _ranges(
         if problem is not None:
             raise InvalidInputError(f"record {index}: {problem}", index=index)
         stream, seq = record[f.STREAM], record[f.EVENT_SEQUENCE]
-        where = f"stream {stream!r} sequence {seq}"
         if record[f.TENANT] != tenant:
-            raise InvalidInputError(f"{where} belongs to another tenant", index=index)
-        if record_hash(record) != record[f.EVENT_HASH]:
-            raise IntegrityError(f"{where}: content does not match its event.hash")
+            raise InvalidInputError(
+                f"stream {stream!r} sequence {seq} belongs to another tenant", index=index
+            )
         chain = chains.setdefault(stream, {})
         other = chain.get(seq)
-        if other is not None and other[f.EVENT_HASH] != record[f.EVENT_HASH]:
-            raise IntegrityError(f"{where}: two records claim it (a fork); cannot vouch for it")
-        chain[seq] = record
+        if other is None:
+            chain[seq] = record
+        elif other[f.EVENT_HASH] != record[f.EVENT_HASH]:
+            # The bundle holds one chain: the record given first (the store's plain name),
+            # and says the other exists.
+            noted.append(
+                Finding(
+                    FindingKind.FORK,
+                    stream,
+                    seq,
+                    f"another record claims the sequence in the store: event.hash "
+                    f"{record[f.EVENT_HASH][:16]}…",
+                )
+            )
     out: list[_Range] = []
+    lines = {RECORDS: 0, CHECKPOINTS: 0, LINKS: 0}
     for stream in sorted(chains):
         chain = chains[stream]
         if stream not in public_keys:
             raise KeyMaterialError(f"no public key given for stream {stream!r}")
         key = load_public_key(public_keys[stream], f"public key of stream {stream!r}")
-        first, last = min(chain), max(chain)
-        if len(chain) != last - first + 1:
-            hole = next(s for s in range(first, last + 1) if s not in chain)
-            raise IntegrityError(f"stream {stream!r}: sequence {hole} is missing from the input")
-        if first == 1 and chain[1][f.PREV] != f.ZERO_HASH:
-            raise IntegrityError(f"stream {stream!r} sequence 1 does not start the chain")
-        signed_through = 0
-        for seq in range(first, last + 1):
+        r = _Range(stream, key, chain, min(chain), max(chain), [])
+        for seq in sorted(chain):
             record = chain[seq]
-            if seq > first and record[f.PREV] != chain[seq - 1][f.EVENT_HASH]:
-                raise IntegrityError(
-                    f"stream {stream!r} sequence {seq} does not link to sequence {seq - 1}"
+            intact = record_hash(record) == record[f.EVENT_HASH]
+            selected = (stream, seq) in wanted
+            name = RECORDS if selected else CHECKPOINTS if is_checkpoint(record) else LINKS
+            lines[name] += 1
+            if name == LINKS and not intact:
+                noted.append(
+                    Finding(
+                        FindingKind.MODIFIED_IN_STORE,
+                        stream,
+                        seq,
+                        "exported as a link stub, but its stored content no longer hashes "
+                        "to its event.hash",
+                    )
                 )
-            if seq > first and chain[seq - 1].get(f.CP_CLOSING) is True:
-                raise IntegrityError(
-                    f"stream {stream!r} sequence {seq} follows the stream's closing checkpoint"
+            r.elements.append(
+                Element(
+                    name,
+                    lines[name],
+                    stream,
+                    seq,
+                    record[f.EVENT_HASH],
+                    record[f.PREV],
+                    full=name != LINKS,
+                    intact=intact and name != LINKS,
+                    selected=selected,
+                    record=record if is_checkpoint(record) and name != LINKS else None,
                 )
-            if is_checkpoint(record):
-                problem = checkpoint_signature_ok(record, key)
-                if problem is not None:
-                    raise IntegrityError(f"stream {stream!r} checkpoint {seq}: {problem}")
-                signed_through = seq
-        out.append(_Range(stream, key, chain, first, last, signed_through))
+            )
+        r.signed_through = max(verified_checkpoints(r.elements, key), default=0)
+        out.append(r)
     return out
+
+
+def _failures(ranges: list[_Range]) -> list[ExportFailure]:
+    """What a verifier of this bundle will find, found with its own walk."""
+    failures: list[ExportFailure] = []
+
+    def fail(
+        kind: ExportFailureKind,
+        detail: str,
+        file: str | None,
+        line: int | None,
+        stream: str | None,
+        seq: int | None,
+    ) -> None:
+        failures.append(ExportFailure(kind, file, line, stream, seq, detail, declared=True))
+
+    for r in ranges:
+        for el in r.elements:
+            if el.full and not el.intact:
+                fail(
+                    ExportFailureKind.MODIFIED_RECORD,
+                    MODIFIED_DETAIL,
+                    el.file,
+                    el.line,
+                    el.stream,
+                    el.seq,
+                )
+        walk(r.spec(), r.elements, fail)
+    failures.sort(key=lambda x: (x.stream or "", x.sequence or 0, x.kind.value, x.file or ""))
+    return failures
 
 
 class _HashingWriter:
@@ -331,7 +417,12 @@ class _HashingWriter:
 
 
 def _write_files(
-    tmp: Path, ranges: list[_Range], wanted: set[tuple[str, int]], signer: Signer
+    tmp: Path,
+    ranges: list[_Range],
+    wanted: set[tuple[str, int]],
+    signer: Signer,
+    failures: list[ExportFailure],
+    findings: list[Finding],
 ) -> tuple[dict[str, int], dict[str, str]]:
     out = {name: _HashingWriter(tmp / name) for name in DATA_FILES}
     counts = {"records": 0, "links": 0, "checkpoints": 0}
@@ -341,11 +432,12 @@ def _write_files(
     rows.writerow(csv_header())
     try:
         for r in ranges:  # sorted by stream: the files are in (stream, sequence) order
-            for seq in range(r.first, r.last + 1):
+            for seq in sorted(r.chain):
                 record = r.chain[seq]
                 if (r.stream, seq) in wanted:
                     out[RECORDS].write(canonicalize(dict(record)) + b"\n")
-                    rows.writerow(csv_row(record))
+                    verdict = record_verdict(r.stream, seq, failures, findings)
+                    rows.writerow(csv_row(record, verdict))
                     counts["records"] += 1
                 elif is_checkpoint(record):
                     out[CHECKPOINTS].write(canonicalize(dict(record)) + b"\n")

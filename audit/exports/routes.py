@@ -16,6 +16,7 @@ from audit.auth.tokens import Role
 from audit.deps import Caller, allow, tenant_scope
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
+from audit.exports.chain import Finding, FindingKind
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
@@ -121,18 +122,28 @@ async def create_export(
         if cursor is None:
             break
     records: list[dict[str, Any]] = []
+    findings: list[Finding] = []
     keys: dict[str, str] = {}
     for stream in sorted({s for s, _ in selected}):
         wanted = sorted(seq for s, seq in selected if s == stream)
         service.streams.read(stream, tenant_id=scope)  # 404 unless the caller's tenant's
         keys[stream] = service.streams.verifier(scope, stream).pem().decode()
-        placed: set[int] = set()
         async for event in service.store.scan(scope, stream, start=wanted[0]):
-            if event.verdict == Verdict.REJECTED or event.sequence in placed:
-                # Evidence, or an unsettled fork's second record (the scan gives the
-                # sequence's plain name first): the bundle vouches for one chain.
+            if event.verdict == Verdict.REJECTED:
+                # Evidence kept aside at ingest is not part of any chain: the bundle states
+                # that it exists instead of carrying it.
+                findings.append(
+                    Finding(
+                        FindingKind.REJECTED_AT_INGEST,
+                        stream,
+                        event.sequence,
+                        f"a record claiming this sequence was kept as evidence at ingest "
+                        f"({event.failure or 'rejected'}): event.hash {event.event_hash[:16]}…",
+                    )
+                )
                 continue
-            placed.add(event.sequence)
+            # A fork's second record follows its sequence's plain name in the scan: the
+            # writer keeps the first and states the other as a finding.
             records.append(event.record)
             # The range ends at the first checkpoint at or after the last selected record,
             # so that a producer signature covers it.
@@ -151,6 +162,7 @@ async def create_export(
         manifest_query(export_id, body, query.actor_hashes),
         servicelog.keys.signer,
         tenant=scope,
+        findings=findings,
     )
     await servicelog.record(
         who,
@@ -159,6 +171,9 @@ async def create_export(
         metadata={
             "export_id": export_id,
             "records": len(selected),
+            # An export of a damaged range is evidence: the trail says it was taken.
+            "failures": len(result.manifest["failures"]),
+            "findings": len(result.manifest["findings"]),
             "filters": filters.names(),
             "streams": sorted(keys),
             # The admin-export alert rule reads them (audit.alerts.rules.AdminExportRule).

@@ -34,8 +34,7 @@ import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -46,7 +45,8 @@ from audit.errors import CanonicalizationError, KeyMaterialError, UsageError
 from audit.exports.bundle import (
     CHECKPOINTS,
     DATA_FILES,
-    FORMAT,
+    FORMAT_V1,
+    FORMATS,
     LINKS,
     MANIFEST,
     MANIFEST_SIG,
@@ -56,12 +56,23 @@ from audit.exports.bundle import (
     STUB_FIELDS,
     STUB_SEQUENCE,
     STUB_STREAM,
-    checkpoint_signature_ok,
     csv_header,
     csv_row,
     is_checkpoint,
     load_public_key,
     manifest_message,
+)
+from audit.exports.chain import (
+    MODIFIED_DETAIL,
+    Element,
+    ExportFailure,
+    ExportFailureKind,
+    Finding,
+    FindingKind,
+    RangeReport,
+    RangeSpec,
+    record_verdict,
+    walk,
 )
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
@@ -72,79 +83,6 @@ _HEX = frozenset("0123456789abcdef")
 _COUNTED = {RECORDS: "records", LINKS: "links", CHECKPOINTS: "checkpoints"}
 
 
-class ExportFailureKind(StrEnum):
-    MANIFEST_SIGNATURE = "manifest_signature"
-    WRONG_KEY = "wrong_key"
-    FILE_HASH = "file_hash"
-    MODIFIED_RECORD = "modified_record"
-    MISSING_RECORD = "missing_record"
-    EXTRA_RECORD = "extra_record"
-    BROKEN_LINK = "broken_link"
-    RANGE_MISMATCH = "range_mismatch"
-    BAD_CHECKPOINT = "bad_checkpoint"
-    CSV_MISMATCH = "csv_mismatch"
-    MALFORMED = "malformed"
-
-
-@dataclass(frozen=True, slots=True)
-class ExportFailure:
-    kind: ExportFailureKind
-    file: str | None  # a bundle file name; None when nothing in the bundle is at fault
-    line: int | None  # 1-based physical line (records.csv: the line its row starts on)
-    stream: str | None
-    sequence: int | None
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "file": self.file,
-            "line": self.line,
-            "stream": self.stream,
-            "sequence": self.sequence,
-            "detail": self.detail,
-        }
-
-    def describe(self) -> str:
-        where = [self.file or "bundle"]
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        if self.sequence is not None:
-            where.append(f"seq {self.sequence}")
-        if self.stream is not None:
-            where.append(f"stream {self.stream}")
-        return f"FAIL {self.kind.value}: {', '.join(where)}: {self.detail}"
-
-
-@dataclass(frozen=True, slots=True)
-class RangeReport:
-    stream: str
-    first_sequence: int
-    last_sequence: int
-    records: int  # selected records (full) in the range
-    links: int
-    checkpoints: int  # checkpoints in the range, selected or not
-    signed_through: int  # highest checkpoint whose signature verifies; 0 when none
-    # Selected records joined to a verifying checkpoint through full records only: those
-    # the producer's key proves. The others rest on the service's signature alone.
-    producer_signed: tuple[int, ...]
-    # Every other selected record, with why the producer's key does not reach it.
-    unproven: tuple[tuple[int, str], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stream": self.stream,
-            "first_sequence": self.first_sequence,
-            "last_sequence": self.last_sequence,
-            "records": self.records,
-            "links": self.links,
-            "checkpoints": self.checkpoints,
-            "signed_through": self.signed_through,
-            "producer_signed": list(self.producer_signed),
-            "unproven": [{"sequence": s, "reason": why} for s, why in self.unproven],
-        }
-
-
 @dataclass(slots=True)
 class ExportReport:
     directory: Path
@@ -153,10 +91,25 @@ class ExportReport:
     tenant: str | None = None
     query: Any = None
     created_at: str | None = None
+    format: str | None = None
+    # What the service states it knows and the bundle cannot show (spec §10.2).
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """Nothing wrong at all: the bundle is authentic and its chain intact."""
         return not self.failures
+
+    @property
+    def authentic(self) -> bool:
+        """Every failure is one the service declared in its signed manifest: the bundle is
+        what the service issued, faithful evidence of whatever damage it states."""
+        return all(failure.declared for failure in self.failures)
+
+    @property
+    def damaged(self) -> bool:
+        """The exported chain (or what the service knows of the store) is damaged."""
+        return bool(self.failures) or any(x.kind.damage for x in self.findings)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -168,6 +121,9 @@ class ExportReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "authentic": self.authentic,
+            "damaged": self.damaged,
+            "format": self.format,
             "directory": str(self.directory),
             "tenant": self.tenant,
             "created_at": self.created_at,
@@ -175,34 +131,8 @@ class ExportReport:
             "counts": self.counts,
             "ranges": [r.as_dict() for r in self.ranges],
             "failures": [failure.as_dict() for failure in self.failures],
+            "findings": [x.as_dict() for x in self.findings],
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    stream: str
-    first: int
-    last: int
-    first_prev: str
-    last_hash: str
-    signed_through: int
-    key: Verifier | None  # None when the manifest's key is unusable (already reported)
-
-
-@dataclass(frozen=True, slots=True)
-class _Element:
-    """A record, checkpoint or stub, reduced to what the chain walk needs."""
-
-    file: str
-    line: int
-    stream: str
-    seq: int
-    hash: str
-    prev: str
-    full: bool  # content present: the hash was recomputed from it
-    intact: bool  # full and the content matches its hash
-    selected: bool
-    record: dict[str, Any] | None  # checkpoints only: to check their signatures
 
 
 def verify_export(
@@ -234,10 +164,12 @@ class _Checker:
         self.service_key = service_key
         self.stream_keys = stream_keys
         self.report = ExportReport(directory)
-        self.ranges: dict[str, _Range] = {}
-        self.elements: dict[str, list[_Element]] = {}
+        self.ranges: dict[str, RangeSpec] = {}
+        self.elements: dict[str, list[Element]] = {}
         self.lines: dict[str, int] = {}  # data lines per NDJSON file
         self._csv_line: int | None = None  # where the last row read from records.csv starts
+        self.format = FORMAT_V1
+        self.declared: list[ExportFailure] = []
 
     def fail(
         self,
@@ -275,7 +207,30 @@ class _Checker:
                 )
         for r in self.ranges.values():
             self._walk(r, self.elements.get(r.stream, []))
+        self._compare_declared()
         return self.report
+
+    def _compare_declared(self) -> None:
+        """Mark each failure found that the manifest declares; a declared one that is not
+        found is a false statement of the service, itself a failure."""
+        declared = {x.location: x for x in self.declared}
+        seen = set()
+        for index, failure in enumerate(self.report.failures):
+            if failure.location in declared:
+                seen.add(failure.location)
+                self.report.failures[index] = replace(failure, declared=True)
+        for location, x in declared.items():
+            if location not in seen:
+                self.fail(
+                    ExportFailureKind.MALFORMED,
+                    f"the manifest declares a {x.kind.value} failure at "
+                    f"{x.file or 'bundle'} line {x.line}, stream {x.stream}, seq {x.sequence} "
+                    "that the bundle does not show",
+                    MANIFEST,
+                    None,
+                    x.stream,
+                    x.sequence,
+                )
 
     # -- manifest -----------------------------------------------------------------------
 
@@ -347,8 +302,13 @@ class _Checker:
     def _shape(self, manifest: dict[str, Any]) -> bool:
         """False when the manifest is too broken to check the files against."""
         problems: list[str] = []
-        if manifest.get("format") != FORMAT:
-            problems.append(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
+        fmt = manifest.get("format")
+        if fmt not in FORMATS:
+            problems.append(f"format is {fmt!r}, not one of {', '.join(FORMATS)}")
+        else:
+            self.format = self.report.format = fmt
+            if fmt != FORMAT_V1:
+                problems += self._declarations(manifest)
         if not isinstance(manifest.get("tenant"), str):
             problems.append("tenant is not a string")
         files = manifest.get("files")
@@ -367,6 +327,26 @@ class _Checker:
         for problem in problems:
             self.fail(ExportFailureKind.MALFORMED, problem, MANIFEST)
         return not problems
+
+    def _declarations(self, manifest: dict[str, Any]) -> list[str]:
+        """Read the manifest's `failures` and `findings` (v2 on); what is wrong with them."""
+        failures, findings = manifest.get("failures"), manifest.get("findings")
+        if not isinstance(failures, list) or not isinstance(findings, list):
+            return ["failures and findings are not lists"]
+        problems: list[str] = []
+        for index, item in enumerate(failures):
+            failure = _declared_failure(item)
+            if failure is None:
+                problems.append(f"failures[{index}] is not a declarable failure")
+            else:
+                self.declared.append(failure)
+        for index, item in enumerate(findings):
+            finding = _finding(item)
+            if finding is None:
+                problems.append(f"findings[{index}] is not a finding")
+            else:
+                self.report.findings.append(finding)
+        return problems
 
     # -- files --------------------------------------------------------------------------
 
@@ -443,7 +423,7 @@ class _Checker:
                 )
                 continue
             key = self._range_key(item)
-            self.ranges[stream] = _Range(
+            self.ranges[stream] = RangeSpec(
                 stream,
                 item["first_sequence"],
                 item["last_sequence"],
@@ -553,7 +533,7 @@ class _Checker:
                     seq,
                 )
             self._add(
-                _Element(
+                Element(
                     name,
                     number,
                     stream,
@@ -586,7 +566,7 @@ class _Checker:
         if computed != rec[f.EVENT_HASH]:
             self.fail(
                 ExportFailureKind.MODIFIED_RECORD,
-                "content does not match its event.hash",
+                MODIFIED_DETAIL,
                 name,
                 number,
                 stream,
@@ -637,7 +617,7 @@ class _Checker:
                     seq,
                 )
             self._add(
-                _Element(
+                Element(
                     LINKS,
                     number,
                     stream,
@@ -668,7 +648,7 @@ class _Checker:
             return last
         return here
 
-    def _add(self, element: _Element) -> None:
+    def _add(self, element: Element) -> None:
         self.elements.setdefault(element.stream, []).append(element)
 
     # -- records.csv --------------------------------------------------------------------
@@ -685,7 +665,7 @@ class _Checker:
             reader = csv.reader(text)
             try:
                 header = next(reader, None)
-                if header != csv_header():
+                if header != csv_header(self.format):
                     self.fail(
                         ExportFailureKind.CSV_MISMATCH,
                         "the header is not the export's column list",
@@ -719,14 +699,17 @@ class _Checker:
                 seq,
             )
             return
+        verdict = None
+        if self.format != FORMAT_V1:
+            verdict = record_verdict(stream, seq, self.declared, self.report.findings)
         try:
-            expected = csv_row(rec)
+            expected = csv_row(rec, verdict)
         except CanonicalizationError:
             return  # the record itself is reported as malformed
         if row != expected:
             columns = [
                 name
-                for name, a, b in itertools.zip_longest(csv_header(), row, expected)
+                for name, a, b in itertools.zip_longest(csv_header(self.format), row, expected)
                 if a is None or b is None or a != b
             ]
             self.fail(
@@ -741,211 +724,8 @@ class _Checker:
 
     # -- the chain walk -----------------------------------------------------------------
 
-    def _walk(self, r: _Range, elements: list[_Element]) -> None:
-        at: dict[int, list[_Element]] = {}
-        for el in elements:
-            if r.first <= el.seq <= r.last:
-                at.setdefault(el.seq, []).append(el)
-            else:
-                self.fail(
-                    ExportFailureKind.EXTRA_RECORD,
-                    f"outside the exported range {r.first}..{r.last}",
-                    el.file,
-                    el.line,
-                    el.stream,
-                    el.seq,
-                )
-        chosen: dict[int, _Element] = {}
-        for seq, candidates in sorted(at.items()):
-            best = max(candidates, key=lambda c: _fit(c, at, r))  # max keeps the first tie
-            chosen[seq] = best
-            for other in candidates:
-                if other is not best:
-                    self.fail(
-                        ExportFailureKind.EXTRA_RECORD,
-                        f"a second element claims the sequence (the chain continues through "
-                        f"{best.file} line {best.line})",
-                        other.file,
-                        other.line,
-                        other.stream,
-                        other.seq,
-                    )
-        self._holes(r, chosen)
-        for seq in range(r.first + 1, r.last + 1):
-            a, b = chosen.get(seq - 1), chosen.get(seq)
-            if a is not None and b is not None and b.prev != a.hash:
-                # A stub's hash and prev are unverifiable, a full record's are not: blame
-                # the side where the disagreeing value cannot have been checked.
-                blamed = a if b.full and not a.full else b
-                self.fail(
-                    ExportFailureKind.BROKEN_LINK,
-                    f"sequence {seq} ({b.file} line {b.line}) links to {b.prev[:16]}…, "
-                    f"sequence {seq - 1} ({a.file} line {a.line}) has hash {a.hash[:16]}…",
-                    blamed.file,
-                    blamed.line,
-                    r.stream,
-                    blamed.seq,
-                )
-        closing = min(
-            (
-                seq
-                for seq, el in chosen.items()
-                if el.record and el.record.get(f.CP_CLOSING) is True
-            ),
-            default=None,
-        )
-        for seq in sorted(chosen):
-            if closing is not None and seq > closing:
-                # Anyone can link a record to the closing checkpoint's public hash; the
-                # producer never writes after it.
-                el = chosen[seq]
-                self.fail(
-                    ExportFailureKind.EXTRA_RECORD,
-                    f"follows the stream's closing checkpoint (sequence {closing})",
-                    el.file,
-                    el.line,
-                    r.stream,
-                    seq,
-                )
-        if r.first == 1 and r.first_prev != f.ZERO_HASH:
-            self.fail(
-                ExportFailureKind.RANGE_MISMATCH,
-                "the range starts the stream, so its first_prev must be 64 zeros",
-                MANIFEST,
-                None,
-                r.stream,
-                1,
-            )
-        first, last = chosen.get(r.first), chosen.get(r.last)
-        if first is not None and first.prev != r.first_prev:
-            self.fail(
-                ExportFailureKind.RANGE_MISMATCH,
-                f"links to {first.prev[:16]}…, the manifest's first_prev is {r.first_prev[:16]}…",
-                first.file,
-                first.line,
-                r.stream,
-                r.first,
-            )
-        if last is not None and last.hash != r.last_hash:
-            self.fail(
-                ExportFailureKind.RANGE_MISMATCH,
-                f"has hash {last.hash[:16]}…, the manifest's last_hash is {r.last_hash[:16]}…",
-                last.file,
-                last.line,
-                r.stream,
-                r.last,
-            )
-        signed = self._checkpoints(r, [c for c in chosen.values() if c.record is not None])
-        self.report.ranges.append(self._summary(r, chosen, signed))
-
-    def _holes(self, r: _Range, chosen: dict[int, _Element]) -> None:
-        missing = [seq for seq in range(r.first, r.last + 1) if seq not in chosen]
-        for _, run in itertools.groupby(enumerate(missing), key=lambda p: p[1] - p[0]):
-            seqs = [seq for _, seq in run]
-            span = f"sequence {seqs[0]}" if len(seqs) == 1 else f"sequences {seqs[0]}..{seqs[-1]}"
-            self.fail(
-                ExportFailureKind.MISSING_RECORD,
-                f"{span} of the exported range: neither a record nor a stub in the bundle",
-                None,
-                None,
-                r.stream,
-                seqs[0],
-            )
-
-    def _checkpoints(self, r: _Range, checkpoints: list[_Element]) -> set[int]:
-        signed: set[int] = set()
-        for cp in checkpoints:
-            assert cp.record is not None
-            if r.key is None:
-                continue  # the range's key is unusable, which is already a failure
-            problem = checkpoint_signature_ok(cp.record, r.key)
-            if problem is None and cp.intact:
-                signed.add(cp.seq)
-            elif problem is not None:
-                self.fail(
-                    ExportFailureKind.BAD_CHECKPOINT,
-                    problem,
-                    cp.file,
-                    cp.line,
-                    r.stream,
-                    cp.seq,
-                )
-        honest = max(signed, default=0)
-        if r.key is not None and r.signed_through != honest:
-            self.fail(
-                ExportFailureKind.BAD_CHECKPOINT,
-                f"signed_through is {r.signed_through}, but the highest checkpoint whose "
-                f"signature verifies is {honest or 'none'}",
-                MANIFEST,
-                None,
-                r.stream,
-                r.signed_through,
-            )
-        return signed
-
-    @staticmethod
-    def _summary(r: _Range, chosen: dict[int, _Element], signed: set[int]) -> RangeReport:
-        # Walk down from each verifying checkpoint while the chain stays made of intact,
-        # linked full records: a stub's hash cannot be recomputed, so the producer's
-        # signature stops there.
-        proven: list[int] = []
-        anchored = False
-        for seq in range(r.last, r.first - 1, -1):
-            el = chosen.get(seq)
-            nxt = chosen.get(seq + 1)
-            if el is None or not el.intact:
-                anchored = False
-            elif seq in signed:
-                anchored = True
-            elif anchored and (nxt is None or nxt.prev != el.hash):
-                anchored = False
-            if anchored and el is not None and el.selected:
-                proven.append(seq)
-        values = chosen.values()
-        last_signed = max(signed, default=0)
-        taken = set(proven)
-        unproven = []
-        for seq in range(r.first, r.last + 1):
-            el = chosen.get(seq)
-            if el is None or not el.selected or seq in taken:
-                continue
-            if not el.intact:
-                why = "its content does not hash to its event.hash"
-            elif seq > last_signed:
-                why = "after the range's last verifying checkpoint: the service's signature alone"
-            else:
-                why = "an unselected record (a stub) lies between it and its checkpoint"
-            unproven.append((seq, why))
-        return RangeReport(
-            stream=r.stream,
-            first_sequence=r.first,
-            last_sequence=r.last,
-            records=sum(1 for el in values if el.selected),
-            links=sum(1 for el in values if not el.full),
-            checkpoints=sum(1 for el in values if el.record is not None),
-            signed_through=max(signed, default=0),
-            producer_signed=tuple(sorted(proven)),
-            unproven=tuple(unproven),
-        )
-
-
-def _fit(candidate: _Element, at: dict[int, list[_Element]], r: _Range) -> tuple[bool, ...]:
-    """How well one of several elements claiming a sequence fits the chain, best first.
-
-    What follows decides first (the chain continues through the genuine one: anybody can
-    make a record that links back, or hash its own content), then what precedes, then
-    whether its content matches its hash.
-    """
-    seq = candidate.seq
-    if seq == r.last:
-        onward = candidate.hash == r.last_hash
-    else:
-        onward = any(n.prev == candidate.hash for n in at.get(seq + 1, ()))
-    if seq == r.first:
-        backward = candidate.prev == r.first_prev
-    else:
-        backward = any(p.hash == candidate.prev for p in at.get(seq - 1, ()))
-    return (onward, backward, candidate.intact)
+    def _walk(self, r: RangeSpec, elements: list[Element]) -> None:
+        self.report.ranges.append(walk(r, elements, self.fail))
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -997,3 +777,43 @@ def _stub_problem(doc: Any) -> str | None:
     if not (_is_hash(doc[f.EVENT_HASH]) and _is_hash(doc[f.PREV])):
         return "event.hash and ffaudit.prev are not 64 lowercase hex digits"
     return None
+
+
+def _declared_failure(item: Any) -> ExportFailure | None:
+    if type(item) is not dict or set(item) != {
+        "kind",
+        "file",
+        "line",
+        "stream",
+        "sequence",
+        "detail",
+    }:
+        return None
+    try:
+        kind = ExportFailureKind(item["kind"])
+    except ValueError:
+        return None
+    file, line, stream, seq = item["file"], item["line"], item["stream"], item["sequence"]
+    if not (
+        kind.declarable
+        and (file is None or file in (RECORDS, LINKS, CHECKPOINTS, MANIFEST))
+        and (line is None or (_is_int(line) and line >= 1))
+        and (stream is None or isinstance(stream, str))
+        and (seq is None or _is_int(seq))
+        and isinstance(item["detail"], str)
+    ):
+        return None
+    return ExportFailure(kind, file, line, stream, seq, item["detail"], declared=True)
+
+
+def _finding(item: Any) -> Finding | None:
+    if type(item) is not dict or set(item) != {"kind", "stream", "sequence", "detail"}:
+        return None
+    try:
+        kind = FindingKind(item["kind"])
+    except ValueError:
+        return None
+    stream, seq, detail = item["stream"], item["sequence"], item["detail"]
+    if not (isinstance(stream, str) and _is_int(seq) and seq >= 1 and isinstance(detail, str)):
+        return None
+    return Finding(kind, stream, seq, detail)

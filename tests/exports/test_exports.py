@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from audit.errors import IntegrityError, InvalidInputError, UsageError
+from audit.errors import InvalidInputError, UsageError
 from audit.exports import (
     ExportFailureKind,
     ExportReport,
@@ -242,7 +242,7 @@ def rewrite(bundle: Path, items: dict[tuple[str, int], tuple[str, Record]]) -> N
         name, doc = items[key]
         by_file[name].append(canonicalize(doc))
         if name == "records.ndjson":
-            rows.writerow(csv_row(doc))
+            rows.writerow(csv_row(doc, "ok"))
     for name, content in by_file.items():
         write_lines(bundle / name, content)
     (bundle / "records.csv").write_bytes(text.getvalue().encode())
@@ -332,7 +332,9 @@ def test_bundle_holds_the_selection_and_verifies(world: World) -> None:
     assert lines(world.pristine / "records.ndjson") == [canonicalize(r) for r in want]
 
     doc = manifest(world.pristine)
-    assert doc["format"] == "ffaudit.export.v1"
+    assert doc["format"] == "ffaudit.export.v2"
+    assert doc["failures"] == []
+    assert doc["findings"] == []
     assert doc["service_key_fingerprint"] == world.service.verifier.fingerprint
     assert sorted(doc["files"]) == [
         "checkpoints.ndjson",
@@ -789,8 +791,11 @@ def broken(world: World, how: str) -> tuple[list[Record], set[tuple[str, int]], 
     records = [dict(r) for r in world.streams["cam-2"]]
     selected = {("cam-2", 2)}
     tenant = TENANT
-    if how == "modified":
+    if how == "modified":  # a row edited in the store, exported as a stub
         records[3]["event.outcome"] = "failure"
+    elif how == "modified_selected":
+        records[3]["event.outcome"] = "failure"
+        selected.add(("cam-2", 4))
     elif how == "fork":
         rival = dict(records[3], **{"trace.id": "rival"})
         records.append(dict(rival, **{"event.hash": record_hash(rival)}))
@@ -815,28 +820,112 @@ def broken(world: World, how: str) -> tuple[list[Record], set[tuple[str, int]], 
     return records, selected, tenant
 
 
-@pytest.mark.parametrize(
-    ("how", "error"),
-    [
-        ("modified", IntegrityError),
-        ("fork", IntegrityError),
-        ("hole", IntegrityError),
-        ("relinked", IntegrityError),
-        ("forged_checkpoint", IntegrityError),
-        ("after_close", IntegrityError),
-        ("unknown_selection", InvalidInputError),
-        ("other_tenant", InvalidInputError),
-    ],
-)
-def test_refuses_what_it_cannot_vouch_for(
-    world: World, tmp_path: Path, how: str, error: type[Exception]
+@pytest.mark.parametrize("how", ["unknown_selection", "other_tenant"])
+def test_refuses_input_that_is_not_the_tenants_records(
+    world: World, tmp_path: Path, how: str
 ) -> None:
     records, selected, tenant = broken(world, how)
-    with pytest.raises(error):
+    with pytest.raises(InvalidInputError):
         write_export(
             tmp_path / "out", records, selected, world.public_keys, {}, world.service, tenant=tenant
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("how", "failures", "findings", "verdict_at"),
+    [
+        ("modified", set(), {("modified_in_store", 4)}, None),
+        ("modified_selected", {("modified_record", 4)}, set(), 4),
+        ("fork", set(), {("fork", 4)}, None),
+        ("hole", {("missing_record", 7)}, set(), None),
+        ("relinked", {("broken_link", 4)}, set(), None),
+        ("forged_checkpoint", {("bad_checkpoint", 26)}, set(), None),
+        ("after_close", {("extra_record", 27), ("bad_checkpoint", 27)}, set(), None),
+    ],
+)
+def test_a_damaged_range_is_exported_as_evidence(
+    world: World,
+    tmp_path: Path,
+    how: str,
+    failures: set[tuple[str, int]],
+    findings: set[tuple[str, int]],
+    verdict_at: int | None,
+) -> None:
+    """Issue 13: an export whose range holds a tampered row answered 409. It is evidence
+    either way: the writer states every failure (found with the verifier's own walk) and
+    what only the service knows (findings) in the signed manifest; the verifier finds
+    exactly the declared failures and calls the bundle authentic but damaged (exit 4)."""
+    records, selected, tenant = broken(world, how)
+    assert len(world.streams["cam-2"]) == 26  # the locations below depend on it
+    out = tmp_path / "out"
+    write_export(out, records, selected, world.public_keys, QUERY, world.service, tenant=tenant)
+    doc = manifest(out)
+    assert {(x["kind"], x["sequence"]) for x in doc["failures"]} == failures
+    assert {(x["kind"], x["sequence"]) for x in doc["findings"]} == findings
+
+    report = check(out, world)
+    assert {(x.kind.value, x.sequence) for x in report.failures} == failures
+    assert all(x.declared for x in report.failures)
+    assert {(x.kind.value, x.sequence) for x in report.findings} == findings
+    assert report.authentic
+    assert report.damaged
+    assert report.ok == (not failures)
+
+    with (out / "records.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][-1] == "verdict"
+    verdicts = {int(row[1]): row[-1] for row in rows[1:]}
+    assert verdicts[2] == "ok"
+    if verdict_at is not None:
+        assert verdicts[verdict_at] == "modified_record"
+
+    result = ffaudit(
+        "verify-export", str(out), "--pubkey", str(pubkey_file(tmp_path, world.service))
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "AUTHENTIC, DAMAGED CHAIN" in result.stdout
+    for kind, _ in failures:
+        assert f"FAIL {kind}" in result.stdout
+        assert "(declared by the service)" in result.stdout
+    for kind, seq in findings:
+        assert f"SERVICE STATES {kind}: seq {seq}" in result.stdout
+
+
+def test_an_undeclared_failure_is_not_authentic(world: World, tmp_path: Path) -> None:
+    """Whoever holds the service key and hides a failure from the manifest (re-signing it)
+    makes a bundle that is not authentic (exit 1); without the key, the signature fails."""
+    records, selected, tenant = broken(world, "hole")
+    out = tmp_path / "out"
+    write_export(out, records, selected, world.public_keys, QUERY, world.service, tenant=tenant)
+    doc = manifest(out)
+    doc["failures"] = []
+    save_manifest(out, doc)
+    report = check(out, world)
+    assert not report.authentic
+    assert kinds(report) == {K.MANIFEST_SIGNATURE.value, K.MISSING_RECORD.value}
+    save_manifest(out, doc, resign_with=world.service)
+    report = check(out, world)
+    assert not report.authentic
+    assert [(x.kind, x.declared) for x in report.failures] == [(K.MISSING_RECORD, False)]
+    pub = pubkey_file(tmp_path, world.service)
+    assert ffaudit("verify-export", str(out), "--pubkey", str(pub)).returncode == 1
+
+    # Declaring a failure the bundle does not show is a false statement: malformed.
+    doc["failures"] = [
+        {
+            "kind": "broken_link",
+            "file": "links.ndjson",
+            "line": 1,
+            "stream": "cam-2",
+            "sequence": 3,
+            "detail": "invented",
+        }
+    ]
+    save_manifest(out, doc, resign_with=world.service)
+    report = check(out, world)
+    assert ("manifest.json", None, "cam-2", 3) in at(report, K.MALFORMED)
+    assert not report.authentic
 
 
 def test_the_manifest_states_the_filters_with_pseudonyms_never_the_raw_actor(
@@ -866,3 +955,24 @@ def test_the_manifest_states_the_filters_with_pseudonyms_never_the_raw_actor(
         "order": "asc",
     }
     assert "alice" not in str(query)
+
+
+def test_the_specs_own_checker_agrees(world: World, tmp_path: Path) -> None:
+    """The stand-alone checker printed in spec §10.5 (run as written) accepts an intact
+    bundle and stops on a damaged one, so the spec's readers and the verifier agree."""
+    spec = (Path(__file__).parents[2] / "docs" / "record-spec.md").read_text(encoding="utf-8")
+    section = spec[spec.index("### 10.5") : spec.index("### 10.6")]
+    code = section[section.index("```python\n") + 10 : section.rindex("```")]
+    script = tmp_path / "check.py"
+    script.write_text(code, encoding="utf-8")
+    pub = pubkey_file(tmp_path, world.service)
+    run = [sys.executable, str(script)]
+    intact = subprocess.run([*run, str(world.pristine), str(pub)], capture_output=True, text=True)
+    assert intact.returncode == 0, intact.stderr
+    assert intact.stdout.strip() == f"OK: {len(world.selected)} records"
+    records, selected, tenant = broken(world, "hole")
+    out = tmp_path / "out"
+    write_export(out, records, selected, world.public_keys, QUERY, world.service, tenant=tenant)
+    damaged = subprocess.run([*run, str(out), str(pub)], capture_output=True, text=True)
+    assert damaged.returncode != 0
+    assert "KeyError" in damaged.stderr  # the spec's marker for missing_record
