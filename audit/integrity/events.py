@@ -18,6 +18,7 @@ class EventAction(StrEnum):
     JOB_STARTED = "job.started"
     JOB_COMPLETED = "job.completed"
     JOB_FAILED = "job.failed"
+    JOB_REFUSED = "job.refused"
     FACE_DETECTED = "face.detected"
     FACE_SWAPPED = "face.swapped"
     FACE_ANONYMIZED = "face.anonymized"
@@ -25,6 +26,7 @@ class EventAction(StrEnum):
     MODEL_LOADED = "model.loaded"
     MODEL_REJECTED = "model.rejected"
     INPUT_ERASED = "input.erased"
+    RESULT_DELETED = "result.deleted"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
     AUTH_FAILED = "auth.failed"
@@ -68,10 +70,13 @@ class ActionInfo:
 _P, _F, _L, _A, _D = ("process",), ("file",), ("library",), ("authentication",), ("database",)
 _C = ("configuration",)
 ACTIONS: dict[EventAction, ActionInfo] = {
-    EventAction.JOB_SUBMITTED: ActionInfo(_P, ("creation",), critical=False),
+    # Critical: it holds the job's parameters, which no limiter may lose (issue 14).
+    EventAction.JOB_SUBMITTED: ActionInfo(_P, ("creation",), critical=True),
     EventAction.JOB_STARTED: ActionInfo(_P, ("start",), critical=False),
     EventAction.JOB_COMPLETED: ActionInfo(_P, ("end",), critical=True),
     EventAction.JOB_FAILED: ActionInfo(_P, ("end", "error"), critical=True),
+    # An attempted use that never ran (no model, bad input, queue full): still provable.
+    EventAction.JOB_REFUSED: ActionInfo(_P, ("denied",), critical=True),
     EventAction.FACE_DETECTED: ActionInfo(_P, ("info",), critical=False),
     EventAction.FACE_SWAPPED: ActionInfo(_P, ("change",), critical=False),
     EventAction.FACE_ANONYMIZED: ActionInfo(_P, ("change",), critical=False),
@@ -79,6 +84,7 @@ ACTIONS: dict[EventAction, ActionInfo] = {
     EventAction.MODEL_LOADED: ActionInfo(_L, ("start",), critical=False),
     EventAction.MODEL_REJECTED: ActionInfo(_L, ("denied",), critical=True),
     EventAction.INPUT_ERASED: ActionInfo(_F, ("deletion",), critical=True),
+    EventAction.RESULT_DELETED: ActionInfo(_F, ("deletion",), critical=True),
     EventAction.SESSION_STARTED: ActionInfo(("session",), ("start",), critical=False),
     EventAction.SESSION_ENDED: ActionInfo(("session",), ("end",), critical=False),
     EventAction.AUTH_FAILED: ActionInfo(_A, ("denied",), critical=True),
