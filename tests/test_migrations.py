@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 import audit.models  # noqa: F401  (registers every table)
 from audit.db.base import Base
@@ -134,4 +135,53 @@ def test_0011_keeps_streams_heads_checkpoints_and_pending_records(empty_url: str
         assert rows("SELECT tenant_id, stream_id, sequence, doc_id FROM pending_records") == [
             ("acme", "cam-1", 9, "cam-1:9")
         ]
+    engine.dispose()
+
+
+def test_0014_fills_file_hashes_from_the_stored_records(empty_url: str) -> None:
+    upgrade(empty_url, "0013")
+    digest = [f"{n:x}" * 64 for n in range(10, 13)]
+    records: dict[str, dict[str, object]] = {
+        "job": {"file.hash.sha256": digest[0], "ffaudit.metadata": {"source_sha256": digest[1]}},
+        "done": {"ffaudit.metadata": {"output_sha256": digest[2], "input_sha256": digest[0]}},
+        "odd": {"file.hash.sha256": "not a digest", "ffaudit.metadata": {"source_sha256": None}},
+        # More rows than one batch of the backfill, most naming no file.
+        **{f"plain-{n:04d}": {"event.action": "face.swapped", "n": n} for n in range(2100)},
+        **{f"late-{n:04d}": {"file.hash.sha256": f"{n:064x}"} for n in range(1200)},
+    }
+    insert = text(
+        "INSERT INTO events (tenant, doc_id, stream, sequence, event_hash, timestamp, verdict,"
+        " received_at, record) VALUES ('acme', :doc_id, 'cam-1', :seq, :hash, :at, 'ok', :at,"
+        " :record)"
+    )
+    engine = make_engine(empty_url)
+    with engine.begin() as connection:
+        connection.execute(
+            insert,
+            [
+                {
+                    "doc_id": doc_id,
+                    "seq": seq,
+                    "hash": "0" * 64,
+                    "at": "2026-12-01 00:00:00",
+                    "record": orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode(),
+                }
+                for seq, (doc_id, record) in enumerate(records.items(), start=1)
+            ],
+        )
+    upgrade(empty_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT doc_id, file_hashes FROM events")).all()
+    stored: dict[str, str | None] = {doc_id: digests for doc_id, digests in rows}
+    want = {
+        "job": f"{digest[0]} {digest[1]}",
+        "done": f"{digest[0]} {digest[2]}",
+        **{f"late-{n:04d}": f"{n:064x}" for n in range(1200)},
+    }
+    assert {k: v for k, v in stored.items() if v is not None} == want
+    assert len(stored) == len(records)
+    command.downgrade(alembic_config(empty_url), "0013")
+    assert "file_hashes" not in {c["name"] for c in inspect(engine).get_columns("events")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM events")).scalar() == len(records)
     engine.dispose()

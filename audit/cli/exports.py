@@ -127,6 +127,7 @@ def _print(report: ExportReport) -> None:
 @click.option("--outcome", multiple=True, help="Repeatable.")
 @click.option("--job", multiple=True, help="Repeatable.")
 @click.option("--stream", multiple=True, help="Repeatable.")
+@click.option("--file-hash", multiple=True, help="SHA-256 of an input or output file. Repeatable.")
 @click.option("--since", callback=when, help="RFC 3339 time or a date (midnight UTC).")
 @click.option("--until", callback=when, help="RFC 3339 time or a date (midnight UTC).")
 @click.option("--q", help="Free text.")
@@ -151,6 +152,7 @@ def export(
     outcome: tuple[str, ...],
     job: tuple[str, ...],
     stream: tuple[str, ...],
+    file_hash: tuple[str, ...],
     since: str | None,
     until: str | None,
     q: str | None,
@@ -169,6 +171,7 @@ def export(
         "outcome": list(outcome),
         "job": list(job),
         "stream": list(stream),
+        "file_hash": [h.lower() for h in file_hash],
         "since": since,
         "until": until,
         "q": q,

@@ -4,6 +4,7 @@ the service, authenticated with the caller's bearer token)."""
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from audit.cli.client import (
     when,
 )
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENANT = tenant_option("Open mode only (no tokens): the tenant to read.")
 
 
@@ -41,6 +43,17 @@ def _table(events: list[dict[str, Any]]) -> None:
         )
 
 
+def _sha256(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    # Some tools print digests in uppercase (Get-FileHash); records and the service use lowercase.
+    digests = tuple(v.strip().lower() for v in values)
+    for digest in digests:
+        if not _SHA256.fullmatch(digest):
+            raise click.BadParameter(f"{digest!r} is not a SHA-256 (64 hex digits)")
+    return digests
+
+
 @click.command()
 @service_option
 @token_option()
@@ -50,6 +63,12 @@ def _table(events: list[dict[str, Any]]) -> None:
 @click.option("--action", multiple=True)
 @click.option("--outcome", multiple=True, type=click.Choice(["success", "failure", "unknown"]))
 @click.option("--job", multiple=True)
+@click.option(
+    "--file-hash",
+    multiple=True,
+    callback=_sha256,
+    help="SHA-256 of an input or output file (repeatable): the records that name it.",
+)
 @click.option("--stream", multiple=True)
 @click.option("--since", callback=when, help="RFC 3339 time or a date (midnight UTC), inclusive.")
 @click.option("--until", callback=when, help="RFC 3339 time or a date (midnight UTC), exclusive.")
@@ -68,6 +87,7 @@ def query(
     action: tuple[str, ...],
     outcome: tuple[str, ...],
     job: tuple[str, ...],
+    file_hash: tuple[str, ...],
     stream: tuple[str, ...],
     since: str | None,
     until: str | None,
@@ -86,6 +106,7 @@ def query(
             "action": list(action),
             "outcome": list(outcome),
             "job": list(job),
+            "file_hash": list(file_hash),
             "stream": list(stream),
             "since": since,
             "until": until,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from audit.auth.tokens import Role
 from audit.deps import Caller, allow, tenant_scope
@@ -21,7 +21,7 @@ from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
 from audit.store.protocol import Verdict
-from audit.store.query import TEXT_SCHEMA
+from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
@@ -44,6 +44,11 @@ class ExportRequest(BaseModel):
     outcome: list[Outcome] = Field(default_factory=list)
     job: list[str] = Field(default_factory=list)
     stream: list[str] = Field(default_factory=list)
+    file_hash: list[Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="SHA-256 of an input or output file, as GET /v1/events takes it",
+    )
     since: Timestamp | None = None
     until: Timestamp | None = None
     q: str | None = Field(default=None, max_length=200, json_schema_extra=TEXT_SCHEMA)
@@ -58,7 +63,7 @@ def manifest_query(
     filters: dict[str, Any] = {}
     if body.actor is not None:
         filters["actor_hashes"] = sorted(actor_hashes)
-    for name in ("action", "outcome", "job", "stream"):
+    for name in ("action", "outcome", "job", "stream", "file_hash"):
         values = getattr(body, name)
         if values:
             filters[name] = [str(v) for v in values]
@@ -102,6 +107,7 @@ async def create_export(
         outcomes=tuple(o.value for o in body.outcome),
         jobs=tuple(body.job),
         streams=tuple(body.stream),
+        file_hashes=tuple(body.file_hash),
         since=body.since,
         until=body.until,
         text=body.q,

@@ -2,8 +2,9 @@
 
 `record` holds the record's RFC 8785 text, the authoritative copy. The other columns are
 copies of a few record fields, kept only so that common queries (by time, user, session,
-job) use an index instead of parsing JSON, and `search_text`, the record's non-PII words for
-free-text search (audit.store.query.search_text).
+job) use an index instead of parsing JSON, `search_text`, the record's non-PII words for
+free-text search (audit.store.query.search_text), and `file_hashes`, the SHA-256 digests of
+the files it names (audit.store.query.file_hashes_of).
 """
 
 from __future__ import annotations
@@ -49,3 +50,5 @@ class Event(Base):
     record: Mapped[str] = mapped_column(Text)
     # Read only by the free-text filter: deferred so loading a record never fetches it.
     search_text: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # Read only by the file-hash filter, likewise: space-separated digests, NULL for none.
+    file_hashes: Mapped[str | None] = mapped_column(Text, deferred=True)

@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from audit.auth.tokens import Principal, ReadScope, Role, read_scope
 from audit.deps import Caller, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
-from audit.store.query import TEXT_SCHEMA, StatsBy
+from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA, StatsBy
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
@@ -41,6 +41,9 @@ _TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
 def _pseudonym() -> Any:
     return Query(pattern=r"^[0-9a-f]{64}$", description="a pseudonym, as records show it")
 
+
+# A file's SHA-256 as records name it (file.hash.sha256, the metadata's *_sha256).
+FileHash = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 NDJSON = "application/x-ndjson"
 log = logging.getLogger("audit.query")
@@ -230,6 +233,14 @@ async def list_events(
     actor_hash: Annotated[str | None, _pseudonym()] = None,
     session_hash: Annotated[str | None, _pseudonym()] = None,
     client_ip_hash: Annotated[str | None, _pseudonym()] = None,
+    file_hash: Annotated[
+        list[FileHash] | None,
+        Query(
+            max_length=20,
+            description="SHA-256 of an input or output file (lowercase hex), repeatable: "
+            "records naming any of them as file.hash.sha256 or in their metadata",
+        ),
+    ] = None,
     action: Annotated[list[EventAction] | None, Query()] = None,
     outcome: Annotated[list[Outcome] | None, Query()] = None,
     job: Annotated[list[str] | None, Query(max_length=20)] = None,
@@ -258,6 +269,7 @@ async def list_events(
         actor_hash=actor_hash,
         session_hash=session_hash,
         client_ip_hash=client_ip_hash,
+        file_hashes=tuple(file_hash or ()),
         actions=tuple(a.value for a in action or ()),
         outcomes=tuple(o.value for o in outcome or ()),
         jobs=tuple(job or ()),

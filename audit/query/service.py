@@ -47,6 +47,8 @@ class Filters:
     actor_hash: str | None = None
     session_hash: str | None = None
     client_ip_hash: str | None = None
+    # SHA-256 of an input or output file, as records name it (a file met in an alert).
+    file_hashes: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     outcomes: tuple[str, ...] = ()
     jobs: tuple[str, ...] = ()
@@ -133,6 +135,7 @@ class QueryService:
                 if filters.target is not None
                 else ()
             ),
+            file_hashes=filters.file_hashes,
             actions=filters.actions,
             outcomes=filters.outcomes,
             job_ids=filters.jobs,

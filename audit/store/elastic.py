@@ -22,13 +22,15 @@ unindexed, under `ffaudit.ingest.record`, beside copies of its query fields that
 strings (as the SQL store copies them into columns), so queries still find it.
 
 Queries (`search`, `stats`, `by_job`) filter with `terms`/`range`/`prefix` in a bool filter
-and page with `search_after`. Two annotations exist for them: `ffaudit.ingest.time_us`, the
+and page with `search_after`. Annotations exist for them: `ffaudit.ingest.time_us`, the
 record time in epoch microseconds (`@timestamp` is a millisecond `date`, too coarse to order
-records as the SQL store does, and absent from unindexed documents), and
-`ffaudit.ingest.search_words`, the record's non-PII words (audit.store.query). Indices made
-before these fields existed get their mappings on the first write (`ensure_templates`); the
-documents stored in them get the values from `backfill()`, run once after upgrading: until
-then they sort last and match no time range or free text.
+records as the SQL store does, and absent from unindexed documents),
+`ffaudit.ingest.search_words`, the record's non-PII words, `ffaudit.ingest.file_hashes`, the
+digests of the files it names (audit.store.query), and `ffaudit.ingest.query_fields`, the
+version of this set a document carries (QUERY_FIELDS). Indices made before these fields
+existed get their mappings on the first write (`ensure_templates`); the documents stored in
+them get the values from `backfill()`, run once after upgrading: until then they sort last
+(no time_us) and match no time range, free text or file hash they lack.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from audit.store.query import (
     check_limit,
     check_stats_by,
     decode_cursor,
+    file_hashes_of,
     make_page,
     searchable_words,
     to_micros,
@@ -76,6 +79,12 @@ _VERDICT = INGEST + "verdict"
 _TIMESTAMP = INGEST + "timestamp"
 _TIME_US = INGEST + "time_us"
 _WORDS = INGEST + "search_words"
+_FILE_HASHES = INGEST + "file_hashes"
+_QUERY_FIELDS = INGEST + "query_fields"
+# The version of the query annotations `to_document` writes: 1 was time_us and search_words
+# (documents from before have no version), 2 added file_hashes. `backfill()` brings every
+# document below it up to date.
+QUERY_FIELDS = 2
 # Tenant ids are slugs; anything else could not be part of an index name.
 _TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _TRANSIENT = (ESConnectionError, ESConnectionTimeout)
@@ -135,7 +144,12 @@ def _obj(**properties: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # The annotations that exist for queries (module docstring).
-_QUERY_INGEST: dict[str, Mapping[str, Any]] = {"time_us": _LONG, "search_words": _KEYWORD}
+_QUERY_INGEST: dict[str, Mapping[str, Any]] = {
+    "time_us": _LONG,
+    "search_words": _KEYWORD,
+    "file_hashes": _KEYWORD,
+    "query_fields": {"type": "integer"},
+}
 
 
 MAPPINGS: dict[str, Any] = {
@@ -720,11 +734,12 @@ class ElasticEventStore:
         return hits
 
     async def backfill(self, *, batch: int = 500) -> int:
-        """Give documents stored before the query annotations existed their `time_us`,
-        `search_words` and, for unindexed records, query-field copies: the Elasticsearch
-        counterpart of SQL migration 0003, run once after upgrading. Resumable and
-        idempotent (it takes documents still without `time_us` until none is left; records
-        written meanwhile have it already). Returns how many documents it updated."""
+        """Give documents stored before the current query annotations existed their
+        `time_us`, `search_words`, `file_hashes` and, for unindexed records, query-field
+        copies: the Elasticsearch counterpart of SQL migrations 0003 and 0014, run once
+        after upgrading. Resumable and idempotent (it takes documents still below
+        QUERY_FIELDS until none is left; records written meanwhile are at it already).
+        Returns how many documents it updated."""
         if batch < 1:
             raise UsageError("batch must be at least 1")
         await self.ensure_templates()
@@ -733,7 +748,7 @@ class ElasticEventStore:
         lacking = {
             "bool": {
                 "filter": [{"exists": {"field": _DOC_ID}}, {"exists": {"field": _TIMESTAMP}}],
-                "must_not": [{"exists": {"field": _TIME_US}}],
+                "must_not": [{"range": {_QUERY_FIELDS: {"gte": QUERY_FIELDS}}}],
             }
         }
         updated = 0
@@ -921,6 +936,8 @@ def _filters(query: EventQuery) -> list[dict[str, Any]]:
         filters.append({"range": {_TIMESTAMP: {**dates, "format": "epoch_millis"}}})
     # The words were case-folded when stored: a plain prefix on the keyword is exact.
     filters += [{"prefix": {_WORDS: word}} for word in query.words()]
+    if query.file_hashes:
+        filters.append({"terms": {_FILE_HASHES: sorted(set(query.file_hashes))}})
     return filters
 
 
@@ -951,6 +968,8 @@ def _query_fields(event: StoredEvent, *, unindexed: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {
         _TIME_US: to_micros(event.timestamp),
         _WORDS: searchable_words(event.record),
+        _FILE_HASHES: file_hashes_of(event.record),
+        _QUERY_FIELDS: QUERY_FIELDS,
     }
     if unindexed:
         # Beside the unindexed record, its valid query fields, so filters still find it; read
@@ -984,6 +1003,8 @@ _ANNOTATIONS = (
     _TIMESTAMP,
     _TIME_US,
     _WORDS,
+    _FILE_HASHES,
+    _QUERY_FIELDS,
 )
 _INGEST_KEY = "\n" + INGEST
 

@@ -16,6 +16,13 @@ distinct words of a record are kept. Both stores apply this one function and thi
 (SQL: `LIKE` on a space-separated column; Elasticsearch: `prefix` on a keyword array), so
 they return the same records.
 
+**File hashes** (`EventQuery.file_hashes`) select the records about a file, wherever a record
+names it: `file.hash.sha256` (the job's target input) and, in `ffaudit.metadata`, the
+`input_sha256`, `source_sha256` and `output_sha256` the engine records. `file_hashes_of`
+derives that set at write time (lowercase 64-hex values only), and both stores match on it
+(SQL: the digests at their fixed places in a space-separated column; Elasticsearch: `terms`
+on a keyword array).
+
 **Cursors** are opaque to callers: `v1.` and the unpadded base64url of the JSON array
 `[query digest, order, time_us, stream, sequence, doc_id]`, i.e. the sort key of the last
 record returned (`@timestamp` as integer microseconds since the epoch, UTC). The digest is
@@ -40,6 +47,7 @@ import orjson
 
 from audit.errors import InvalidInputError
 from audit.integrity.digest import sha256_hex
+from audit.integrity.record import FILE_SHA256, METADATA
 
 if TYPE_CHECKING:
     from audit.store.protocol import StoredEvent
@@ -87,8 +95,17 @@ _VALUE_FIELDS = (
     "streams",
     "verdicts",
     "client_ip_hashes",
+    "file_hashes",
 )
+# Value fields added after cursors were first issued: left out of the digest when unused, so
+# a cursor issued before the upgrade still continues its query.
+_LATER_FIELDS = ("file_hashes",)
 _MAX_CURSOR = 4096
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Where the engine records the files of a job in `ffaudit.metadata` (engine.jobs.runner).
+FILE_HASH_KEYS = ("input_sha256", "source_sha256", "output_sha256")
+MAX_FILE_HASHES = 1 + len(FILE_HASH_KEYS)  # file.hash.sha256 and those
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +124,7 @@ class EventQuery:
     streams: tuple[str, ...] = ()
     verdicts: tuple[str, ...] = ()  # ok | pending | broken | rejected
     client_ip_hashes: tuple[str, ...] = ()  # ffaudit.client.ip_hash, under every key
+    file_hashes: tuple[str, ...] = ()  # SHA-256 of an input or output file: file_hashes_of
     since: datetime | None = None  # @timestamp >= since
     until: datetime | None = None  # @timestamp < until
     text: str | None = None  # free text, module docstring
@@ -122,6 +140,9 @@ class EventQuery:
                 raise InvalidInputError(f"{name} must be a tuple of strings")
             if len(values) > MAX_VALUES:
                 raise InvalidInputError(f"{name}: at most {MAX_VALUES} values")
+        # Digests as file_hashes_of keeps them: any other spelling would match nothing.
+        if not all(_SHA256.fullmatch(v) for v in self.file_hashes):
+            raise InvalidInputError("file_hashes: SHA-256 digests in lowercase hex only")
         for name in ("since", "until"):
             when = getattr(self, name)
             if when is not None and (not isinstance(when, datetime) or when.tzinfo is None):
@@ -146,9 +167,13 @@ class EventQuery:
         """What a cursor is bound to: equal for queries that select the same records in the
         same order (value order and repeats inside a filter do not count)."""
         since, until = self.range_us()
+        values = {name: sorted(set(getattr(self, name))) for name in _VALUE_FIELDS}
+        for name in _LATER_FIELDS:
+            if not values[name]:
+                del values[name]
         canonical = {
             "v": 1,
-            **{name: sorted(set(getattr(self, name))) for name in _VALUE_FIELDS},
+            **values,
             "tenant": self.tenant,
             "since": since,
             "until": until,
@@ -345,10 +370,28 @@ def _float_text(value: float) -> str:
     return repr(value)
 
 
+def file_hashes_of(record: Mapping[str, Any]) -> list[str]:
+    """The SHA-256 digests of the files `record` names (module docstring), distinct and
+    sorted: what the file-hash filter matches. Values of another shape (a null source, a
+    broken record's number) name no file."""
+    values = [record.get(FILE_SHA256)]
+    metadata = record.get(METADATA)
+    if isinstance(metadata, Mapping):
+        values += [metadata.get(key) for key in FILE_HASH_KEYS]
+    return sorted({v for v in values if isinstance(v, str) and _SHA256.fullmatch(v)})
+
+
 def search_text(record: Mapping[str, Any]) -> str:
     """The SQL store's form of `searchable_words`: each word preceded by a space, so that
     `LIKE '% word%'` is a word-prefix match."""
     return "".join(" " + word for word in searchable_words(record))
+
+
+def file_hashes_text(record: Mapping[str, Any]) -> str | None:
+    """The SQL store's form of `file_hashes_of`: the digests, space-separated (so the n-th
+    starts at character 65 * n); None when the record names no file, so most rows store
+    nothing."""
+    return " ".join(file_hashes_of(record)) or None
 
 
 def like_prefix(word: str) -> str:

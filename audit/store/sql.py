@@ -11,7 +11,8 @@ out (wrong type, too long) matches no filter, as in Elasticsearch. Pages are key
 and doc_id break in the database's collation: byte order on SQLite and under PostgreSQL's
 "C", as in Elasticsearch. Free text is `LIKE '% word%'` on `search_text` (migration 0003
 fills it for rows stored before it existed); no index serves a leading-wildcard LIKE, so it
-narrows what the other filters and the tenant's time range select.
+narrows what the other filters and the tenant's time range select. File hashes match the
+digests in `file_hashes` (migration 0014 fills it for older rows), likewise unindexed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from audit.integrity.canonical import canonicalize
 from audit.models.events import Event
 from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
 from audit.store.query import (
+    MAX_FILE_HASHES,
     EventPage,
     EventQuery,
     GroupField,
@@ -56,6 +58,7 @@ from audit.store.query import (
     check_limit,
     check_stats_by,
     decode_cursor,
+    file_hashes_text,
     from_micros,
     like_prefix,
     make_page,
@@ -98,6 +101,11 @@ _STATS_COLUMNS: dict[str, ColumnElement[Any]] = {
     "session": _TABLE.c.session_hash,
     "stream": _TABLE.c.stream,
 }
+# A record names at most MAX_FILE_HASHES files, stored in `file_hashes` 64 hex digits and a
+# space apart: the n-th digest is a fixed substring, which an IN list matches exactly.
+_FILE_SLOTS = tuple(
+    func.substr(Event.file_hashes, 1 + 65 * n, 64, type_=String) for n in range(MAX_FILE_HASHES)
+)
 _PAGE_ORDER = (Event.timestamp, Event.stream, Event.sequence, Event.doc_id)
 # GroupField -> the column `count_by` groups on.
 _GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
@@ -451,6 +459,7 @@ def _row(event: StoredEvent) -> dict[str, Any]:
         "received_at": event.received_at,
         "record": canonicalize(event.record).decode("utf-8"),
         "search_text": search_text(event.record),
+        "file_hashes": file_hashes_text(event.record),
     }
     for field, (column, limit) in _COPIED.items():
         value = event.record.get(field)
@@ -474,6 +483,9 @@ def _where(query: EventQuery) -> list[ColumnElement[bool]]:
     # ASCII-only, so lowering in SQL would differ between the two databases.
     for word in query.words():
         conditions.append(Event.search_text.like(like_prefix(word), escape="\\"))
+    if query.file_hashes:
+        digests = sorted(set(query.file_hashes))
+        conditions.append(or_(*(slot.in_(digests) for slot in _FILE_SLOTS)))
     return conditions
 
 

@@ -939,6 +939,7 @@ def test_the_manifest_states_the_filters_with_pseudonyms_never_the_raw_actor(
         {
             "actor": "alice@example.com",
             "action": ["job.completed"],
+            "file_hash": ["c" * 64],
             "since": "2026-11-01T00:00:00",
             "q": "no face",
         }
@@ -949,6 +950,7 @@ def test_the_manifest_states_the_filters_with_pseudonyms_never_the_raw_actor(
         "filters": {
             "actor_hashes": ["a" * 64, "b" * 64],
             "action": ["job.completed"],
+            "file_hash": ["c" * 64],
             "since": "2026-11-01T00:00:00.000000Z",
             "q": "no face",
         },

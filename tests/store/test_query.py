@@ -22,7 +22,7 @@ from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
 from audit.store.elastic import INGEST, MAPPINGS, ElasticEventStore, to_document
 from audit.store.protocol import EventStore, StoredEvent
-from audit.store.query import STATS_BY, EventQuery, searchable_words
+from audit.store.query import STATS_BY, EventQuery, file_hashes_of, searchable_words
 from audit.store.sql import SqlEventStore
 from tests.conftest import postgres_database
 from tests.store.conftest import RECEIVED, StoreFactory, make_record
@@ -35,6 +35,9 @@ SESSIONS = ("4c" * 32, "5b" * 32)
 CLIENT_IPS = ("a1" * 32, "b2" * 32, "c3" * 32)
 TARGETS = ("6a" * 32, "79" * 32, "88" * 32)
 PATH_HASH = "97" * 32  # a pseudonym in metadata, under a `_hash` key
+INPUTS = ("0f" * 32, "1e" * 32, "2d" * 32)  # SHA-256 of files, as the engine names them
+SOURCE = "3c" * 32
+OUTPUTS = ("4b" * 32, "5a" * 32)
 JOBS = ("job-alpha", "job-beta")
 ACTIONS = (
     "face.detected",
@@ -129,6 +132,16 @@ def dataset(tenant: str) -> list[StoredEvent]:
             }
             if action in ERRORS:
                 fields["error.type"], fields["error.message"] = ERRORS[action]
+            # Files as the engine names them: a job's input as file.hash.sha256 (and in the
+            # metadata of its start, beside the source face), its output when it completes.
+            job_input = INPUTS[(seq // 25) % 3]
+            if seq % 6 != 5:
+                fields["file.hash.sha256"] = job_input
+            if action == "job.started":
+                metadata["input_sha256"] = job_input
+                metadata["source_sha256"] = SOURCE if seq % 2 else None
+            if action == "job.completed":
+                metadata["output_sha256"] = OUTPUTS[seq % 2]
             omit = [
                 key
                 for key, gone in (
@@ -204,6 +217,12 @@ def matches(query: EventQuery, event: StoredEvent) -> bool:
         return False
     if query.until is not None and event.timestamp >= query.until:
         return False
+    if query.file_hashes:
+        metadata = record.get("ffaudit.metadata") or {}
+        named = {record.get("file.hash.sha256")}
+        named |= {metadata.get(k) for k in ("input_sha256", "source_sha256", "output_sha256")}
+        if not named & set(query.file_hashes):
+            return False
     words = searchable_words(record)
     return all(any(w.startswith(q) for w in words) for q in query.words())
 
@@ -273,6 +292,11 @@ def queries(tenant: str) -> list[EventQuery]:
         EventQuery(tenant, until=edge + timedelta(microseconds=1)),
         EventQuery(tenant, text="timed OUT"),
         EventQuery(tenant, text="straß"),  # metadata value in a nested list, a prefix
+        EventQuery(tenant, file_hashes=(INPUTS[1],)),
+        EventQuery(tenant, file_hashes=(SOURCE,)),
+        EventQuery(tenant, file_hashes=(OUTPUTS[0], INPUTS[2], "ee" * 32)),
+        EventQuery(tenant, file_hashes=(OUTPUTS[1],), streams=("cam-2",), order="asc"),
+        EventQuery(tenant, file_hashes=("ee" * 32,)),
         EventQuery(
             tenant,
             actor_hashes=(ACTORS[0], ACTORS[1]),
@@ -380,6 +404,7 @@ async def test_cursor_is_bound_to_its_query(store: EventStore, tenant: str) -> N
         replace(query, order="asc"),
         replace(query, text="swapped"),
         replace(query, since=START),
+        replace(query, file_hashes=(INPUTS[0],)),
         replace(query, tenant=f"{tenant}-eu"),
         replace(query, tenant=f"{tenant}x"),
         EventQuery(tenant),
@@ -576,6 +601,100 @@ def test_searchable_words_rule() -> None:
     )
 
 
+# -- file hashes -----------------------------------------------------------------------------
+
+
+async def test_file_hash_filter_finds_every_record_naming_the_file(
+    store: EventStore, tenant: str
+) -> None:
+    # A source face used by two jobs, each job's target input and output, a model weight.
+    src, in1, in2, out1, out2, model = (f"{n:x}" * 64 for n in range(10, 16))
+    at = START + timedelta(days=1)
+
+    def stored(seq: int, tenant: str = tenant, **fields: Any) -> StoredEvent:
+        return _stored(tenant, "cam-7", seq, at + timedelta(seconds=seq), fields)
+
+    def meta(**values: Any) -> dict[str, Any]:
+        return {"ffaudit.metadata": values}
+
+    named = {
+        # job 1, as the engine records it: the input on every record, the rest in metadata.
+        "cam-7:1": stored(
+            1,
+            **{"file.hash.sha256": in1},
+            **meta(input_sha256=in1, source_sha256=src, models=[{"sha256": model}]),
+        ),
+        "cam-7:2": stored(2, **{"file.hash.sha256": in1}, **meta(output_sha256=out1)),
+        # input.erased names its file in metadata only.
+        "cam-7:3": stored(3, **meta(input_sha256=in2)),
+        # job 2: the same source, no source_sha256 on a plain job, another output.
+        "cam-7:4": stored(4, **{"file.hash.sha256": in2}, **meta(source_sha256=src)),
+        "cam-7:5": stored(5, **meta(source_sha256=None, output_sha256=out2)),
+        # Not a file digest as records write one: named nowhere a filter looks.
+        "cam-7:6": stored(
+            6,
+            **{"file.hash.sha256": out1.upper()},
+            **meta(
+                output_sha256=out2[:63],
+                input_sha256=[in1],
+                other_sha256=in2,
+                nested={"input_sha256": in1},
+            ),
+        ),
+        "cam-7:7": stored(7, **meta(source_sha256=12345, output_sha256={"v": out1})),
+    }
+    # A record no index can take (a sequence that is no number): its files still count.
+    broken = stored(8, **{"file.hash.sha256": out2, "event.sequence": "eight"})
+    named["cam-7:8"] = replace(broken, verdict="broken", failure="modified")
+    # The neighbour tenant names the same files: never ours.
+    theirs = [stored(n, tenant=f"{tenant}-eu", **{"file.hash.sha256": in1}) for n in (1, 2)]
+    await store.write([*named.values(), *theirs])
+
+    async def hits(*digests: str, **filters: Any) -> list[str]:
+        query = EventQuery(tenant, file_hashes=digests, order="asc", **filters)
+        return ids(await read_all(store, query, limit=2))
+
+    assert await hits(in1) == ["cam-7:1", "cam-7:2"]
+    assert await hits(in2) == ["cam-7:3", "cam-7:4"]
+    assert await hits(src) == ["cam-7:1", "cam-7:4"]
+    assert await hits(out1) == ["cam-7:2"]
+    assert await hits(out2) == ["cam-7:5", "cam-7:8"]
+    assert await hits(model) == []  # a model's hash is no input or output file
+    assert await hits("99" * 32) == []
+    # Values are alternatives; a record naming two of them comes once.
+    assert await hits(in1, src, out1) == ["cam-7:1", "cam-7:2", "cam-7:4"]
+    assert await hits(in2, out2, in2) == ["cam-7:3", "cam-7:4", "cam-7:5", "cam-7:8"]
+    # As many values as a query takes.
+    many = (*(f"{n:064x}" for n in range(999)), out1)
+    assert await hits(*many) == ["cam-7:2"]
+    # With the other filters: all must hold.
+    assert await hits(src, in2, verdicts=("ok",), since=at + timedelta(seconds=4)) == ["cam-7:4"]
+    assert await hits(out2, verdicts=("broken",)) == ["cam-7:8"]
+    assert await hits(in1, text="nothing") == []
+    # Counted as listed.
+    query = EventQuery(tenant, file_hashes=(in2, src))
+    assert await store.stats(query, by="stream") == {"cam-7": 3}
+    assert await store.count_by(query, field="stream") == {"cam-7": 3}
+    # The records read back exactly as written (the stores' derived values stay theirs).
+    found = await read_all(store, EventQuery(tenant, file_hashes=(in1, out2)), limit=10)
+    assert sorted(found, key=lambda e: e.doc_id) == [
+        named[i] for i in ("cam-7:1", "cam-7:2", "cam-7:5", "cam-7:8")
+    ]
+
+
+def test_file_hashes_of_a_record() -> None:
+    a, b, c = "ab" * 32, "cd" * 32, "ef" * 32
+    record: dict[str, Any] = {
+        "file.hash.sha256": b,
+        "ffaudit.metadata": {"output_sha256": c, "input_sha256": b, "source_sha256": a},
+    }
+    assert file_hashes_of(record) == [a, b, c]  # distinct, sorted
+    assert file_hashes_of({}) == []
+    assert file_hashes_of({"file.hash.sha256": 7, "ffaudit.metadata": [a]}) == []
+    assert file_hashes_of({"file.hash.sha256": [a], "ffaudit.metadata": {"input_sha256": {}}}) == []
+    assert file_hashes_of({"ffaudit.metadata": {"source_sha256": a.upper()}}) == []
+
+
 # -- validation ------------------------------------------------------------------------------
 
 
@@ -592,6 +711,13 @@ async def test_invalid_queries_are_refused(store: EventStore, tenant: str) -> No
         {"order": "sideways"},
         {"job_ids": tuple(f"j{i}" for i in range(1001))},
         {"text": " ".join(f"w{i}" for i in range(33))},
+        {"file_hashes": INPUTS[0]},  # a string, not a tuple
+        {"file_hashes": (INPUTS[0].upper(),)},
+        {"file_hashes": (INPUTS[0][:63],)},
+        {"file_hashes": (INPUTS[0] + "0",)},
+        {"file_hashes": ("g" * 64,)},
+        {"file_hashes": (f"{INPUTS[0]}\n",)},
+        {"file_hashes": tuple(f"{i:064x}" for i in range(1001))},
     ]
     for fields in invalid:
         with pytest.raises(InvalidInputError):
@@ -610,7 +736,7 @@ async def test_es_backfill_of_documents_from_before_the_query_fields(
     client = AsyncElasticsearch(elasticsearch_url)
     store = ElasticEventStore(elasticsearch_url, prefix=fresh_es_prefix)
     try:
-        # An index as the first release made it: no time_us, no search_words in mapping or
+        # An index as the first release made it: none of the query fields in mapping or
         # documents. One of its records is an unindexed one.
         events = dataset(tenant)[:40]
         events[5] = replace(
@@ -618,15 +744,27 @@ async def test_es_backfill_of_documents_from_before_the_query_fields(
         )
         old_mappings = orjson.loads(orjson.dumps(MAPPINGS))
         ingest_fields = old_mappings["properties"]["ffaudit"]["properties"]["ingest"]
-        for field in ("time_us", "search_words"):
+        releases = {
+            1: ("time_us", "search_words"),  # the second release's fields
+            2: ("file_hashes", "query_fields"),  # the third's
+        }
+        current = MAPPINGS["properties"]["ffaudit"]["properties"]["ingest"]["properties"]
+        for field in (*releases[1], *releases[2]):
             del ingest_fields["properties"][field]
         index = store.index_for(tenant, events[0].timestamp)
         await client.indices.create(index=index, mappings=old_mappings)
-        for event in events:
+        for n, event in enumerate(events):
+            if n == 30:
+                # The second release mapped its fields, and wrote them from then on.
+                second = {field: current[field] for field in releases[1]}
+                properties = {"ffaudit": {"properties": {"ingest": {"properties": second}}}}
+                await client.indices.put_mapping(index=index, properties=properties)
             doc = to_document(event, indexed=event is not events[5])
-            # The first release wrote neither the two fields nor, beside an unindexed
-            # record, the copies of its query fields.
-            new = {INGEST + "time_us", INGEST + "search_words"}
+            # The first release wrote none of the fields nor, beside an unindexed record, the
+            # copies of its query fields; the second wrote no file hashes.
+            new = {INGEST + f for f in (*releases[1], *releases[2])}
+            if n >= 30:
+                new -= {INGEST + f for f in releases[1]}
             legacy = {
                 k: v
                 for k, v in doc.items()
@@ -634,16 +772,27 @@ async def test_es_backfill_of_documents_from_before_the_query_fields(
             }
             await client.index(index=index, id=event.doc_id, document=legacy)
         # Written after the upgrade, into the same old index: it gets the new fields mapped.
-        fresh = _stored(tenant, "cam-9", 1, events[0].timestamp + timedelta(seconds=1), {})
+        fresh = _stored(
+            tenant,
+            "cam-9",
+            1,
+            events[0].timestamp + timedelta(seconds=1),
+            {"file.hash.sha256": INPUTS[1]},
+        )
         await store.write([fresh])
         mapping = await client.indices.get_mapping(index=index)
         ingest = mapping[index]["mappings"]["properties"]["ffaudit"]["properties"]["ingest"]
         assert ingest["properties"]["time_us"]["type"] == "long"
+        assert ingest["properties"]["file_hashes"]["type"] == "keyword"
         everything = [*events, fresh]
         query = EventQuery(tenant, order="asc")
         before = await read_all(store, query, limit=10)
-        assert ids(before)[0] == fresh.doc_id  # the rest wait for the backfill, last
+        assert ids(before)[0] == fresh.doc_id  # the first release's wait for the backfill, last
         assert sorted(ids(before)) == sorted(ids(everything))
+        # Until the backfill, only records written since the upgrade are found by file.
+        by_file = EventQuery(tenant, file_hashes=(INPUTS[1],))
+        assert ids(await read_all(store, by_file, limit=10)) == [fresh.doc_id]
+        assert len(expected(everything, by_file)) > 10
 
         assert await store.backfill(batch=7) == len(events)
         assert await store.backfill() == 0
@@ -652,20 +801,23 @@ async def test_es_backfill_of_documents_from_before_the_query_fields(
             EventQuery(tenant, since=events[10].timestamp),
             EventQuery(tenant, text="timed"),
             EventQuery(tenant, actions=(events[5].record["event.action"],)),
+            by_file,
+            EventQuery(tenant, file_hashes=(SOURCE, OUTPUTS[0])),
         ):
             assert ids(await read_all(store, q, limit=10)) == ids(expected(everything, q))
         assert await store.get(tenant, events[5].doc_id) == events[5]
         assert await store.get(tenant, events[6].doc_id) == events[6]
+        assert await store.get(tenant, events[35].doc_id) == events[35]
     finally:
         await client.close()
         await store.close()
 
 
-# -- SQL: migration 0003 ---------------------------------------------------------------------
+# -- SQL: migrations 0003 and 0014 ----------------------------------------------------------
 
 
 def _migrate_with_rows(url: str, tenant: str) -> list[StoredEvent]:
-    """Rows stored at revision 0002 (no search_text), then the upgrade to head."""
+    """Rows stored at revision 0002 (no search_text, no file_hashes), then the upgrade to head."""
     command.downgrade(alembic_config(url), "0002")
     engine = create_engine(url)
     events = dataset(tenant)[:60]
@@ -707,21 +859,24 @@ def _migrate_with_rows(url: str, tenant: str) -> list[StoredEvent]:
             )
         upgrade(url)
         with engine.connect() as conn:
-            stored: dict[str, str] = dict(
-                conn.execute(
-                    text("SELECT doc_id, search_text FROM events WHERE tenant = :t"), {"t": tenant}
-                ).all()
-            )
-        assert stored == {
+            rows = conn.execute(
+                text("SELECT doc_id, search_text, file_hashes FROM events WHERE tenant = :t"),
+                {"t": tenant},
+            ).all()
+        assert {doc_id: words for doc_id, words, _ in rows} == {
             e.doc_id: "".join(" " + w for w in searchable_words(e.record)) for e in events
         }
+        assert {doc_id: digests for doc_id, _, digests in rows} == {
+            e.doc_id: " ".join(file_hashes_of(e.record)) or None for e in events
+        }
+        assert any(" " in digests for _, _, digests in rows if digests)
     finally:
         engine.dispose()
     return events
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-async def test_migration_0003_backfills_search_text(
+async def test_migrations_0003_and_0014_backfill_search_text_and_file_hashes(
     database: str, tmp_path: Any, postgres_server: str, tenant: str
 ) -> None:
     if database == "sqlite":
@@ -741,7 +896,10 @@ async def _check_backfill(url: str, tenant: str) -> None:
             EventQuery(tenant, text="timed"),
             EventQuery(tenant, text="inswapper", order="asc"),
             EventQuery(tenant, actions=("job.failed",)),
+            EventQuery(tenant, file_hashes=(INPUTS[0],)),
+            EventQuery(tenant, file_hashes=(SOURCE, OUTPUTS[1]), order="asc"),
         ):
             assert await read_all(store, q, limit=7) == expected(events, q)
+            assert expected(events, q)
     finally:
         await store.close()
