@@ -27,9 +27,10 @@ from pydantic import BaseModel
 from audit import __version__
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.seal import AuditEvent
-from engine.errors import FFEngineError, InputError, NotFoundError, UsageError
+from engine.errors import FFEngineError, InputError, NotFoundError, TooLargeError, UsageError
 from engine.jobs.runner import Caller, JobRunner
 from engine.jobs.schemas import JobRecord, JobSpec
+from engine.pipeline.probe import output_suffix, probe
 from engine.settings import EngineSettings
 
 _CHUNK = 1 << 20
@@ -110,11 +111,16 @@ def create_app(engine: Engine) -> FastAPI:
         """Queue a job. Uploads are erased as soon as the job has processed them."""
         folder = engine.uploads / f"u{time.time_ns()}"
         folder.mkdir(mode=0o700)
-        target_path = await _save(target, folder / f"target{_suffix(target)}")
-        source_path = (
-            await _save(source, folder / f"source{_suffix(source)}") if source is not None else None
-        )
-        output = settings.work_dir / "results" / f"{folder.name}{target_path.suffix}"
+        limit = settings.max_upload_bytes
+        try:
+            target_path = await _save(target, folder / "target", limit)
+            source_path = (
+                await _save(source, folder / "source", limit) if source is not None else None
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        output = settings.work_dir / "results" / f"{folder.name}{_suffix(target_path)}"
         try:
             spec = engine.runner.prepare(
                 job_type=job_type,
@@ -206,19 +212,36 @@ def _run(engine: Engine, spec: JobSpec, who: Caller, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _save(upload: UploadFile, path: Path) -> Path:
+async def _save(upload: UploadFile, path: Path, max_bytes: int) -> Path:
+    """Saves an upload as `path` plus the suffix of what its bytes are: the client's file name
+    says nothing reliable (browsers send `blob`), and the job and its output follow the suffix.
+    The caller removes the folder when this raises."""
+    too_large = TooLargeError(
+        f"the upload is over the {max_bytes / (1 << 20):.1f} MiB limit (FFENGINE_MAX_UPLOAD_BYTES)"
+    )
+    # Starlette has spooled the part by now and knows its size: refused without a copy.
+    if upload.size is not None and upload.size > max_bytes:
+        raise too_large
+    size = 0
     with path.open("wb") as handle:
         while chunk := await upload.read(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                break
             handle.write(chunk)
-    if path.stat().st_size == 0:
+    if size > max_bytes:
+        path.unlink(missing_ok=True)
+        raise too_large
+    if size == 0:
         raise InputError("an uploaded file is empty")
-    return path
+    named = path.with_suffix(probe(path).suffix)
+    path.rename(named)
+    return named
 
 
-def _suffix(upload: UploadFile) -> str:
-    name = upload.filename or ""
-    suffix = Path(name).suffix.lower()
-    return suffix if suffix.isascii() and 1 < len(suffix) <= 6 else ".bin"
+def _suffix(saved: Path) -> str:
+    """The result's suffix: the format of the saved (probed and so named) target."""
+    return output_suffix(saved.suffix)
 
 
 async def _reap_uploads(engine: Engine) -> None:

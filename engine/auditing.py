@@ -161,6 +161,7 @@ def build_runner(settings: EngineSettings, trail: AuditTrail) -> JobRunner:
     unfinished are failed (and audited) first."""
     from engine.jobs.runner import JobRunner
     from engine.pipeline.engine import FacePipeline
+    from engine.pipeline.probe import MediaLimits
 
     emit = trail.emitter.emit
     runner = JobRunner(
@@ -168,6 +169,7 @@ def build_runner(settings: EngineSettings, trail: AuditTrail) -> JobRunner:
         emit,
         settings.work_dir,
         audit_ready=lambda: trail.emitter.stats().accepting,
+        limits=MediaLimits.from_settings(settings),
     )
     runner.recover()
     return runner

@@ -26,6 +26,13 @@ class InputError(FFEngineError):
     http_status = 422
 
 
+class TooLargeError(FFEngineError):
+    """An upload is over FFENGINE_MAX_UPLOAD_BYTES."""
+
+    exit_code = 2
+    http_status = 413
+
+
 class ModelError(FFEngineError):
     """A model is missing, tampered with, of the wrong shape, or its licence forbids use."""
 

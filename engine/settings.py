@@ -8,6 +8,16 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Limits on what one input may cost, checked from its header before anything decodes it
+# (engine/pipeline/probe.py). Named here so that a JobRunner built without settings (tests,
+# benchmarks) gets the same defaults as the sidecar.
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# 8192x6144: every 48-50 MP phone and camera sensor mode, and 8K UHD (7680x4320) frames. One
+# decoded copy is 144 MiB (BGR); a job holds a few (input, output, detector tiles).
+DEFAULT_MAX_PIXELS = 8192 * 6144
+DEFAULT_MAX_VIDEO_FRAMES = 18_000  # 10 minutes at 30 fps
+DEFAULT_MAX_VIDEO_SECONDS = 600.0
+
 
 class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FFENGINE_", env_file=None, extra="ignore")
@@ -32,6 +42,25 @@ class EngineSettings(BaseSettings):
     # -- jobs -----------------------------------------------------------------------------
     work_dir: Path = Field(default=Path("var/engine"), description="jobs, temp frames, uploads")
     upload_ttl_s: float = Field(default=300.0, gt=0, description="uploads erased after this")
+
+    # -- input limits (checked on headers, before decoding) --------------------------------
+    max_upload_bytes: int = Field(
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        ge=1,
+        description="largest file one upload may carry (HTTP 413 over it)",
+    )
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="largest image or video frame, in pixels (width x height), as its header "
+        "declares it: the decoder's memory grows with it, not with the file's size",
+    )
+    max_video_frames: int = Field(
+        default=DEFAULT_MAX_VIDEO_FRAMES, ge=1, description="most frames in one video"
+    )
+    max_video_seconds: float = Field(
+        default=DEFAULT_MAX_VIDEO_SECONDS, gt=0, description="longest video, in seconds"
+    )
 
     # -- audit trail ----------------------------------------------------------------------
     stream: str = Field(default="ffengine", description="audit stream id of this engine")

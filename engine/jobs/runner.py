@@ -43,11 +43,13 @@ from engine.pipeline.identity import fingerprint
 from engine.pipeline.media import (
     Image,
     VideoOutput,
+    can_write,
     is_video,
     open_video,
     read_image,
     write_image,
 )
+from engine.pipeline.probe import MediaInfo, MediaLimits, check_limits, probe
 
 Emit = Callable[[AuditEvent], None]
 
@@ -79,10 +81,13 @@ class JobRunner:
         emit: Emit,
         work_dir: Path,
         audit_ready: Callable[[], bool] | None = None,
+        *,
+        limits: MediaLimits | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._emit = emit
         self._audit_ready = audit_ready
+        self.limits = limits if limits is not None else MediaLimits()
         self.jobs = JobStore(work_dir / "jobs")
         self._tmp_root = work_dir / "tmp"
         self._tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -134,13 +139,29 @@ class JobRunner:
             raise UsageError("blend must be between 0.0 and 1.0")
         if output.resolve() in {target.resolve(), *(s.resolve() for s in [source] if s)}:
             raise UsageError("the output must not overwrite an input")
-        if is_video(target) != is_video(output):
+        # Every input is probed and checked against the limits here, before run() decodes
+        # anything: the CLI and the API both come through prepare().
+        target_ref, target_info = _input(target, uploaded, self.limits)
+        source_ref = None
+        if source is not None:
+            source_ref, source_info = _input(source, uploaded, self.limits)
+            if source_info.kind != "image":
+                raise InputError(f"{source.name}: the source face must be an image")
+        if (target_info.kind == "video") != is_video(output):
             raise UsageError("image in, image out; video in, video out")
+        if (target_info.kind == "video") != is_video(target):
+            # run() picks the image or video path by the name: it must say what the file is.
+            raise InputError(
+                f"{target.name}: holds a {target_info.kind} ({target_info.format}) but its name "
+                f"says otherwise (name it *{target_info.suffix})"
+            )
+        if not can_write(output):
+            raise UsageError(f"{output.name}: no encoder for this output suffix")
         return JobSpec(
             job_id=uuid.uuid4().hex,
             job_type=job_type,
-            target=_input(target, uploaded),
-            source=_input(source, uploaded) if source is not None else None,
+            target=target_ref,
+            source=source_ref,
             output=str(output),
             blend=blend,
             selector=selector,
@@ -434,12 +455,15 @@ class JobRunner:
         )
 
 
-def _input(path: Path, uploaded: bool) -> InputRef:
+def _input(path: Path, uploaded: bool, limits: MediaLimits) -> tuple[InputRef, MediaInfo]:
     if not path.is_file():
         raise InputError(f"{path.name}: no such file")
-    return InputRef(
+    info = probe(path)
+    check_limits(info, limits)  # before hashing: a refused file costs no more than its header
+    ref = InputRef(
         path=str(path), sha256=sha256_file(path), size=path.stat().st_size, uploaded=uploaded
     )
+    return ref, info
 
 
 def _describe(spec: JobSpec) -> dict[str, Any]:

@@ -4,6 +4,7 @@ final name."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +20,18 @@ from engine.files import write_atomic
 Image = NDArray[np.uint8]
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+VIDEO_OUTPUT_SUFFIXES = frozenset(_FOURCC)
 
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def can_write(path: Path) -> bool:
+    """Whether an output under this name can be written (its suffix picks the encoder)."""
+    if is_video(path):
+        return path.suffix.lower() in VIDEO_OUTPUT_SUFFIXES
+    return bool(path.suffix) and cv2.haveImageWriter(str(path))
 
 
 def read_image(path: Path) -> Image:
@@ -63,12 +72,21 @@ def open_video(path: Path) -> tuple[VideoInfo, Iterator[Image]]:
         frames=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
     )
 
+    declared = info.width * info.height
+
     def frames() -> Iterator[Image]:
         try:
-            while True:
+            for index in itertools.count():
                 ok, frame = capture.read()
                 if not ok:
                     return
+                # The limits were checked on the size the header declares; a stream whose
+                # frames grow past it is not decoded any further.
+                if frame.shape[0] * frame.shape[1] > declared:
+                    raise InputError(
+                        f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, larger than the "
+                        f"{info.width}x{info.height} the video declares"
+                    )
                 yield np.asarray(frame, dtype=np.uint8)
         finally:
             capture.release()

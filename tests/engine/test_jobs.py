@@ -132,10 +132,13 @@ def test_bad_inputs(haar_runner: JobRunner, sample_image_path: Path, tmp_path: P
 
 
 def test_unreadable_input_fails_the_job_and_is_audited(
-    haar_runner: JobRunner, events: list[AuditEvent], tmp_path: Path
+    haar_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
 ) -> None:
+    # Headers whole (prepare's probe accepts them), the scan cut off: decoding fails in run().
+    # Files that are not images at all are refused by prepare (tests/engine/test_limits.py).
+    jpeg = sample_image_path.read_bytes()
     bogus = tmp_path / "secret-name-of-alice.jpg"
-    bogus.write_bytes(b"not an image")
+    bogus.write_bytes(jpeg[: jpeg.index(b"\xff\xda")])
     spec = haar_runner.prepare(job_type="anonymize", target=bogus, output=tmp_path / "o.jpg")
     with pytest.raises(JobFailedError):
         haar_runner.run(spec, CALLER)
