@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,6 +64,7 @@ from audit.subjects.vault import SqlSubjectVault
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.routes import router as webhooks_router
 from audit.webhooks.service import WebhookService
+from audit.webutil import allowed_methods
 
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0
@@ -258,9 +258,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         # The framework's own refusals (unparseable body, unknown path) in our error shape.
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            # Starlette names only the first route that matched the path; each method of a
-            # path is a route of its own here, so list them all (RFC 9110 §15.5.6).
-            headers["Allow"] = ", ".join(_allowed_methods(request))
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return JSONResponse(
             {"error": {"type": "HTTPError", "message": str(exc.detail)}},
             status_code=exc.status_code,
@@ -333,20 +331,6 @@ def _database_ok(request: Request) -> bool:
         log.exception("readiness: database check failed")
         return False
     return True
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """The methods the OpenAPI document gives the request's path (API routes answer no HEAD
-    of their own)."""
-    methods: set[str] = set()
-    for template, item in request.app.openapi().get("paths", {}).items():
-        pattern = re.sub(r"\\\{[^}/]+\\\}", "[^/]+", re.escape(template))
-        if re.fullmatch(pattern, request.url.path):
-            methods |= {m.upper() for m in item if m.upper() in _HTTP_METHODS}
-    return sorted(methods)
-
-
-_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
 
 
 async def _sweep_gaps(ingest: IngestService) -> None:

@@ -22,6 +22,7 @@ from audit.integrity.keys import SIGNING_KEY, KeySet, keygen
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
+from engine.errors import UsageError
 from engine.files import write_atomic
 from engine.settings import EngineSettings
 from engine.transport.emitter import AuditEmitter
@@ -55,6 +56,13 @@ def load_head(path: Path, stream: str) -> ChainHead | None:
     doc = orjson.loads(path.read_bytes())
     if doc.get("stream") != stream:
         return None  # a new stream id starts a new chain
+    if doc.get("closed") is True:
+        # Nothing may follow a closing checkpoint: continuing would make every later
+        # record an `after_close` failure (FFENGINE_CLOSE_ON_STOP closed it).
+        raise UsageError(
+            f"stream {stream!r} was closed by a clean stop at sequence {doc['sequence']}: set "
+            "FFENGINE_STREAM to a new stream id and register it with the audit service"
+        )
     return ChainHead(int(doc["sequence"]), str(doc["hash"]))
 
 
@@ -76,6 +84,7 @@ class HeadTrackingSpool(Spool):
                         "stream": self._stream,
                         "sequence": last["event.sequence"],
                         "hash": last["event.hash"],
+                        "closed": last.get("ffaudit.checkpoint.closing") is True,
                     }
                 ),
             )

@@ -16,6 +16,7 @@ from engine.errors import FFEngineError
 from engine.models.cli import models
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+log = logging.getLogger("ffengine")
 
 
 @click.group()
@@ -120,9 +121,20 @@ def serve(host: str | None, port: int | None) -> None:
     settings = EngineSettings()
     trail = build_audit_trail(settings)
     trail.emitter.start()
+    stopped = False
+
+    def seal() -> None:
+        # Called by the app's shutdown, after the running job finished: a signed checkpoint
+        # behind every record, the spool flushed (uvicorn re-raises the stop signal once
+        # it returns, so nothing after uvicorn.run may be relied on).
+        nonlocal stopped
+        stopped = True
+        if not trail.emitter.close(final=settings.close_on_stop):
+            log.warning("audit records are spooled; the next start delivers them")
+
     try:
         runner = build_runner(settings, trail)
-        app = create_app(Engine(settings, runner, trail.emitter.emit))
+        app = create_app(Engine(settings, runner, trail.emitter.emit, on_stop=seal))
         uvicorn.run(
             app,
             host=host or settings.http_host,
@@ -130,7 +142,8 @@ def serve(host: str | None, port: int | None) -> None:
             log_level="info",
         )
     finally:
-        trail.emitter.close(final=False)
+        if not stopped:  # start-up failed before the app ran
+            trail.emitter.close(final=False)
 
 
 cli.add_command(models)

@@ -59,3 +59,35 @@ class NotFoundError(FFEngineError):
 
     exit_code = 2
     http_status = 404
+
+
+class UnauthorizedError(FFEngineError):
+    """No usable bearer token. The answer never says more than that."""
+
+    exit_code = 2
+    http_status = 401
+
+
+class ForbiddenError(FFEngineError):
+    """An authenticated caller asked for what is not theirs (another user's session)."""
+
+    exit_code = 2
+    http_status = 403
+
+
+class ConflictError(FFEngineError):
+    """The job is not in a state that allows it (a result of a running job)."""
+
+    exit_code = 2
+    http_status = 409
+
+
+class BusyError(FFEngineError):
+    """The job queue is full: try again later (HTTP 503 with Retry-After)."""
+
+    exit_code = 5
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

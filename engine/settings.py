@@ -97,3 +97,21 @@ class EngineSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=0, le=65535)
     jwt_secret: str | None = Field(default=None, description="HS256 secret for bearer tokens")
+    max_queued_jobs: int = Field(
+        default=8, ge=0, description="jobs waiting behind the running one; more get 503"
+    )
+    result_ttl_s: float = Field(
+        default=86400.0, gt=0, description="results are deleted (and that audited) after this"
+    )
+    stop_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="on SIGTERM/SIGINT, how long the running job may take to finish before "
+        "the engine stops anyway (it is then failed, audited, at the next start)",
+    )
+    close_on_stop: bool = Field(
+        default=False,
+        description="seal the stream's closing checkpoint on a clean stop (`ffaudit verify "
+        "--strict` then passes on the trail, and this stream id cannot be used again); "
+        "default: a plain signed checkpoint, and the next start continues the chain",
+    )

@@ -1,7 +1,9 @@
-"""Job records on disk: one JSON file per job, replaced atomically at each state change."""
+"""Job records on disk: one JSON file per job, replaced atomically at each state change,
+beside it the keyed tag of its owner, so that ownership survives a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import InputError, NotFoundError
@@ -23,14 +25,31 @@ class JobStore:
             raise NotFoundError(f"no job {job_id!r}")
         return JobRecord.model_validate_json(path.read_bytes())
 
-    def unfinished(self) -> list[JobRecord]:
-        records = (
-            JobRecord.model_validate_json(p.read_bytes())
-            for p in sorted(self.directory.glob("*.json"))
-        )
-        return [r for r in records if r.state in ("queued", "started")]
+    def all(self) -> Iterator[JobRecord]:
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                yield JobRecord.model_validate_json(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # deleted meanwhile, or half of a crash: recover() decides
 
-    def _path(self, job_id: str) -> Path:
+    def unfinished(self) -> list[JobRecord]:
+        return [r for r in self.all() if r.state in ("queued", "started")]
+
+    def set_owner(self, job_id: str, tag: str) -> None:
+        write_atomic(self._path(job_id, ".owner"), tag.encode("ascii"), mode=0o600)
+
+    def owner(self, job_id: str) -> str | None:
+        try:
+            return self._path(job_id, ".owner").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        """The record first: a crash in between leaves an owner tag, never an ownerless job."""
+        self._path(job_id).unlink(missing_ok=True)
+        self._path(job_id, ".owner").unlink(missing_ok=True)
+
+    def _path(self, job_id: str, suffix: str = ".json") -> Path:
         if not job_id.isalnum():
             raise InputError("job ids are alphanumeric")
-        return self.directory / f"{job_id}.json"
+        return self.directory / f"{job_id}{suffix}"
