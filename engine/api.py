@@ -40,6 +40,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import __version__
 from audit.integrity.events import EventAction, Outcome
@@ -67,6 +68,7 @@ from engine.settings import EngineSettings
 _CHUNK = 1 << 20
 _bearer = HTTPBearer(auto_error=False)
 _JOBS = "/v1/jobs"
+_TOO_LARGE = "ffengine_body_too_large"
 
 
 class JobAccepted(BaseModel):
@@ -175,6 +177,8 @@ def create_app(engine: Engine) -> FastAPI:
         summary="Face-swap engine sidecar with a tamper-evident audit trail",
     )
     app.state.engine = engine
+    # A job's two files and its form fields: what a request body may hold at most.
+    app.add_middleware(_BodyLimit, limit=2 * settings.max_upload_bytes + (1 << 20))
 
     @app.exception_handler(FFEngineError)
     async def engine_error(request: Request, exc: FFEngineError) -> JSONResponse:
@@ -194,6 +198,9 @@ def create_app(engine: Engine) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # The framework's own refusals (an unparseable multipart body, an unknown path or
         # method) in the API's error shape; a refused submission is audited like any other.
+        too_large = getattr(request.state, _TOO_LARGE, None)
+        if too_large is not None:
+            return await engine_error(request, TooLargeError(too_large))
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
@@ -337,6 +344,43 @@ def create_app(engine: Engine) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+class _BodyLimit:
+    """Refuses a body over `limit` while it streams in (413): Starlette would otherwise
+    spool a whole multipart body to disk before the route could look at its size. A
+    declared Content-Length over the limit is refused before a byte is read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = TooLargeError(
+            f"the request body is over {self.limit / (1 << 20):.1f} MiB "
+            "(twice FFENGINE_MAX_UPLOAD_BYTES, plus the form)"
+        )
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            if declared is not None and declared.isdigit() and int(declared) > self.limit:
+                received = int(declared)
+            else:
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+            if received > self.limit:
+                # The form parser turns any error into a 400; the mark lets the app's
+                # handler answer (and audit) the 413 it is.
+                scope.setdefault("state", {})[_TOO_LARGE] = str(too_large)
+                raise too_large
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def caller(

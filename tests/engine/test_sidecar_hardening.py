@@ -379,3 +379,64 @@ def test_schemathesis_on_the_sidecar(tmp_path: Path) -> None:
             server.kill()
     assert result.returncode == 0, result.stdout[-8000:]
     assert "passed" in result.stdout
+
+
+def test_a_body_over_the_limit_is_refused_while_it_streams(
+    tmp_path: Path, events: list[AuditEvent]
+) -> None:
+    """Starlette spooled a whole multipart body to disk before the route saw its size (a
+    200 MiB upload took 3 s to be refused): now the body is counted as it arrives."""
+    engine = build(tmp_path / "work", events, max_upload_bytes=1 << 20)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(64):  # 64 MiB offered, chunked: no Content-Length to go by
+            yield b"x" * (1 << 20)
+
+    with TestClient(create_app(engine)) as client:
+        response = client.post(
+            "/v1/jobs",
+            headers={**headers(), "content-type": "multipart/form-data; boundary=b"},
+            content=body(),
+        )
+        assert response.status_code == 413, response.text
+        declared = client.post(
+            "/v1/jobs",
+            headers={
+                **headers(),
+                "content-type": "multipart/form-data; boundary=b",
+                "content-length": str(1 << 30),
+            },
+            content=b"",
+        )
+        assert declared.status_code == 413
+    assert [e.metadata["reason"] for e in events if e.action.value == "job.refused"] == [
+        "too_large",
+        "too_large",
+    ]
+    assert uploads_left(engine) == []
+
+
+def test_the_body_limit_stops_reading_at_the_limit() -> None:
+    """At the ASGI level: the app under the limit is never handed more than the limit,
+    however much the client offers."""
+    import asyncio
+
+    from engine.api import _BodyLimit
+    from engine.errors import TooLargeError
+
+    chunks_read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            await receive()
+
+    scope: dict[str, Any] = {"type": "http", "headers": []}
+    with pytest.raises(TooLargeError):
+        asyncio.run(_BodyLimit(app, limit=10_000)(scope, receive, None))  # type: ignore[arg-type]
+    assert chunks_read == 11
+    assert "ffengine_body_too_large" in scope["state"]
