@@ -270,19 +270,17 @@ def create_app(engine: Engine) -> FastAPI:
                 saved.append(("source", await _save(source, folder / "source", limit)))
             target_path = saved[0][1]
             output = engine.results / f"{folder.name}{_suffix(target_path)}"
-            try:
-                spec = engine.runner.prepare(
-                    job_type=job_type,
-                    target=target_path,
-                    source=saved[1][1] if source is not None else None,
-                    output=output,
-                    blend=blend,
-                    selector=selector,
-                    method=method,
-                    uploaded=True,
-                )
-            except FFEngineError:
-                raise
+            spec = engine.runner.prepare(
+                job_type=job_type,
+                target=target_path,
+                source=saved[1][1] if source is not None else None,
+                output=output,
+                blend=blend,
+                selector=selector,
+                method=method,
+                uploaded=True,
+                caller=who,  # prepare writes job.refused itself, and marks the error
+            )
             engine.runner.queue(spec)
             engine.runner.jobs.set_owner(spec.job_id, engine.owner_tag(who.actor))
             engine.pool.submit(_run, engine, spec, who, folder)
@@ -429,7 +427,7 @@ def _audit_refusal(
     engine: Engine, request: Request, exc: FFEngineError, *, reason: str | None = None
 ) -> None:
     """The record of a refused request: every attempted use is provable."""
-    if getattr(exc, "audited", False):
+    if exc.audited:
         return
     client_ip = request.client.host if request.client else None
     who: Caller | None = getattr(request.state, "caller", None)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import json
 import logging
+import textwrap
+import typing
 import uuid
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +22,79 @@ from engine.models.cli import models
 _FILE = click.Path(dir_okay=False, path_type=Path)
 log = logging.getLogger("ffengine")
 
+# EngineSettings fields that only the HTTP sidecar reads: left out of `run --help`. Any other
+# field, including one added later, is listed there (tests/engine/test_cli_run.py holds this
+# set to the settings class, so a renamed field cannot linger here).
+SERVE_ONLY_SETTINGS = frozenset(
+    {
+        "http_host",
+        "http_port",
+        "jwt_secret",
+        "max_queued_jobs",
+        "result_ttl_s",
+        "stop_grace_s",
+        "close_on_stop",
+        "upload_ttl_s",
+        "max_upload_bytes",  # uploads only: `run` reads files in place
+    }
+)
+
+
+def run_settings_epilog() -> str:
+    """`run --help`'s list of the environment variables it reads, generated from
+    EngineSettings (name, default, description), so that it cannot drift from the code."""
+    from engine.settings import EngineSettings
+
+    prefix = str(EngineSettings.model_config.get("env_prefix", ""))
+    lines = [
+        "Settings (environment variables; the options above override their namesakes):",
+        "",
+        "\b",
+    ]
+    for name, info in EngineSettings.model_fields.items():
+        if name in SERVE_ONLY_SETTINGS:
+            continue
+        default = info.get_default(call_default_factory=True)
+        head = f"{prefix}{name}".upper() + f"  [default: {_env_value(default)}]"
+        choices = typing.get_args(info.annotation) if _is_literal(info.annotation) else ()
+        if choices:
+            head += f"  [one of: {', '.join(map(str, choices))}]"
+        lines.append(head)
+        if info.description:
+            lines += textwrap.wrap(
+                info.description,
+                width=76,
+                initial_indent="    ",
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+            )
+    return "\n".join(lines)
+
+
+def _env_value(value: Any) -> str:
+    """A default as it would be written in the environment (lists are JSON there)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _is_literal(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is typing.Literal
+
+
+class _RunCommand(click.Command):
+    """Generates its epilog only when help is shown: importing the settings (pydantic) at
+    start-up would slow every `ffengine` call down by a seventh of a second."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.epilog is None:
+            self.epilog = run_settings_epilog()
+        super().format_epilog(ctx, formatter)
+
 
 @click.group()
 @click.version_option(__version__, prog_name="ffengine")
@@ -25,7 +102,7 @@ def cli() -> None:
     """Face-swap engine sidecar with a tamper-evident audit trail."""
 
 
-@cli.command()
+@cli.command(cls=_RunCommand)
 @click.option("--target", type=_FILE, required=True, help="Image or video to process.")
 @click.option("--output", type=_FILE, required=True, help="Where the result goes.")
 @click.option("--source", type=_FILE, help="Source face (swap jobs).")
@@ -72,9 +149,12 @@ def run(
     actor: str | None,
     session: str | None,
 ) -> None:
-    """Run one job, audited. Prints the job record as JSON."""
+    """Run one job, audited. Prints the job record as JSON.
+
+    A refused job (a missing input, no model pack for a swap, over a limit) is audited as
+    job.refused; its job id is printed on stderr."""
     from engine.auditing import build_audit_trail, build_runner
-    from engine.jobs.runner import Caller
+    from engine.jobs.runner import Caller, refused_job_id
     from engine.settings import EngineSettings
 
     overrides = {"model_dir": model_dir} if model_dir is not None else {}
@@ -83,18 +163,28 @@ def run(
     trail.emitter.start()
     try:
         runner = build_runner(settings, trail)
-        spec = runner.prepare(
-            job_type="swap"
-            if (job_type or ("swap" if source else "anonymize")) == "swap"
-            else "anonymize",
-            target=target,
-            output=output,
-            source=source,
-            blend=blend,
-            selector=selector,
-            method=method,
-        )
         caller = Caller(actor=actor or getpass.getuser(), session=session or uuid.uuid4().hex)
+        try:
+            spec = runner.prepare(
+                job_type="swap"
+                if (job_type or ("swap" if source else "anonymize")) == "swap"
+                else "anonymize",
+                target=target,
+                output=output,
+                source=source,
+                blend=blend,
+                selector=selector,
+                method=method,
+                caller=caller,
+            )
+        except FFEngineError as exc:
+            job_id = refused_job_id(exc)
+            if job_id is None:
+                raise  # not recorded (the audit trail itself refused): the plain error
+            # The caller's own paths are fine on their terminal: the raw message, not the
+            # normalised one the record holds.
+            click.echo(f"ffengine: job {job_id} refused: {exc.message}", err=True)
+            raise click.exceptions.Exit(exc.exit_code) from exc
         record = runner.run(spec, caller)
         click.echo(record.model_dump_json(indent=2))
     finally:

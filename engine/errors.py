@@ -10,6 +10,10 @@ class FFEngineError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Set where the refusal was already written to the audit trail (job.refused under
+        # `job_id`), so that no outer layer records it twice.
+        self.audited = False
+        self.job_id: str | None = None
 
 
 class UsageError(FFEngineError):

@@ -2,23 +2,30 @@
 
 Events (through the integrity core: pseudonymised, rate-limited per session, chained,
 signed): job.submitted, job.started, face.detected, face.swapped | face.anonymized,
-frame.failed (each failed frame, with its error), job.completed | job.failed, input.erased.
+frame.failed (each failed frame, with its error), job.completed | job.failed, input.erased;
+job.refused when prepare() turns a job down (missing input, no model pack, over a limit).
 Successful video frames are not logged one by one — only counted in job.completed
 (selective auditing, as the brief promised for real-time and video work).
 
 Temporary files live in a private (0700) directory erased when the job ends, failure
 included; uploaded inputs are erased right after processing and the erasure is recorded.
+
+Error texts in records and job records are normalised (`_normalise`): the exception's class and
+a one-line reason without file-system paths, which are PII (input names) or noise (library
+source paths in OpenCV and onnxruntime messages).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,8 @@ from engine.errors import (
     FFEngineError,
     InputError,
     JobFailedError,
+    ModelError,
+    TooLargeError,
     UsageError,
 )
 from engine.hashing import sha256_file
@@ -46,12 +55,14 @@ from engine.pipeline.media import (
     can_write,
     is_video,
     open_video,
+    partial_outputs,
     read_image,
     write_image,
 )
 from engine.pipeline.probe import MediaInfo, MediaLimits, check_limits, probe
 
 Emit = Callable[[AuditEvent], None]
+log = logging.getLogger("engine.jobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,8 @@ class _Outcome:
     frames: int = 0
     frames_failed: int = 0
     faces: int = 0
+    frames_declared: int | None = None  # videos: what the container declares
+    warnings: list[str] = field(default_factory=list)
 
 
 class JobRunner:
@@ -100,6 +113,12 @@ class JobRunner:
             record.state, record.error_type = "failed", "Interrupted"
             record.error = "the engine stopped during the job"
             self._save(record)
+            # A crash mid-write leaves the writer's temporary file next to where the output
+            # would have gone; nothing will ever complete it.
+            removed = 0
+            for partial in partial_outputs(Path(record.spec.output)):
+                partial.unlink(missing_ok=True)
+                removed += 1
             caller = Caller(actor=SYSTEM_ACTOR)
             self._event(
                 record.spec,
@@ -108,6 +127,7 @@ class JobRunner:
                 Outcome.FAILURE,
                 error_type=record.error_type,
                 error_message=record.error,
+                metadata={"partial_outputs_removed": removed},
             )
             self._erase_uploads(record.spec, caller)
             interrupted.append(record.spec.job_id)
@@ -128,6 +148,64 @@ class JobRunner:
         selector: str = "many",
         method: str = "blur",
         uploaded: bool = False,
+        caller: Caller | None = None,
+    ) -> JobSpec:
+        """The spec of a job that may run, or a refusal: every refusal (except the audit
+        trail's own, which could not be recorded) is audited as job.refused under the job id
+        the spec would have had, and the error is marked `audited` and given `job_id`
+        (`refused_job_id`). `caller`: who asked; None: the engine itself."""
+        job_id = uuid.uuid4().hex
+        try:
+            return self._prepare(
+                job_id,
+                job_type=job_type,
+                target=target,
+                output=output,
+                source=source,
+                blend=blend,
+                selector=selector,
+                method=method,
+                uploaded=uploaded,
+            )
+        except AuditUnavailableError:
+            raise  # job.refused is critical: the trail that refused the job would refuse it too
+        except FFEngineError as exc:
+            labels = _labels(target=target, source=source, output=output)
+            error_type, error_message = _normalise(exc, labels)
+            who = caller if caller is not None else Caller(actor=SYSTEM_ACTOR)
+            try:
+                self._emit(
+                    AuditEvent(
+                        action=EventAction.JOB_REFUSED,
+                        outcome=Outcome.FAILURE,
+                        actor=who.actor,
+                        client_ip=who.client_ip,
+                        session=who.session,
+                        target=str(target),
+                        job_id=job_id,
+                        error_type=error_type,
+                        error_message=error_message,
+                        metadata={"job_type": job_type, "reason": _refusal_reason(exc)},
+                    )
+                )
+            except AuditUnavailableError:
+                raise exc from None  # the refusal stands; why it could not be recorded is logged
+            # The API records refusals it sees unless they are marked; the CLI names the job.
+            exc.audited, exc.job_id = True, job_id
+            raise
+
+    def _prepare(
+        self,
+        job_id: str,
+        *,
+        job_type: JobType,
+        target: Path,
+        output: Path,
+        source: Path | None,
+        blend: float,
+        selector: str,
+        method: str,
+        uploaded: bool,
     ) -> JobSpec:
         self.ensure_audited()
         if job_type == "swap":
@@ -158,7 +236,7 @@ class JobRunner:
         if not can_write(output):
             raise UsageError(f"{output.name}: no encoder for this output suffix")
         return JobSpec(
-            job_id=uuid.uuid4().hex,
+            job_id=job_id,
             job_type=job_type,
             target=target_ref,
             source=source_ref,
@@ -215,9 +293,8 @@ class JobRunner:
             else:
                 outcome = self._image(spec, caller)
         except Exception as exc:  # every failure is audited before it propagates
-            error = exc if isinstance(exc, FFEngineError) else None
-            record.state, record.error_type = "failed", type(exc).__name__
-            record.error = _scrub(str(exc) if error is None else error.message, spec)
+            record.state = "failed"
+            record.error_type, record.error = _normalise(exc, _spec_labels(spec))
             self._save(record)
             self._event(
                 spec,
@@ -239,22 +316,26 @@ class JobRunner:
             outcome.frames_failed,
             outcome.faces,
         )
+        completed: dict[str, Any] = {
+            "output_sha256": outcome.output_sha256,
+            "output_resolution": f"{outcome.width}x{outcome.height}",
+            "frames": outcome.frames,
+            "frames_failed": outcome.frames_failed,
+            "faces": outcome.faces,
+            "duration_ms": _ms(started),
+            "detector": spec.detector,
+            "needs_review": record.needs_review,
+        }
+        if outcome.frames_declared is not None:
+            completed["frames_declared"] = outcome.frames_declared
+            # JobRecord has no field for it: the trail is where a short result is flagged.
+            completed["truncated"] = 0 < outcome.frames < outcome.frames_declared
+        if outcome.warnings:
+            completed["warnings"] = outcome.warnings
+            for warning in outcome.warnings:
+                log.warning("job %s: %s", spec.job_id, warning)
         try:
-            self._event(
-                spec,
-                caller,
-                EventAction.JOB_COMPLETED,
-                metadata={
-                    "output_sha256": outcome.output_sha256,
-                    "output_resolution": f"{outcome.width}x{outcome.height}",
-                    "frames": outcome.frames,
-                    "frames_failed": outcome.frames_failed,
-                    "faces": outcome.faces,
-                    "duration_ms": _ms(started),
-                    "detector": spec.detector,
-                    "needs_review": record.needs_review,
-                },
-            )
+            self._event(spec, caller, EventAction.JOB_COMPLETED, metadata=completed)
         except AuditUnavailableError as exc:
             # The trail filled up while the job ran: a result whose completion is not on the
             # record would be an unaudited use, so it is removed (job.failed cannot be
@@ -279,10 +360,12 @@ class JobRunner:
         return _Outcome(sha256_file(output), width, height, 1, 0, faces)
 
     def _video(self, spec: JobSpec, caller: Caller, tmp: Path) -> _Outcome:
-        info, frames = open_video(Path(spec.target.path))
+        info, frames = open_video(Path(spec.target.path), self.limits.max_video_frames)
         source = self._source(spec, caller)
         writer = VideoOutput(Path(spec.output), info)
         outcome = _Outcome(width=info.width, height=info.height)
+        if info.frames > 0:
+            outcome.frames_declared = info.frames
         try:
             for index, image in enumerate(frames):
                 out, faces, failure = self._frame(spec, caller, image, source, frame=index)
@@ -290,18 +373,25 @@ class JobRunner:
                 outcome.faces += faces
                 if failure is not None:
                     outcome.frames_failed += 1
+                    error_type, error_message = _normalise(failure, _spec_labels(spec))
                     self._event(
                         spec,
                         caller,
                         EventAction.FRAME_FAILED,
                         Outcome.FAILURE,
-                        error_type=type(failure).__name__,
-                        error_message=_scrub(str(failure), spec),
+                        error_type=error_type,
+                        error_message=error_message,
                         metadata={"frame": index},
                     )
                 writer.write(out)  # a failed frame passes through unchanged
             if outcome.frames == 0:
                 raise InputError("the video has no readable frames")
+            if outcome.frames_declared is not None and outcome.frames < outcome.frames_declared:
+                # A cut-off file (an interrupted upload or copy) decodes up to the cut: the
+                # result is shorter than the input claims, which its reviewer must know.
+                outcome.warnings.append(
+                    f"truncated: read {outcome.frames} of {outcome.frames_declared} declared frames"
+                )
             writer.commit()
         except BaseException:
             writer.abort()
@@ -459,7 +549,11 @@ def _input(path: Path, uploaded: bool, limits: MediaLimits) -> tuple[InputRef, M
     if not path.is_file():
         raise InputError(f"{path.name}: no such file")
     info = probe(path)
-    check_limits(info, limits)  # before hashing: a refused file costs no more than its header
+    try:
+        check_limits(info, limits)  # before hashing: a refused file costs no more than its header
+    except InputError as exc:
+        setattr(exc, "limit", True)  # noqa: B010  (job.refused says reason "limit", not "input")
+        raise
     ref = InputRef(
         path=str(path), sha256=sha256_file(path), size=path.stat().st_size, uploaded=uploaded
     )
@@ -482,13 +576,87 @@ def _describe(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def _scrub(message: str, spec: JobSpec) -> str:
-    """Paths are PII: the sealer knows the target's, the engine replaces the others too."""
-    for label, ref in (("source", spec.source), ("target", spec.target)):
-        if ref is not None:
-            message = message.replace(ref.path, f"<{label}>")
-            message = message.replace(Path(ref.path).name, f"<{label}>")
-    return message.replace(spec.output, "<output>")
+_OPENCV = re.compile(
+    # OpenCV(4.14.0) /io/opencv/modules/imgproc/src/resize.cpp:4014: error: (-215:Assertion
+    # failed) !ssize.empty() in function 'resize'  ->  Assertion failed: !ssize.empty() ...
+    r"OpenCV\([^)]*\)\s.*?:\d+:\s*error:\s*\(-?\d+:([^)]*)\)\s*"
+)
+# Anything with a path separator: absolute, relative, home-relative, Windows; with a trailing
+# :line[:column] (library source locations).
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\w.@%+~-]*(?:[/\\][\w.@%+~-]*)+(?::\d+)*")
+_MESSAGE_MAX = 200
+
+
+def refused_job_id(exc: BaseException) -> str | None:
+    """The job id under which prepare() audited this refusal (job.refused), if it did."""
+    return exc.job_id if isinstance(exc, FFEngineError) else None
+
+
+def _labels(*, target: Path, source: Path | None, output: Path) -> list[tuple[str, str]]:
+    """(text, label) pairs: each path as given and resolved, and its bare file name."""
+    pairs: list[tuple[str, str]] = []
+    for label, path in (("target", target), ("source", source), ("output", output)):
+        if path is None:
+            continue
+        pairs += [(str(path), f"<{label}>"), (str(path.resolve()), f"<{label}>")]
+    names = [
+        (p.name, f"<{label}>")
+        for label, p in (("target", target), ("source", source), ("output", output))
+        if p is not None and p.name
+    ]
+    # Whole paths first, longest first, so that a name never splits a path it is part of.
+    return sorted(set(pairs), key=lambda pair: -len(pair[0])) + names
+
+
+def _spec_labels(spec: JobSpec) -> list[tuple[str, str]]:
+    return _labels(
+        target=Path(spec.target.path),
+        source=Path(spec.source.path) if spec.source else None,
+        output=Path(spec.output),
+    )
+
+
+def _normalise(exc: BaseException, labels: list[tuple[str, str]]) -> tuple[str, str]:
+    """(error.type, error.message) for a record: the class, and one line of reason with no
+    file-system path in it (the job's own paths and names become <target>, <source> and
+    <output>, any other path <path>), OpenCV's location prefix dropped, at most 200
+    characters. The full error is for a debugger, not for an audit trail kept for years."""
+    message = exc.message if isinstance(exc, FFEngineError) else str(exc)
+    for text, label in labels:
+        if "/" in text or "\\" in text:
+            message = message.replace(text, label)
+        elif text.lower() not in {"target", "source", "output"}:  # not PII, and a common word
+            message = re.sub(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", label, message)
+    message = _OPENCV.sub(lambda m: f"{m.group(1).strip()}: ", message)
+    line = next((part.strip() for part in message.splitlines() if part.strip()), "")
+    line = _PATH.sub(lambda m: "<path>" if re.search(r"\w", m.group()) else m.group(), line)
+    line = " ".join(line.split()) or type(exc).__name__
+    if len(line) > _MESSAGE_MAX:
+        line = line[: _MESSAGE_MAX - 1].rstrip() + "…"
+    return _error_type(exc), line
+
+
+def _error_type(exc: BaseException) -> str:
+    """The class name; a third-party library's is prefixed with its package (cv2's class is
+    called `error`, which alone says nothing)."""
+    kind = type(exc)
+    package = kind.__module__.split(".")[0]
+    if package in {"builtins", "engine", "audit"}:
+        return kind.__name__
+    return f"{package}.{kind.__name__}"
+
+
+def _refusal_reason(exc: FFEngineError) -> str:
+    """The class of a refusal, for job.refused's metadata.reason."""
+    if isinstance(exc, ModelError):
+        return "model"
+    if isinstance(exc, TooLargeError) or getattr(exc, "limit", False):
+        return "limit"
+    if isinstance(exc, InputError):
+        return "input"
+    if isinstance(exc, UsageError):
+        return "usage"
+    return type(exc).__name__
 
 
 def _ms(started: float) -> int:

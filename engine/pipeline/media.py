@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,11 @@ class VideoInfo:
     frames: int  # as the container reports it (may be 0 or approximate)
 
 
-def open_video(path: Path) -> tuple[VideoInfo, Iterator[Image]]:
+def open_video(path: Path, max_frames: int | None = None) -> tuple[VideoInfo, Iterator[Image]]:
+    """The video's parameters and its frames. Reading stops with InputError at a frame past
+    the count the container declares (the limits were checked on that count) or past
+    `max_frames` (FFENGINE_MAX_VIDEO_FRAMES): a stream must not decode more than it promised.
+    Fewer frames than declared end the iteration quietly; the caller compares the counts."""
     if not path.is_file():
         raise InputError(f"{path.name}: no such file")
     capture = cv2.VideoCapture(str(path))
@@ -80,6 +85,16 @@ def open_video(path: Path) -> tuple[VideoInfo, Iterator[Image]]:
                 ok, frame = capture.read()
                 if not ok:
                     return
+                if 0 < info.frames <= index:
+                    raise InputError(
+                        f"the video holds more frames than the {info.frames} its container "
+                        "declares: reading stopped"
+                    )
+                if max_frames is not None and index >= max_frames:
+                    raise InputError(
+                        f"the video holds more than {max_frames} frames, over the frame limit "
+                        "(FFENGINE_MAX_VIDEO_FRAMES): reading stopped"
+                    )
                 # The limits were checked on the size the header declares; a stream whose
                 # frames grow past it is not decoded any further.
                 if frame.shape[0] * frame.shape[1] > declared:
@@ -94,6 +109,33 @@ def open_video(path: Path) -> tuple[VideoInfo, Iterator[Image]]:
     return info, frames()
 
 
+def _video_part_name(path: Path) -> str:
+    return f".{path.stem}.part{path.suffix.lower()}"
+
+
+# write_atomic's temporary names: tempfile.mkstemp(prefix=".<name>.", suffix=".part") puts 8
+# characters of this alphabet between the two.
+_ATOMIC_PART = r"[a-z0-9_]{8}\.part"
+
+
+def partial_outputs(path: Path) -> list[Path]:
+    """Temporary files that a writer of `path` left behind when the process died mid-write:
+    VideoOutput's `.<stem>.part<suffix>` and write_atomic's `.<name>.<random>.part`. Only
+    these names, and only regular files: anything else in the directory is not ours."""
+    atomic = re.compile(re.escape(f".{path.name}.") + _ATOMIC_PART)
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # the directory is gone (or unreadable): nothing of ours to find
+        return []
+    return [
+        entry
+        for entry in entries
+        if (entry.name == _video_part_name(path) or atomic.fullmatch(entry.name))
+        and entry.is_file()
+        and not entry.is_symlink()
+    ]
+
+
 class VideoOutput:
     """Writes frames at the input's size and frame rate; renamed into place on commit()."""
 
@@ -103,7 +145,7 @@ class VideoOutput:
             raise UsageError(f"{path.name}: unsupported video output suffix")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._tmp = path.with_name(f".{path.stem}.part{suffix}")
+        self._tmp = path.with_name(_video_part_name(path))
         fourcc = cv2.VideoWriter.fourcc(*_FOURCC[suffix])
         self._writer = cv2.VideoWriter(str(self._tmp), fourcc, info.fps, (info.width, info.height))
         if not self._writer.isOpened():

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import stat
+import struct
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from audit.integrity.seal import AuditEvent
-from engine.errors import JobFailedError, ModelError, UsageError
-from engine.jobs.runner import Caller, JobRunner
+from engine.errors import InputError, JobFailedError, ModelError, UsageError
+from engine.jobs.runner import Caller, JobRunner, refused_job_id
 from engine.pipeline.engine import FacePipeline
-from engine.pipeline.media import read_image
+from engine.pipeline.media import VideoOutput, open_video, read_image
+from engine.pipeline.probe import MediaLimits
 from engine.settings import EngineSettings
 
 CALLER = Caller(actor="alice@example.com", session="sess-1", client_ip="203.0.113.9")
@@ -106,6 +110,9 @@ def test_video_keeps_rate_and_size_and_audits_only_failures(
     # Anonymize frames never fail; successful frames are not logged one by one.
     assert actions(events) == ["job.submitted", "job.started", "job.completed"]
     assert events[-1].metadata["frames"] == 12
+    assert events[-1].metadata["frames_declared"] == 12
+    assert events[-1].metadata["truncated"] is False
+    assert "warnings" not in events[-1].metadata
 
 
 def test_swap_without_a_model_pack_is_refused_clearly(
@@ -405,3 +412,253 @@ def test_a_result_whose_completion_cannot_be_recorded_is_removed(
     assert saved.state == "failed"
     assert saved.error_type == "AuditUnavailableError"
     assert "job.completed" in (saved.error or "")
+
+
+# -- issue 14: error texts, short and long videos, partial outputs, refusals ---------------
+
+
+def avi_frame_chunks(data: bytes) -> list[int]:
+    """Offsets of the frame chunks in an AVI's `movi` list, in order."""
+    offsets, pos = [], data.index(b"movi") + 4
+    while pos + 8 <= len(data) and data[pos : pos + 4] != b"idx1":
+        size = struct.unpack_from("<I", data, pos + 4)[0]
+        offsets.append(pos)
+        pos += 8 + size + (size & 1)
+    return offsets
+
+
+def small_clip(sample_image_path: Path, path: Path, frames: int = 8) -> None:
+    image = np.asarray(cv2.resize(read_image(sample_image_path), (320, 222)), dtype=np.uint8)
+    make_video(path, image, frames=frames)
+
+
+def count_frames(path: Path) -> tuple[int, int]:
+    """(declared, decodable) frames, as the engine's decoder sees them."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    declared, read = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
+    while capture.read()[0]:
+        read += 1
+    capture.release()
+    return declared, read
+
+
+def test_a_real_opencv_error_is_recorded_as_its_assertion_only(
+    haar_runner: JobRunner,
+    events: list[AuditEvent],
+    sample_image_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def detect(image: np.ndarray) -> list[Any]:
+        cv2.imdecode(np.zeros(0, np.uint8), cv2.IMREAD_COLOR)  # trips an OpenCV assertion
+        return []
+
+    with pytest.raises(cv2.error, match=r"/loadsave\.cpp:\d+: error"):  # OpenCV's own text
+        detect(np.zeros(1, np.uint8))
+    monkeypatch.setattr(haar_runner.pipeline.detector, "detect", detect)
+    spec = haar_runner.prepare(
+        job_type="anonymize", target=sample_image_path, output=tmp_path / "o.png"
+    )
+    with pytest.raises(JobFailedError):
+        haar_runner.run(spec, CALLER)
+    failed = events[-1]
+    assert failed.action.value == "job.failed"
+    assert failed.error_type == "cv2.error"
+    assert failed.error_message == "Assertion failed: !buf.empty() in function 'imdecode_'"
+    saved = haar_runner.jobs.load(spec.job_id)
+    assert (saved.error_type, saved.error) == (failed.error_type, failed.error_message)
+
+
+def test_paths_in_error_texts_become_labels(
+    haar_runner: JobRunner,
+    events: list[AuditEvent],
+    sample_image_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = tmp_path / "photos of alice" / "alice-smith.jpg"
+    target.parent.mkdir()
+    target.write_bytes(sample_image_path.read_bytes())
+
+    def detect(image: np.ndarray) -> list[Any]:
+        raise RuntimeError(
+            f"cannot use {target} (alice-smith.jpg) with models/det.onnx or "
+            f"/opt/lib/onnxruntime/core/session.cc:123: failed{' and more' * 40}\n"
+            f"  second line {target.name}"
+        )
+
+    monkeypatch.setattr(haar_runner.pipeline.detector, "detect", detect)
+    spec = haar_runner.prepare(job_type="anonymize", target=target, output=tmp_path / "o.png")
+    with pytest.raises(JobFailedError) as raised:
+        haar_runner.run(spec, CALLER)
+    message = events[-1].error_message
+    assert message is not None
+    assert message.startswith(
+        "cannot use <target> (<target>) with <path> or <path>: failed and more"
+    )
+    assert len(message) <= 200
+    assert "alice" not in message
+    assert "second line" not in message
+    assert events[-1].error_type == "RuntimeError"
+    assert haar_runner.jobs.load(spec.job_id).error == message
+    assert "alice" not in str(raised.value)
+
+
+def test_a_truncated_video_completes_with_a_warning(
+    haar_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.avi"
+    small_clip(sample_image_path, video, frames=8)
+    data = video.read_bytes()
+    video.write_bytes(data[: avi_frame_chunks(data)[5]])  # cut inside `movi`: the header stays
+    assert count_frames(video) == (8, 5)
+    record = haar_runner.run(
+        haar_runner.prepare(job_type="anonymize", target=video, output=tmp_path / "out.avi"),
+        CALLER,
+    )
+    assert record.state == "completed"
+    assert record.frames == 5
+    done = events[-1]
+    assert done.action.value == "job.completed"
+    assert done.metadata["frames"] == 5
+    assert done.metadata["frames_declared"] == 8
+    assert done.metadata["truncated"] is True
+    assert done.metadata["warnings"] == ["truncated: read 5 of 8 declared frames"]
+
+
+def test_a_video_holding_more_frames_than_it_declares_is_stopped(
+    haar_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.avi"
+    small_clip(sample_image_path, video, frames=8)
+    data = bytearray(video.read_bytes())
+    # The main header's dwTotalFrames and the stream header's dwLength: 5 declared, 8 held.
+    struct.pack_into("<I", data, data.index(b"avih") + 8 + 16, 5)
+    struct.pack_into("<I", data, data.index(b"strh") + 8 + 32, 5)
+    video.write_bytes(bytes(data))
+    assert count_frames(video) == (5, 8)
+    out = tmp_path / "out" / "clip.avi"
+    spec = haar_runner.prepare(job_type="anonymize", target=video, output=out)
+    with pytest.raises(JobFailedError, match="more frames than the 5 its container declares"):
+        haar_runner.run(spec, CALLER)
+    assert events[-1].action.value == "job.failed"
+    assert list(out.parent.iterdir()) == []  # neither a result nor a partial one
+
+
+def test_a_video_over_the_frame_limit_is_stopped_while_reading(
+    haar_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.avi"
+    small_clip(sample_image_path, video, frames=8)
+    spec = haar_runner.prepare(job_type="anonymize", target=video, output=tmp_path / "o.avi")
+    # Prepared under other limits (prepare refuses what declares more): run() holds the line.
+    haar_runner.limits = MediaLimits(max_video_frames=3)
+    with pytest.raises(JobFailedError, match=r"more than 3 frames.*FFENGINE_MAX_VIDEO_FRAMES"):
+        haar_runner.run(spec, CALLER)
+    assert events[-1].action.value == "job.failed"
+
+
+def test_recover_removes_the_partial_outputs_of_interrupted_jobs_only(
+    haar_runner: JobRunner,
+    events: list[AuditEvent],
+    sample_image_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.files
+
+    results = tmp_path / "results"
+    video = tmp_path / "clip.avi"
+    small_clip(sample_image_path, video, frames=2)
+    video_job = haar_runner.prepare(
+        job_type="anonymize", target=video, output=results / "v-job.avi"
+    )
+    image_job = haar_runner.prepare(
+        job_type="anonymize", target=sample_image_path, output=results / "i-job.png"
+    )
+    haar_runner.queue(video_job)
+    haar_runner.queue(image_job)
+    # What the writers leave when the process dies mid-write, under their own temp names.
+    info, frames = open_video(video)
+    writer = VideoOutput(Path(video_job.output), info)
+    writer.write(next(frames))
+    del writer  # never committed nor aborted: the crash
+
+    def crash(src: str, dst: str) -> None:
+        raise KeyboardInterrupt  # the rename never happens...
+
+    monkeypatch.setattr("engine.files.os.replace", crash)
+    monkeypatch.setattr(engine.files, "Path", lambda p: SimpleNamespace(unlink=lambda **_: None))
+    with pytest.raises(KeyboardInterrupt):  # ...nor the clean-up
+        engine.files.write_atomic(Path(image_job.output), b"half an image")
+    monkeypatch.undo()
+    partial = sorted(p.name for p in results.iterdir())
+    assert len(partial) == 2
+    assert ".v-job.part.avi" in partial
+    # Not the writers' names for these jobs' outputs: kept.
+    keep = [
+        ".other.part.avi",  # another output's
+        ".v-job.part.avi.keep",
+        "v-job.avi.part",
+        ".i-job.png.notrandom.part",
+        ".i-job.png.12345678.part.bak",
+    ]
+    for name in keep:
+        (results / name).write_bytes(b"x")
+
+    assert set(haar_runner.recover()) == {video_job.job_id, image_job.job_id}
+    assert sorted(p.name for p in results.iterdir()) == sorted(keep)
+    failed = [e for e in events if e.action.value == "job.failed"]
+    assert {e.job_id: e.metadata["partial_outputs_removed"] for e in failed} == {
+        video_job.job_id: 1,
+        image_job.job_id: 1,
+    }
+
+
+def test_refusals_in_prepare_are_audited_under_a_job_id(
+    haar_runner: JobRunner, events: list[AuditEvent], sample_image_path: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "alice-smith.jpg"
+    with pytest.raises(InputError) as raised:
+        haar_runner.prepare(
+            job_type="anonymize", target=missing, output=tmp_path / "o.jpg", caller=CALLER
+        )
+    [refused] = [e for e in events if e.action.value == "job.refused"]
+    assert refused_job_id(raised.value) == refused.job_id
+    assert refused.job_id is not None
+    assert len(refused.job_id) == 32
+    assert getattr(raised.value, "audited", False) is True  # the API does not record it twice
+    assert refused.outcome.value == "failure"
+    assert (refused.actor, refused.session) == (CALLER.actor, CALLER.session)
+    assert refused.error_type == "InputError"
+    assert refused.error_message == "<target>: no such file"
+    assert refused.metadata == {"job_type": "anonymize", "reason": "input"}
+
+    events.clear()
+    with pytest.raises(ModelError):
+        haar_runner.prepare(
+            job_type="swap",
+            source=sample_image_path,
+            target=sample_image_path,
+            output=tmp_path / "x.jpg",
+        )
+    [refused] = [e for e in events if e.action.value == "job.refused"]
+    assert refused.actor == "system:ffengine"  # no caller given: the engine itself
+    assert refused.metadata == {"job_type": "swap", "reason": "model"}
+
+    events.clear()
+    haar_runner.limits = MediaLimits(max_pixels=1000)
+    with pytest.raises(InputError, match="FFENGINE_MAX_PIXELS"):
+        haar_runner.prepare(
+            job_type="anonymize", target=sample_image_path, output=tmp_path / "y.jpg"
+        )
+    [refused] = [e for e in events if e.action.value == "job.refused"]
+    assert refused.metadata["reason"] == "limit"
+
+    events.clear()
+    haar_runner.limits = MediaLimits()
+    spec = haar_runner.prepare(
+        job_type="anonymize", target=sample_image_path, output=tmp_path / "z.jpg"
+    )
+    assert events == []  # nothing is recorded for a job that may run until it is submitted
+    assert len(spec.job_id) == 32
