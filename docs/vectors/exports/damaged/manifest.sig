@@ -1,0 +1,1 @@
+nb8C/Xs9gmEmxMIhn22N9cGYzQemYFm1DYNDh6o/AXovTTZaXa2xGcB8E5rAf+LsjfgMSfEpnySxhv2fq8hRAg==

@@ -1,0 +1,1 @@
+XxjEGpt6Wvis4Fw/CRYD/wdsXIeqLVFkMmxS8rrwIY5yid5oX3uXlOXimY4RYnt99UH+i1cWBafHBJi4J/i6CA==
