@@ -22,6 +22,7 @@ from audit.alerts.routes import router as alerts_router
 from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import AlertService
 from audit.auth.tokens import Principal, TokenVerifier
+from audit.common.web import allowed_methods
 from audit.db.session import make_engine, session_factory
 from audit.errors import (
     FFAuditError,
@@ -64,7 +65,6 @@ from audit.subjects.vault import SqlSubjectVault
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.routes import router as webhooks_router
 from audit.webhooks.service import WebhookService
-from audit.webutil import allowed_methods
 
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0

@@ -8,42 +8,35 @@ positions (line, sequence), not values.
 
 from __future__ import annotations
 
+# The root and the errors the integrity kernel raises live in the kernel, which imports
+# nothing else of the service; they are the same classes here.
+from audit.integrity.errors import (
+    CanonicalizationError,
+    FFAuditError,
+    InvalidInputError,
+    KeyMaterialError,
+    SubjectVaultUnavailableError,
+    UsageError,
+)
 
-class FFAuditError(Exception):
-    """Base class: anything ffaudit raises on purpose."""
-
-    exit_code: int = 2
-    http_status: int = 500
-
-    def __init__(self, message: str, *, index: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.index = index  # the offending record's position, for batch input
-
-
-class UsageError(FFAuditError):
-    """The caller asked for something that cannot work (bad option, missing file)."""
-
-    exit_code = 2
-    http_status = 400
-
-
-class InvalidInputError(FFAuditError):
-    """Input data is malformed; the message names where (line, field)."""
-
-    exit_code = 2
-    http_status = 422
-
-
-class CanonicalizationError(InvalidInputError):
-    """A value has no exact RFC 8785 representation (NaN, out-of-range number, bytes...)."""
-
-
-class KeyMaterialError(FFAuditError):
-    """Key files are missing, unreadable, of the wrong type or unsafe."""
-
-    exit_code = 2
-    http_status = 500
+__all__ = [
+    "AuthenticationError",
+    "BusyError",
+    "CanonicalizationError",
+    "ConflictError",
+    "FFAuditError",
+    "ForbiddenError",
+    "IntegrityError",
+    "InvalidInputError",
+    "KeyMaterialError",
+    "NotFoundError",
+    "ServiceRefusedError",
+    "StoreUnavailableError",
+    "SubjectVaultUnavailableError",
+    "TooManyRequestsError",
+    "UsageError",
+    "WebhookSignatureError",
+]
 
 
 class IntegrityError(FFAuditError):
@@ -107,13 +100,6 @@ class ServiceRefusedError(FFAuditError):
 
     exit_code = 2
     http_status = 502
-
-
-class SubjectVaultUnavailableError(FFAuditError):
-    """The subject vault (per-subject pseudonym keys) cannot be read or written now."""
-
-    exit_code = 2
-    http_status = 503
 
 
 class WebhookSignatureError(AuthenticationError):

@@ -43,9 +43,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import __version__
+from audit.common.web import allowed_methods
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.seal import AuditEvent
-from audit.webutil import allowed_methods
 from engine.errors import (
     BusyError,
     ConflictError,

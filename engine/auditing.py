@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from audit.common.files import write_atomic
 from audit.integrity.chain import ChainHead, ChainWriter, CheckpointPolicy
 from audit.integrity.keys import SIGNING_KEY, KeySet, keygen
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
 from engine.errors import UsageError
-from engine.files import write_atomic
 from engine.settings import EngineSettings
 from engine.transport.emitter import AuditEmitter
 from engine.transport.forward import ForwardDelivery

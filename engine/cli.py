@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from audit import __version__
-from audit.cli.runner import run_cli
-from audit.errors import FFAuditError
+from audit.common.clirunner import run_cli
+from audit.integrity.errors import FFAuditError
 from engine.errors import FFEngineError
 from engine.models.cli import models
 

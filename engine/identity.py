@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from audit.common.files import write_atomic
 from engine.errors import ForbiddenError, UnauthorizedError, UsageError
-from engine.files import write_atomic
 from engine.hashing import keyed_tag
 
 # The engine's own records use this actor namespace (engine.pipeline.engine.SYSTEM_ACTOR):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -62,3 +63,23 @@ def test_what_the_commands_import_is_a_runtime_dependency() -> None:
                 if not provided & runtime and _THROUGH.get(module) not in runtime:
                     missing.setdefault(module, str(source.relative_to(ROOT)))
     assert missing == {}
+
+
+def test_ffengine_help_loads_no_service_machinery() -> None:
+    """The engine depends on the integrity kernel and the shared utilities alone (issue 15):
+    its command line starts without SQLAlchemy, Alembic, FastAPI or Elasticsearch."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from engine.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        "assert CliRunner().invoke(cli, ['run', '--help']).exit_code == 0\n"
+        "heavy = ('sqlalchemy', 'alembic', 'fastapi', 'starlette', 'elasticsearch')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('audit.') and not "
+        "m.startswith(('audit.integrity', 'audit.common'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "[]"]

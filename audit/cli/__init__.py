@@ -13,7 +13,7 @@ import os
 import click
 
 from audit import __version__
-from audit.cli.runner import run_cli
+from audit.common.clirunner import run_cli
 from audit.errors import FFAuditError
 
 # name -> "module:attribute"

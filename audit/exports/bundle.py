@@ -39,6 +39,7 @@ from typing import IO, Any, Final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from audit.common.files import fsync_dir
 from audit.errors import InvalidInputError, KeyMaterialError, UsageError
 from audit.exports.chain import (
     MODIFIED_DETAIL,
@@ -52,7 +53,6 @@ from audit.exports.chain import (
     verified_checkpoints,
     walk,
 )
-from audit.files import fsync_dir
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash

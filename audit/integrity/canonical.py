@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 import orjson
 import rfc8785
 
-from audit.errors import CanonicalizationError
+from audit.integrity.errors import CanonicalizationError
 
 _OPTIONS = (
     orjson.OPT_SORT_KEYS

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from audit.errors import InvalidInputError
+from audit.integrity.errors import InvalidInputError
 
 
 class EventAction(StrEnum):

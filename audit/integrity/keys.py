@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from audit.errors import KeyMaterialError, UsageError
 from audit.integrity.digest import sha256_hex
+from audit.integrity.errors import KeyMaterialError, UsageError
 
 SIGNING_KEY = "signing.key"
 SIGNING_PUB = "signing.pub"

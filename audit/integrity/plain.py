@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from audit.errors import InvalidInputError
+from audit.integrity.errors import InvalidInputError
 from audit.integrity.events import Outcome, parse_action
 from audit.integrity.seal import AuditEvent
 

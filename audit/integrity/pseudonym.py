@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from audit.errors import InvalidInputError, SubjectVaultUnavailableError
+from audit.integrity.cache import TtlCache
 from audit.integrity.digest import KeyedHash
+from audit.integrity.errors import InvalidInputError, SubjectVaultUnavailableError
 from audit.integrity.keys import Keyring, PseudonymKey
-from audit.subjects.cache import TtlCache
 
 if TYPE_CHECKING:
-    from audit.subjects.protocol import SubjectVault
+    from audit.integrity.subjects import SubjectVault
 
 log = logging.getLogger("audit.integrity.pseudonym")
 _LABEL = b"ffaudit.pseudonym.v1"

@@ -32,7 +32,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from audit.errors import UsageError
+from audit.integrity.errors import UsageError
 
 __all__ = ["Admission", "DropSummary", "SessionRateLimiter"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from audit.errors import InvalidInputError
+from audit.integrity.errors import InvalidInputError
 from audit.integrity.pseudonym import PiiKind
 
 Pseudonym = Callable[[PiiKind, str], str]

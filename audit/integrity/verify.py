@@ -33,11 +33,11 @@ from typing import Any
 
 import orjson
 
-from audit.errors import CanonicalizationError
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize, record_body
 from audit.integrity.chain import checkpoint_message, splice_hash
 from audit.integrity.digest import sha256_hex
+from audit.integrity.errors import CanonicalizationError
 from audit.integrity.keys import Verifier
 
 _CHECKPOINT = "audit.checkpoint"

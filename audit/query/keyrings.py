@@ -11,18 +11,17 @@ per-subject (v2) pseudonym while its vault entry lives; after an erasure it no l
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from audit.common.files import write_atomic
 from audit.errors import ConflictError, UsageError
 from audit.integrity.keys import Keyring
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer
 from audit.streams.schemas import validate_tenant
 
 if TYPE_CHECKING:
-    from audit.subjects.protocol import SubjectVault
+    from audit.integrity.subjects import SubjectVault
 
 
 class TenantKeyrings:
@@ -60,17 +59,7 @@ class TenantKeyrings:
         path = self._path(tenant)
         keyring = _merged(Keyring.load(path), incoming) if path.is_file() else incoming
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".import-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(keyring.dumps())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self._path(tenant))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(tenant), keyring.dumps(), mode=0o600)
         return keyring
 
     def keys(self, tenant: str) -> tuple[str, ...]:

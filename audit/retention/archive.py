@@ -26,8 +26,8 @@ from typing import IO, Any, Final, Protocol
 
 import orjson
 
+from audit.common.files import fsync_dir, write_atomic
 from audit.errors import ConflictError, IntegrityError, NotFoundError, StoreUnavailableError
-from audit.files import fsync_dir
 from audit.integrity.canonical import canonicalize
 from audit.integrity.digest import file_hex
 from audit.integrity.keys import Signer, Verifier
@@ -93,12 +93,7 @@ def manifest_message(manifest: Any) -> bytes:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 class SqlArchiver:

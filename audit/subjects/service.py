@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from audit.auth.tokens import Principal
 from audit.integrity.events import EventAction
 from audit.integrity.pseudonym import PiiKind
+from audit.integrity.subjects import Erasure, SubjectVault
 from audit.query.keyrings import TenantKeyrings
 from audit.store.protocol import EventStore
 from audit.store.query import EventQuery
-from audit.subjects.protocol import Erasure, SubjectVault
 from audit.subjects.schemas import ErasureOut
 
 if TYPE_CHECKING:

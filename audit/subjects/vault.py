@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit.db.base import utcnow
 from audit.db.session import make_engine, session_factory
 from audit.errors import SubjectVaultUnavailableError
+from audit.integrity.subjects import SECRET_BYTES, Erasure, SubjectEntry, preferred
 from audit.models import SubjectErasure
-from audit.subjects.protocol import SECRET_BYTES, Erasure, SubjectEntry, preferred
 from audit.subjects.repository import SubjectRepository
 
 T = TypeVar("T")

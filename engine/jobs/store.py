@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from audit.common.files import write_atomic
 from engine.errors import InputError, NotFoundError
-from engine.files import write_atomic
 from engine.jobs.schemas import JobRecord
 
 

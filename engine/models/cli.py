@@ -7,14 +7,13 @@ option), 3 any model problem (missing, tampered, wrong signature, licence).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from audit.common.files import write_atomic
 from engine.errors import FFEngineError, ModelError, UsageError
 from engine.models.manifest import (
     MANIFEST_NAME,
@@ -170,14 +169,7 @@ def build_specs(
 
 
 def _write_atomically(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, text.encode("utf-8"))  # it wrote without fsync before
 
 
 @models.command("manifest")

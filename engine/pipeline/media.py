@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from audit.common.files import write_atomic
 from engine.errors import InputError, UsageError
-from engine.files import write_atomic
 
 Image = NDArray[np.uint8]
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})

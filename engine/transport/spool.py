@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from audit.files import fsync_dir
+from audit.common.files import fsync_dir
 from engine.errors import AuditUnavailableError, UsageError
 
 log = logging.getLogger("engine.transport.spool")

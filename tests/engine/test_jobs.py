@@ -565,7 +565,7 @@ def test_recover_removes_the_partial_outputs_of_interrupted_jobs_only(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import engine.files
+    import audit.common.files
 
     results = tmp_path / "results"
     video = tmp_path / "clip.avi"
@@ -587,10 +587,12 @@ def test_recover_removes_the_partial_outputs_of_interrupted_jobs_only(
     def crash(src: str, dst: str) -> None:
         raise KeyboardInterrupt  # the rename never happens...
 
-    monkeypatch.setattr("engine.files.os.replace", crash)
-    monkeypatch.setattr(engine.files, "Path", lambda p: SimpleNamespace(unlink=lambda **_: None))
+    monkeypatch.setattr("audit.common.files.os.replace", crash)
+    monkeypatch.setattr(
+        audit.common.files, "Path", lambda p: SimpleNamespace(unlink=lambda **_: None)
+    )
     with pytest.raises(KeyboardInterrupt):  # ...nor the clean-up
-        engine.files.write_atomic(Path(image_job.output), b"half an image")
+        audit.common.files.write_atomic(Path(image_job.output), b"half an image")
     monkeypatch.undo()
     partial = sorted(p.name for p in results.iterdir())
     assert len(partial) == 2

@@ -14,10 +14,10 @@ from sqlalchemy import create_engine, inspect, text
 
 from audit.db.session import make_engine, upgrade
 from audit.errors import InvalidInputError, SubjectVaultUnavailableError
+from audit.integrity.cache import TtlCache
 from audit.integrity.keys import Keyring
 from audit.integrity.pseudonym import SUBJECT_KINDS, PiiKind, Pseudonymizer
-from audit.subjects.cache import TtlCache
-from audit.subjects.protocol import SECRET_BYTES
+from audit.integrity.subjects import SECRET_BYTES
 from audit.subjects.vault import SqlSubjectVault
 
 
