@@ -53,14 +53,15 @@ from audit.exports.chain import (
     verified_checkpoints,
     walk,
 )
+from audit.integrity import contexts
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Signer, Verifier
 
-FORMAT_V1: Final = "ffaudit.export.v1"  # no failures, findings or verdict column
-FORMAT: Final = "ffaudit.export.v2"
-FORMATS: Final = (FORMAT_V1, FORMAT)
+FORMATS: Final = contexts.EXPORT_FORMATS
+FORMAT_V1: Final = FORMATS[0]  # no failures, findings or verdict column
+FORMAT: Final = FORMATS[-1]
 
 RECORDS: Final = "records.ndjson"
 RECORDS_CSV: Final = "records.csv"
@@ -111,10 +112,7 @@ _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def manifest_context(fmt: str) -> bytes:
-    """Domain separation: a manifest signature can never be mistaken for a checkpoint
-    signature (b"ffaudit.checkpoint.v1:"), another format's manifest, or anything else the
-    service key might sign later."""
-    return fmt.encode("ascii") + b":"
+    return contexts.export_context(fmt)
 
 
 def manifest_message(manifest: Any) -> bytes:

@@ -20,16 +20,10 @@ from typing import Any
 
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize, record_body
+from audit.integrity.contexts import checkpoint_message as checkpoint_message
 from audit.integrity.digest import sha256_hex
 from audit.integrity.events import ACTIONS, EventAction, Outcome
 from audit.integrity.keys import Signer
-
-CHECKPOINT_CONTEXT = b"ffaudit.checkpoint.v1:"
-
-
-def checkpoint_message(event_hash: str) -> bytes:
-    """The exact bytes a checkpoint signature covers."""
-    return CHECKPOINT_CONTEXT + event_hash.encode("ascii")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

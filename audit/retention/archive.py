@@ -28,6 +28,7 @@ import orjson
 
 from audit.common.files import fsync_dir, write_atomic
 from audit.errors import ConflictError, IntegrityError, NotFoundError, StoreUnavailableError
+from audit.integrity import contexts
 from audit.integrity.canonical import canonicalize
 from audit.integrity.digest import file_hex
 from audit.integrity.keys import Signer, Verifier
@@ -36,7 +37,7 @@ from audit.retention.checkpoints import RunCollector, StreamRun
 from audit.store.protocol import EventStore, StoredEvent, day_bounds
 
 ARCHIVE_FORMAT: Final = "ffaudit.retention-archive.v1"
-ARCHIVE_CONTEXT: Final = b"ffaudit.retention-archive.v1:"
+ARCHIVE_CONTEXT: Final = contexts.ARCHIVE
 NDJSON_GZ: Final = "ndjson.gz"
 SNAPSHOT: Final = "snapshot"
 _BATCH = 1000
@@ -89,7 +90,7 @@ def archive_line(event: StoredEvent) -> bytes:
 
 
 def manifest_message(manifest: Any) -> bytes:
-    return ARCHIVE_CONTEXT + canonicalize(manifest)
+    return contexts.archive_message(manifest)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

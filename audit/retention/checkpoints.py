@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.errors import CanonicalizationError
+from audit.integrity import contexts
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
@@ -30,14 +31,12 @@ from audit.retention.repository import RetentionRepository
 from audit.store.protocol import StoredEvent
 
 FORMAT: Final = "ffaudit.retention.v1"
-# Domain separation from checkpoint (b"ffaudit.checkpoint.v1:"), export manifest and archive
-# manifest signatures made with the same service key.
-CONTEXT: Final = b"ffaudit.retention.v1:"
+CONTEXT: Final = contexts.RETENTION
 
 
 def message(payload: Mapping[str, Any]) -> bytes:
     """The exact bytes a retention checkpoint's signature covers."""
-    return CONTEXT + canonicalize(payload)
+    return contexts.retention_message(payload)
 
 
 @dataclass(slots=True)
