@@ -348,7 +348,7 @@ class Planner:
         self._write(item, rival, BROKEN, "fork")
         self._contest(item.sequence)
         if not first_is_evidence:
-            self.plan.verdicts.append((first, item.timestamp, BROKEN, "fork"))
+            self._set_verdict(first, item.timestamp, BROKEN, "fork")
         self.plan.results.append(
             Result(item.index, item.sequence, BROKEN, "fork", "another record holds this sequence")
         )
@@ -442,16 +442,29 @@ class Planner:
     def _settle(self, entry: _Early, outcome: str, failure: str | None) -> None:
         """A waiting record gets its final verdict."""
         self.stored[entry.doc_id] = (entry.event_hash, outcome)
+        self._set_verdict(entry.doc_id, entry.timestamp, outcome, failure)
         if entry.incoming is not None:
-            # Written in this batch: write it with the final verdict directly.
-            for i, ev in enumerate(self.plan.writes):
-                if ev.doc_id == entry.doc_id:
-                    self.plan.writes[i] = _with_verdict(ev, outcome, failure)
             for r in self.plan.results:
                 if r.index == entry.incoming.index:
                     r.outcome, r.failure = outcome, failure
-        else:
-            self.plan.verdicts.append((entry.doc_id, entry.timestamp, outcome, failure))
+
+    def _set_verdict(
+        self, doc: str, timestamp: datetime, outcome: str, failure: str | None
+    ) -> None:
+        """The record stored (or written by this plan) as `doc` gets a new verdict, which
+        replaces every earlier decision of this plan about it. A record this plan writes is
+        written with it directly; otherwise one update is queued, and any update queued
+        before for the same record is dropped: updates are applied after the writes, so a
+        stale one (a `fork` flag queued before the settlement) would overrule the final
+        verdict."""
+        self.plan.verdicts = [v for v in self.plan.verdicts if v[0] != doc]
+        written = False
+        for i, ev in enumerate(self.plan.writes):
+            if ev.doc_id == doc:
+                self.plan.writes[i] = _with_verdict(ev, outcome, failure)
+                written = True
+        if not written:
+            self.plan.verdicts.append((doc, timestamp, outcome, failure))
 
     def _unplan_pending(self, entry: _Early) -> None:
         self.plan.pending_add = [p for p in self.plan.pending_add if p.doc_id != entry.doc_id]
@@ -576,9 +589,9 @@ class Planner:
                 forged[n.hash] = n
             elif n.sequence > checkpoint.sequence and n.prev in forged:
                 forged[n.hash] = n  # built on a forged record
-        unplaced = any(
-            self.stored.get(n.doc_id, ("", PENDING))[1] == REJECTED for n in branch.values()
-        )
+        # A record the checkpoint commits to but which was kept aside (a checkpoint whose
+        # own signature failed), in this call or an earlier one: it must be placed.
+        unplaced = any(self._verdict(n) == REJECTED for n in branch.values())
         if not forged and not (complete and unplaced):
             return False  # nothing competes: records still missing are awaited as usual
         for n in forged.values():
@@ -610,7 +623,9 @@ class Planner:
 
     def _resume(self, nodes: list[_Node], forged: dict[str, _Node], through: int) -> None:
         """After the head moved to a proven checkpoint: records at or below it that are
-        still waiting are settled; rejected records above it that may link on wait again."""
+        still waiting are settled; rejected records above it that may link on wait again,
+        except a checkpoint whose own signature fails: it stays evidence until a later
+        verified checkpoint commits to it, and its sequence stays contested for that one."""
         head = self.plan.head
         for sequence in [s for s in self.early if s <= head.sequence]:
             for entry in self.early.pop(sequence):
@@ -624,6 +639,9 @@ class Planner:
                 and self.stored.get(n.doc_id, ("", ""))[1] == REJECTED
                 and n.sequence > head.sequence
             ):
+                if self._placed_failure(n) is not None:
+                    self._contest(n.sequence)
+                    continue
                 entry = _Early(
                     n.sequence, n.hash, n.prev, n.doc_id, n.timestamp, self.now, incoming=n.incoming
                 )
@@ -650,9 +668,19 @@ class Planner:
                 incoming=node.incoming,
             )
             self._settle(entry, verdict, failure)
-        elif (node.verdict, None) != (verdict, failure) or failure is not None:
-            self.plan.verdicts.append((node.doc_id, node.timestamp, verdict, failure))
+        elif (
+            (node.verdict, None) != (verdict, failure)
+            or failure is not None
+            or any(v[0] == node.doc_id for v in self.plan.verdicts)  # decided otherwise before
+        ):
+            self._set_verdict(node.doc_id, node.timestamp, verdict, failure)
         self.stored[node.doc_id] = (node.hash, verdict)
+
+    def _verdict(self, node: _Node) -> str:
+        """A node's verdict as this plan knows it: what the plan decided, else what the
+        store held when it was loaded (`stored` knows only the doc ids of this call's
+        records; a record of an earlier call is known from the region it came from)."""
+        return self.stored.get(node.doc_id, (node.hash, node.verdict))[1]
 
     def _release(self, entry: _Early) -> None:
         if entry.row_id is not None:

@@ -246,20 +246,6 @@ DIVERGENT: dict[tuple[str, str], str] = {
         "malformed (§7 step 2, §9)"
         for mode in (ONE_CALL, RECORD_BY_RECORD)
     },
-    **{
-        (name, RECORD_BY_RECORD): f"issue 15: a checkpoint with a {kind} redeemed by a later "
-        "verified checkpoint that arrives in another ingest call stays rejected (the next "
-        "record is flagged gap once the gap times out); §7.1 and the offline verifier place "
-        f"it, flagged {kind} (it is placed only when both arrive in one call)"
-        for name, kind in (
-            ("bad-signature", "bad_signature"),
-            ("missing-signature", "missing_signature"),
-        )
-    },
-    ("inserted", ONE_CALL): "issue 15: a forged rival accepted first and then proven forged "
-    "by the checkpoint in the same call is reported rejected/forged, but the store keeps "
-    "the fork verdict planned for it earlier in that call (broken/fork); §7.1: rejected as "
-    "forged",
 }
 
 
