@@ -78,7 +78,7 @@ def check_record(index: int, obj: object) -> Incoming | str:
     """An Incoming, or why `obj` cannot be chained (the message names no values)."""
     if not isinstance(obj, dict):
         return "not a JSON object"
-    problem = f.shape_error(obj)
+    problem = f.shape_error(obj) or f.schema_error(obj)
     if problem is not None:
         return problem
     if not all(isinstance(k, str) for k in obj):

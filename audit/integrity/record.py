@@ -70,6 +70,14 @@ def format_timestamp(ts: datetime) -> str:
     return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def schema_error(record: dict[str, Any]) -> str | None:
+    """Why a shaped record is not of the schema this code reads, or None: one rule for the
+    offline verifier and ingest (a schema-2 record was `ok` at ingest, malformed offline)."""
+    if record[SCHEMA] != SCHEMA_VERSION:
+        return f"unknown {SCHEMA} {record[SCHEMA]!r}; this verifier reads {SCHEMA_VERSION}"
+    return None
+
+
 def shape_error(record: Any) -> str | None:
     """Why `record` is not shaped like a record, or None. Cheap: runs on every verify."""
     if type(record) is not dict:

@@ -238,14 +238,8 @@ class ChainVerifier:
             self._fail(
                 FailureKind.MODIFIED, stream, line_no, seq, "content does not match its event.hash"
             )
-        elif rec[f.SCHEMA] != f.SCHEMA_VERSION:
-            self._fail(
-                FailureKind.MALFORMED,
-                stream,
-                line_no,
-                seq,
-                f"unknown {f.SCHEMA} {rec[f.SCHEMA]!r}; this verifier reads {f.SCHEMA_VERSION}",
-            )
+        elif (schema := f.schema_error(rec)) is not None:
+            self._fail(FailureKind.MALFORMED, stream, line_no, seq, schema)
         elif (
             self.strict
             and body is not None
