@@ -29,16 +29,16 @@ need stored records the batch does not carry: the planner then asks for them
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from audit.errors import CanonicalizationError
 from audit.integrity import record as f
-from audit.integrity.chain import checkpoint_message, record_hash
+from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
+from audit.integrity.record import document_id as doc_id
+from audit.integrity.signatures import checkpoint_signature
 from audit.models import Checkpoint, PendingRecord
 from audit.store.protocol import StoredEvent, Verdict
 
@@ -138,12 +138,6 @@ class _Node:
     verdict: str
     incoming: Incoming | None = None
     early: _Early | None = None
-
-
-def doc_id(stream: str, sequence: int, event_hash: str | None = None) -> str:
-    """The first record at a sequence owns `stream:seq`; any rival gets a hash suffix."""
-    base = f"{stream}:{sequence}"
-    return base if event_hash is None else f"{base}:{event_hash[:16]}"
 
 
 class Planner:
@@ -742,18 +736,10 @@ class Planner:
         return failure
 
     def _signature_check(self, record: dict[str, Any], event_hash: str) -> str | None:
-        signature = record.get(f.SIGNATURE)
-        if not isinstance(signature, str):
-            return "missing_signature"
-        if record.get(f.CP_SIGNER) != self.verifier.fingerprint:
-            return "wrong_key"
-        try:
-            raw = base64.b64decode(signature, validate=True)
-        except (binascii.Error, ValueError):
-            return "bad_signature"
-        if len(raw) != 64 or not self.verifier.verify(raw, checkpoint_message(event_hash)):
-            return "bad_signature"
-        return None
+        problem = checkpoint_signature(
+            record.get(f.SIGNATURE), record.get(f.CP_SIGNER), event_hash, self.verifier
+        )
+        return None if problem is None else problem.kind.value
 
     def _check_signature(self, item: Incoming) -> None:
         failure = self._signature_failure(item)

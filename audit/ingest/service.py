@@ -35,12 +35,13 @@ from audit.errors import (
     ForbiddenError,
     TooManyRequestsError,
 )
-from audit.ingest.planner import Head, Incoming, Plan, Planner, Result, doc_id
+from audit.ingest.planner import Head, Incoming, Plan, Planner, Result
 from audit.ingest.repository import IngestRepository
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
+from audit.integrity.record import document_id as doc_id
 from audit.metrics import Metrics
 from audit.models import Checkpoint, PendingRecord, QuarantinedRecord
 from audit.producers.schemas import ProducerIdentity

@@ -70,6 +70,13 @@ def format_timestamp(ts: datetime) -> str:
     return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def document_id(stream: str, sequence: int, event_hash: str | None = None) -> str:
+    """A stored record's id (spec §7.1): the first record at a sequence owns `stream:seq`;
+    a rival, or evidence kept aside, gets the first 16 hex digits of its hash appended."""
+    base = f"{stream}:{sequence}"
+    return base if event_hash is None else f"{base}:{event_hash[:16]}"
+
+
 def schema_error(record: dict[str, Any]) -> str | None:
     """Why a shaped record is not of the schema this code reads, or None: one rule for the
     offline verifier and ingest (a schema-2 record was `ok` at ingest, malformed offline)."""

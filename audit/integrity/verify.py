@@ -24,8 +24,6 @@ to the range's last hash. Streams without purged ranges never reach that code.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,10 +33,11 @@ import orjson
 
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize, record_body
-from audit.integrity.chain import checkpoint_message, splice_hash
+from audit.integrity.chain import splice_hash
 from audit.integrity.digest import sha256_hex
 from audit.integrity.errors import CanonicalizationError
 from audit.integrity.keys import Verifier
+from audit.integrity.signatures import SignatureFailure, checkpoint_signature
 
 _CHECKPOINT = "audit.checkpoint"
 _REQUIRED = frozenset(f.REQUIRED)
@@ -540,42 +539,17 @@ class ChainVerifier:
     ) -> None:
         state.last_checkpoint = entry.seq
         state.closed = closing
-        if signature is None:
-            self._fail(
-                FailureKind.MISSING_SIGNATURE,
-                state.stream,
-                entry.line,
-                entry.seq,
-                "checkpoint has no signature",
-            )
+        problem = checkpoint_signature(signature, signer, entry.hash, self.key)
+        if problem is not None and problem.decodable:
+            state.unredeemed.append(entry)  # a later verified checkpoint may prove it
             return
-        if signer != self.key.fingerprint:
-            if not state.wrong_key_reported:
+        if problem is not None:
+            if problem.kind is SignatureFailure.WRONG_KEY:
+                if state.wrong_key_reported:
+                    return
                 state.wrong_key_reported = True
-                self._fail(
-                    FailureKind.WRONG_KEY,
-                    state.stream,
-                    entry.line,
-                    entry.seq,
-                    f"signed by key {str(signer)[:16]}…, verifying with "
-                    f"{self.key.fingerprint[:16]}…",
-                )
-            return
-        try:
-            raw = base64.b64decode(signature, validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raw = b""
-        if len(raw) != 64:
-            self._fail(
-                FailureKind.BAD_SIGNATURE,
-                state.stream,
-                entry.line,
-                entry.seq,
-                "signature is not a base64 Ed25519 signature",
-            )
-            return
-        if not self.key.verify(raw, checkpoint_message(entry.hash)):
-            state.unredeemed.append(entry)
+            kind = FailureKind(problem.kind.value)
+            self._fail(kind, state.stream, entry.line, entry.seq, problem.detail)
             return
         for bad in state.unredeemed:
             self._fail(

@@ -65,7 +65,7 @@ class RunCollector:
     def add(self, event: StoredEvent) -> None:
         self.records += 1
         self.per_stream[event.stream] = self.per_stream.get(event.stream, 0) + 1
-        if event.doc_id != f"{event.stream}:{event.sequence}":
+        if event.doc_id != f.document_id(event.stream, event.sequence):
             return  # a fork's second record: archived and purged, not part of the chain
         prev = event.record.get(f.PREV)
         intact = _content_ok(event) and isinstance(prev, str)
