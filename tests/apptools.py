@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -87,3 +89,15 @@ def serving(settings: AuditSettings, *, log_level: str = "warning") -> Iterator[
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def schemathesis(schema_url: str, config: Path, *headers: str) -> subprocess.CompletedProcess[str]:
+    """Schemathesis with every check on against a running server (the contract tests):
+    fixed seed and example count, so a run is reproducible."""
+    args = [str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run"]
+    args.append(schema_url)
+    for header in headers:
+        args += ["--header", header]
+    args += ["--checks", "all", "--max-examples", "30", "--seed", "1"]
+    args += ["--request-timeout", "30"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)

@@ -4,8 +4,6 @@ names the few rules a JSON Schema cannot state)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from audit.db.session import upgrade
 from audit.settings import AuditSettings
-from tests.apptools import serving
+from tests.apptools import schemathesis, serving
 
 SECRET = "s" * 40
 
@@ -47,28 +45,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
         algorithm="HS256",
     )
     with serving(settings, log_level="error") as url:
-        result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "st"),
-                "--config-file",
-                str(Path(__file__).with_name("schemathesis.toml")),
-                "run",
-                f"{url}/openapi.json",
-                "--header",
-                f"Authorization: Bearer {token}",
-                "--checks",
-                "all",
-                "--max-examples",
-                "30",
-                "--seed",
-                "1",
-                "--request-timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        result = schemathesis(
+            f"{url}/openapi.json",
+            Path(__file__).with_name("schemathesis.toml"),
+            f"Authorization: Bearer {token}",
         )
     assert result.returncode == 0, result.stdout[-8000:]
     assert "passed" in result.stdout

@@ -27,6 +27,7 @@ from engine.identity import FailureLimiter
 from engine.jobs.runner import JobRunner
 from engine.pipeline.engine import FacePipeline
 from engine.settings import EngineSettings
+from tests.apptools import schemathesis
 from tests.engine.test_api import SECRET, headers, token, wait_done
 
 
@@ -259,6 +260,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_sidecar(env: dict[str, str], port: int, **popen: Any) -> subprocess.Popen[bytes]:
+    """A real `ffengine serve` on `port`, answering /healthz when this returns."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--port", str(port)], env=env, **popen
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise AssertionError("the sidecar did not start")
+
+
 @pytest.mark.parametrize("close", [False, True])
 def test_sigterm_drains_seals_and_verifies(
     tmp_path: Path, sample_image_path: Path, close: bool
@@ -275,21 +292,9 @@ def test_sigterm_drains_seals_and_verifies(
         "FFENGINE_CHECKPOINT_INTERVAL_S": "3600",
         "FFENGINE_CLOSE_ON_STOP": "true" if close else "false",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = start_sidecar(env, port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         job = httpx.post(
             f"{base}/v1/jobs", headers=headers(), files=image(sample_image_path), timeout=30
         )
@@ -331,45 +336,13 @@ def test_schemathesis_on_the_sidecar(tmp_path: Path) -> None:
         "FFENGINE_SPOOL_DIR": str(tmp_path / "spool"),
         "FFENGINE_JWT_SECRET": SECRET,
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_sidecar(env, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "st"),
-                "--config-file",
-                str(Path(__file__).with_name("schemathesis.toml")),
-                "run",
-                f"{base}/openapi.json",
-                "--header",
-                f"Authorization: Bearer {token('fuzzer', minutes=60)}",
-                "--header",
-                "X-Session-Id: fuzz-session",
-                "--checks",
-                "all",
-                "--max-examples",
-                "30",
-                "--seed",
-                "1",
-                "--request-timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        result = schemathesis(
+            f"http://127.0.0.1:{port}/openapi.json",
+            Path(__file__).with_name("schemathesis.toml"),
+            f"Authorization: Bearer {token('fuzzer', minutes=60)}",
+            "X-Session-Id: fuzz-session",
         )
     finally:
         server.send_signal(signal.SIGTERM)
