@@ -603,6 +603,7 @@ def _reap_once(engine: Engine, now: float | None = None) -> None:
                 )
             )
     expired = now - engine.settings.result_ttl_s
+    engine.sessions.prune(unused_since=expired)
     for record in engine.runner.jobs.all():
         if (
             record.state in ("completed", "failed")

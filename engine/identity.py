@@ -10,6 +10,7 @@ being lost or flooding the trail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -71,7 +72,19 @@ class SessionBinder:
                 return
             if bound != owner:
                 raise ForbiddenError("this session belongs to another user")
-            os.utime(path)  # last use, for whoever prunes old sessions
+            os.utime(path)  # last use: prune() keeps sessions in use
+
+    def prune(self, unused_since: float) -> int:
+        """Forget sessions not presented since `unused_since` (epoch seconds): one file per
+        session id a caller ever sent must not grow without bound."""
+        removed = 0
+        with self._lock:
+            for path in self._dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < unused_since:
+                        path.unlink()
+                        removed += 1
+        return removed
 
 
 @dataclass(slots=True)

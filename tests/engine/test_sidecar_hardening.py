@@ -154,6 +154,12 @@ def test_sessions_are_required_and_belong_to_one_user(
         "/v1/jobs", headers=headers("mallory", session="s-a"), files=image(sample_image_path)
     )
     assert stolen.status_code == 403
+    # Bindings are files on disk: the reaper forgets sessions unused for a result TTL.
+    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    sessions = engine.settings.work_dir / "sessions"
+    assert len(list(sessions.iterdir())) == 3  # tok-1 and s-1 (bob), s-a (alice)
+    _reap_once(engine, now=time.time() + engine.settings.result_ttl_s + 1)
+    assert list(sessions.iterdir()) == []
     denied = [e for e in events if e.action.value == "access.denied"]
     assert [(e.actor, e.session) for e in denied] == [("mallory", "s-a")]
 
