@@ -23,6 +23,7 @@ from audit.integrity.keys import SIGNING_KEY, KeySet, keygen
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import Sealer
+from audit.integrity.subjects import VaultConnection, open_vault
 from engine.errors import UsageError
 from engine.settings import EngineSettings
 from engine.transport.emitter import AuditEmitter
@@ -30,7 +31,6 @@ from engine.transport.forward import ForwardDelivery
 from engine.transport.spool import Spool, SpoolAlarm
 
 if TYPE_CHECKING:
-    from audit.subjects.vault import SqlSubjectVault
     from engine.jobs.runner import JobRunner
 
 log = logging.getLogger("engine.audit")
@@ -145,14 +145,12 @@ def build_audit_trail(
     return AuditTrail(emitter, keys, sealer)
 
 
-def _subject_vault(settings: EngineSettings) -> SqlSubjectVault | None:
+def _subject_vault(settings: EngineSettings) -> VaultConnection | None:
     """The audit service's subject vault, when configured: user ids and e-mail addresses
     are then sealed under per-subject keys that an erasure can destroy."""
     if settings.subject_vault_url is None:
         return None
-    from audit.subjects.vault import SqlSubjectVault
-
-    vault = SqlSubjectVault.from_url(settings.subject_vault_url)
+    vault = open_vault(settings.subject_vault_url)
     try:
         vault.ping()  # a wrong URL or an unmigrated database stops the start, clearly
     except BaseException:

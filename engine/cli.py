@@ -16,7 +16,7 @@ import click
 from audit import __version__
 from audit.common.clirunner import run_cli
 from audit.integrity.errors import FFAuditError
-from engine.errors import FFEngineError
+from engine.errors import AuditUnavailableError, FFEngineError
 from engine.models.cli import models
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -135,6 +135,18 @@ def cli() -> None:
 @click.option("--audit-forward", metavar="HOST:PORT", help="The audit service's forward port.")
 @click.option("--actor", default=None, help="Who runs the job [the OS user].")
 @click.option("--session", default=None, help="Session id [a new one].")
+@click.option(
+    "--close-stream",
+    is_flag=True,
+    help="Seal the stream's closing checkpoint after the job: nothing may follow it "
+    "(a one-off engine whose trail is complete).",
+)
+@click.option(
+    "--require-delivery",
+    is_flag=True,
+    help="Exit 5 unless the audit service acknowledged every record (the job's output is "
+    "kept; its records stay spooled for the next run).",
+)
 def run(
     target: Path,
     output: Path,
@@ -148,6 +160,8 @@ def run(
     audit_forward: str | None,
     actor: str | None,
     session: str | None,
+    close_stream: bool,
+    require_delivery: bool,
 ) -> None:
     """Run one job, audited. Prints the job record as JSON.
 
@@ -188,13 +202,20 @@ def run(
         record = runner.run(spec, caller)
         click.echo(record.model_dump_json(indent=2))
     finally:
-        delivered = trail.emitter.close(final=False)
-        if not delivered and (audit_forward or settings.audit_forward):
+        delivered = trail.emitter.close(final=close_stream)
+        forwarding = bool(audit_forward or settings.audit_forward)
+        if not delivered and forwarding:
             click.echo(
                 "ffengine: audit records are spooled and will be delivered by the "
                 "next run (the audit service did not acknowledge them yet)",
                 err=True,
             )
+    if require_delivery and not (delivered and forwarding):
+        raise AuditUnavailableError(
+            "the audit service did not acknowledge every record"
+            if forwarding
+            else "--require-delivery needs a forward destination (--audit-forward)"
+        )
 
 
 @cli.command()

@@ -62,3 +62,11 @@ def test_demo_runs_end_to_end_and_its_trail_verifies(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout
     # No raw identity in any record the demo produced.
     assert os.environ.get("USER", "root") + "@demo" not in (workdir / "records.ndjson").read_text()
+
+
+def test_the_demo_names_the_engines_system_actor_as_the_engine_does() -> None:
+    # The service does not import the engine (import-linter): the demo keeps its own copy.
+    from audit.cli.demo import ENGINE_SYSTEM_ACTOR
+    from engine.pipeline.engine import SYSTEM_ACTOR
+
+    assert ENGINE_SYSTEM_ACTOR == SYSTEM_ACTOR

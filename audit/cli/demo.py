@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
+import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
-import uuid
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
 
 from audit.errors import UsageError
+
+if TYPE_CHECKING:
+    from audit.integrity.keys import Keyring, Verifier
+
+_ENGINE_TIMEOUT_S = 600  # a cold start loads onnxruntime and the detector; a job is seconds
 
 
 def _free_port() -> int:
@@ -78,6 +87,11 @@ class ServiceThread:
         self.thread.join(timeout=15)
 
 
+# The engine's own records name this actor (engine.pipeline.engine.SYSTEM_ACTOR; the
+# service does not import the engine, tests/test_demo.py holds the two equal).
+ENGINE_SYSTEM_ACTOR = "system:ffengine"
+
+
 @click.command()
 @click.option(
     "--workdir",
@@ -92,19 +106,15 @@ class ServiceThread:
 )
 def demo(workdir: Path, keep: bool) -> int:
     """Run the end-to-end demo (no servers needed) and verify its audit trail."""
-    try:
-        import insightface
-
-        from audit.integrity.keys import keygen
-        from engine.auditing import build_audit_trail, build_runner
-        from engine.jobs.runner import Caller
-        from engine.settings import EngineSettings
-    except ImportError as exc:
-        raise UsageError(f"the demo needs the engine: pip install -e '.[engine]' ({exc})") from None
+    insightface = find_spec("insightface")
+    if insightface is None or insightface.origin is None or find_spec("engine") is None:
+        raise UsageError("the demo needs the engine: pip install -e '.[engine]'")
+    from audit.integrity.keys import keygen
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    sample = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    workdir = workdir.resolve()
+    sample = Path(insightface.origin).parent / "data" / "images" / "t1.jpg"
     actor = f"{getpass.getuser()}@demo"
     say = click.echo
 
@@ -117,74 +127,77 @@ def demo(workdir: Path, keep: bool) -> int:
         f"SQLite at {workdir}/ffaudit.db"
     )
     try:
+        tenant, stream, keys_dir = "demo", "demo-engine", workdir / "engine" / "keys"
         producer = httpx.post(
             f"{service.url}/v1/producers",
-            params={"tenant": "demo"},
-            json={"label": "engine-1", "streams": ["demo-engine"]},
+            params={"tenant": tenant},
+            json={"label": "engine-1", "streams": [stream]},
         )
         producer.raise_for_status()
-        engine = EngineSettings(
-            work_dir=workdir / "engine",
-            keys_dir=workdir / "engine" / "keys",
-            spool_dir=workdir / "engine" / "spool",
-            stream="demo-engine",
-            tenant="demo",
-            model_dir=None,
-            forward_shared_key=service.settings.forward_shared_key,
-            forward_username=producer.json()["name"],
-            forward_password=producer.json()["password"],
-        )
-        # The demo registers the engine's key itself (step 2): made here, ensure_keys does not
-        # ask the user to register it.
-        keygen(engine.keys_dir)
-        trail = build_audit_trail(
-            engine,
-            audit_file=workdir / "records.ndjson",
-            audit_forward=f"127.0.0.1:{service.forward_port}",
-        )
+        # The demo registers the engine's key itself (step 2): made here, the engine finds
+        # it and does not ask the user to register it.
+        keys = keygen(keys_dir)
         httpx.post(
             f"{service.url}/v1/streams",
             json={
-                "stream": engine.stream,
-                "tenant": engine.tenant,
-                "public_key_pem": trail.keys.signer.verifier.pem().decode(),
+                "stream": stream,
+                "tenant": tenant,
+                "public_key_pem": keys.signer.verifier.pem().decode(),
             },
         ).raise_for_status()
         say(
-            f"2. engine stream {engine.stream!r} registered for tenant {engine.tenant!r} "
-            f"(Ed25519 key {trail.keys.signer.verifier.fingerprint[:16]}…); the engine logs in "
-            f"to the forward port as producer {engine.forward_username!r}"
+            f"2. engine stream {stream!r} registered for tenant {tenant!r} "
+            f"(Ed25519 key {keys.signer.verifier.fingerprint[:16]}…); the engine logs in "
+            f"to the forward port as producer {producer.json()['name']!r}"
         )
 
-        trail.emitter.start()
-        runner = build_runner(engine, trail)
+        # The engine runs as its own process, as in production: `ffengine run`.
         output = workdir / "t1-anonymized.jpg"
-        spec = runner.prepare(job_type="anonymize", target=sample, output=output)
-        record = runner.run(
-            spec, Caller(actor=actor, session=uuid.uuid4().hex, client_ip="127.0.0.1")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FFENGINE_")}
+        env.update(
+            FFENGINE_WORK_DIR=str(workdir / "engine"),
+            FFENGINE_KEYS_DIR=str(keys_dir),
+            FFENGINE_SPOOL_DIR=str(workdir / "engine" / "spool"),
+            FFENGINE_STREAM=stream,
+            FFENGINE_TENANT=tenant,
+            FFENGINE_FORWARD_SHARED_KEY=service.settings.forward_shared_key or "",
+            FFENGINE_FORWARD_USERNAME=producer.json()["name"],
+            FFENGINE_FORWARD_PASSWORD=producer.json()["password"],
         )
-        delivered = trail.emitter.close(final=True)
-        detector = runner.pipeline.models.get("detector")
-        model = (
-            f" (model sha256 {detector['sha256'][:12]}…, {detector['licence']})" if detector else ""
+        engine = subprocess.run(
+            [
+                *(sys.executable, "-m", "engine", "run", "--job-type", "anonymize"),
+                *("--target", str(sample), "--output", str(output)),
+                *("--audit-file", str(workdir / "records.ndjson")),
+                *("--audit-forward", f"127.0.0.1:{service.forward_port}"),
+                *("--actor", actor, "--close-stream", "--require-delivery"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_ENGINE_TIMEOUT_S,
+            check=False,
         )
+        if engine.returncode != 0:
+            raise UsageError(
+                f"ffengine run failed (exit {engine.returncode}): {engine.stderr.strip()}"
+            )
+        record = json.loads(engine.stdout)
+
+        head = httpx.get(f"{service.url}/v1/streams/{stream}").json()
+        stored = asyncio.run(_stored(service.db, tenant, stream))
         say(
-            f"3. job {spec.job_id[:12]}…: {record.faces} faces hidden by {spec.detector}{model} "
-            f"-> {output}"
+            f"3. job {record['spec']['job_id'][:12]}…: {record['faces']} faces hidden by "
+            f"{record['spec']['detector']}{_model(stored)} -> {output}"
             + (
                 "\n   detector fallback: the output needs human review"
-                if record.needs_review
+                if record["needs_review"]
                 else ""
             )
         )
-        if not delivered:
-            raise UsageError("the audit service did not acknowledge every record")
-
-        head = httpx.get(f"{service.url}/v1/streams/{engine.stream}").json()
-        stored = asyncio.run(_stored(service.db, engine.tenant, engine.stream))
         say("\n4. who did what (from the audit service's store):")
-        _table(stored, trail, engine.tenant, actor)
-        problems = _verify(workdir / "records.ndjson", stored, trail, head)
+        _table(stored, keys.keyring, tenant, actor)
+        problems = _verify(workdir / "records.ndjson", stored, keys.signer.verifier, head)
         say(
             f"\n5. verification: {len(stored)} records, chain head {head['head_sequence']}, "
             f"signed through {head['signed_through']}, stream closed: {head['closed']}"
@@ -199,15 +212,25 @@ def demo(workdir: Path, keep: bool) -> int:
         )
         say(
             f"   check it yourself: ffaudit verify --strict --pubkey "
-            f"{engine.keys_dir}/signing.pub {workdir}/records.ndjson"
+            f"{keys_dir}/signing.pub {workdir}/records.ndjson"
         )
         if keep:
-            _keep_running(service, engine.tenant, engine.stream)
+            _keep_running(service, tenant, stream)
         else:
             say("   look around with the service still running: ffaudit demo --keep")
         return 0
     finally:
         service.stop()
+
+
+def _model(stored: list[Any]) -> str:
+    """The detector's pinned hash and licence, as the engine's model.loaded record says."""
+    for event in stored:
+        rec = event.record
+        meta = rec.get("ffaudit.metadata", {})
+        if rec.get("event.action") == "model.loaded" and meta.get("role") == "detector":
+            return f" (model sha256 {str(meta.get('sha256', ''))[:12]}…, {meta.get('licence')})"
+    return ""
 
 
 def _keep_running(service: ServiceThread, tenant: str, stream: str) -> None:
@@ -235,13 +258,12 @@ async def _stored(db: str, tenant: str, stream: str) -> list[Any]:
         await store.close()
 
 
-def _table(stored: list[Any], trail: Any, tenant: str, actor: str) -> None:
+def _table(stored: list[Any], keyring: Keyring, tenant: str, actor: str) -> None:
     from audit.integrity.pseudonym import PiiKind, Pseudonymizer
-    from engine.pipeline.engine import SYSTEM_ACTOR
 
-    pseudonyms = Pseudonymizer(trail.keys.keyring, tenant)
+    pseudonyms = Pseudonymizer(keyring, tenant)
     mine = set(pseudonyms.candidates(PiiKind.USER, actor).values())
-    system = set(pseudonyms.candidates(PiiKind.USER, SYSTEM_ACTOR).values())
+    system = set(pseudonyms.candidates(PiiKind.USER, ENGINE_SYSTEM_ACTOR).values())
     click.echo(
         f"   {'seq':>3}  {'time (UTC)':<15} {'who':<22} {'action':<17} {'outcome':<8} details"
     )
@@ -266,7 +288,7 @@ def _table(stored: list[Any], trail: Any, tenant: str, actor: str) -> None:
         )
 
 
-def _verify(ndjson: Path, stored: list[Any], trail: Any, head: dict[str, Any]) -> list[str]:
+def _verify(ndjson: Path, stored: list[Any], key: Verifier, head: dict[str, Any]) -> list[str]:
     from audit.integrity.canonical import canonicalize
     from audit.integrity.verify import ChainVerifier
 
@@ -275,7 +297,7 @@ def _verify(ndjson: Path, stored: list[Any], trail: Any, head: dict[str, Any]) -
         ("engine file", ndjson.read_bytes().splitlines()),
         ("service store", [canonicalize(e.record) for e in stored]),
     ):
-        verifier = ChainVerifier(trail.keys.signer.verifier, strict=True)
+        verifier = ChainVerifier(key, strict=True)
         found = [f for n, line in enumerate(lines, 1) for f in verifier.feed(n, line)]
         found += verifier.finish()
         problems += [f"{name}: {f.kind.value} at line {f.line}: {f.detail}" for f in found]

@@ -2,6 +2,11 @@
 
 Kept free of SQL so that the integrity core (audit.integrity.pseudonym) depends on this
 interface only; audit.subjects.vault is the implementation on any SQLAlchemy URL.
+
+A producer (the engine) opens a vault by URL through `open_vault`, which finds the
+implementation as a plugin (entry-point group `ffaudit.subject_vaults`, registered in
+pyproject.toml) rather than importing it: the engine then depends on this contract alone,
+and SQLAlchemy is loaded only by an engine that is configured with a vault.
 """
 
 from __future__ import annotations
@@ -9,9 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from importlib.metadata import entry_points
+from typing import Protocol, cast
+
+from audit.integrity.errors import UsageError
 
 SECRET_BYTES = 32
+VAULT_PLUGINS = "ffaudit.subject_vaults"
+SQL_VAULT = "sql"  # the service's implementation: any SQLAlchemy URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +73,29 @@ def preferred(entries: Sequence[SubjectEntry], lookups: Sequence[str]) -> Subjec
     earliest in `lookups`, so every producer with the same keyring picks the same one."""
     rank = {lookup: i for i, lookup in enumerate(lookups)}
     return min(entries, key=lambda e: rank.get(e.lookup, len(rank)))
+
+
+class VaultConnection(SubjectVault, Protocol):
+    """A vault a producer opened by URL: it owns the connection and checks it at start."""
+
+    def ping(self) -> None:
+        """Raise SubjectVaultUnavailableError unless the vault can be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VaultFactory(Protocol):
+    def from_url(self, url: str) -> VaultConnection: ...
+
+
+def open_vault(url: str, implementation: str = SQL_VAULT) -> VaultConnection:
+    """The vault at `url`, through the implementation registered under that name."""
+    found = entry_points(group=VAULT_PLUGINS, name=implementation)
+    if not found:
+        raise UsageError(
+            f"no subject vault implementation {implementation!r} is installed "
+            f"(entry point group {VAULT_PLUGINS}); install the audit service's package"
+        )
+    factory = cast(VaultFactory, next(iter(found)).load())
+    return factory.from_url(url)

@@ -112,3 +112,59 @@ def test_a_swap_without_models_is_refused_on_the_record(
     assert refused["error.type"] == "ModelError"
     assert refused["ffaudit.metadata"] == {"job_type": "swap", "reason": "model"}
     assert not (tmp_path / "out.jpg").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends: nobody listens
+
+
+def test_close_stream_seals_the_closing_checkpoint_and_the_stream_takes_no_more(
+    tmp_path: Path, sample_image_path: Path
+) -> None:
+    from audit.integrity import record as f
+
+    env, audit = engine_env(tmp_path), tmp_path / "audit.ndjson"
+    args = ("--target", str(sample_image_path), "--audit-file", str(audit), "--close-stream")
+    done = ffengine_run(*args, "--output", str(tmp_path / "out.jpg"), env=env)
+    assert done.returncode == 0, done.stderr
+    last = records(audit)[-1]
+    assert last["event.action"] == "audit.checkpoint"
+    assert last[f.CP_CLOSING] is True
+    # A closed stream is closed for good: the next run on the same engine state refuses.
+    again = ffengine_run(*args, "--output", str(tmp_path / "out2.jpg"), env=env)
+    assert again.returncode != 0
+    assert "closed" in again.stderr
+    assert records(audit)[-1] == last
+
+
+def test_require_delivery_fails_when_the_service_did_not_acknowledge(
+    tmp_path: Path, sample_image_path: Path
+) -> None:
+    env = engine_env(tmp_path)
+    output = tmp_path / "out.jpg"
+    done = ffengine_run(
+        *("--target", str(sample_image_path), "--output", str(output)),
+        *("--audit-forward", f"127.0.0.1:{_closed_port()}", "--require-delivery"),
+        env=env,
+    )
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "did not acknowledge every record" in done.stderr
+    assert output.is_file()  # the job ran; only its delivery is unproven
+    spooled = list((tmp_path / "engine" / "spool").glob("*"))
+    assert spooled, "the records must stay spooled for the next run"
+
+
+def test_require_delivery_without_a_destination_is_a_usage_failure(
+    tmp_path: Path, sample_image_path: Path
+) -> None:
+    done = ffengine_run(
+        *("--target", str(sample_image_path), "--output", str(tmp_path / "out.jpg")),
+        "--require-delivery",
+        env=engine_env(tmp_path),
+    )
+    assert done.returncode == 5
+    assert "needs a forward destination" in done.stderr
