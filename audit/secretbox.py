@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from audit.common.files import write_atomic
 from audit.errors import KeyMaterialError
-from audit.integrity.keys import write_private
 
 KEYS_FILE = "secrets.keys"
 
@@ -88,4 +88,4 @@ def _read_keys(path: Path) -> list[bytes]:
 
 def _write_keys(path: Path, keys: list[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private(path, b"".join(key + b"\n" for key in keys))
+    write_atomic(path, b"".join(key + b"\n" for key in keys), mode=0o600)

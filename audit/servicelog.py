@@ -13,7 +13,8 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,9 +36,17 @@ def _replica() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "replica"
 
 
+class RecordSink(Protocol):
+    """What the service log needs of the ingest service (`IngestService` is one): store
+    sealed records through the normal, verifying path. What it returns is not read: the
+    service's records are checked like a producer's, and ingest quarantines what it refuses."""
+
+    async def ingest(self, records: Sequence[object], /, *, source: str) -> object: ...
+
+
 class ServiceLog:
     def __init__(
-        self, settings: AuditSettings, sessions: sessionmaker[Session], ingest: Any
+        self, settings: AuditSettings, sessions: sessionmaker[Session], ingest: RecordSink
     ) -> None:
         self._settings = settings
         self._sessions = sessions

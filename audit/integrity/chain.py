@@ -22,7 +22,7 @@ from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize, record_body
 from audit.integrity.contexts import checkpoint_message as checkpoint_message
 from audit.integrity.digest import sha256_hex
-from audit.integrity.events import ACTIONS, EventAction, Outcome
+from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Signer
 
 
@@ -145,7 +145,7 @@ class ChainWriter:
     def _link(
         self, action: EventAction, outcome: Outcome, body: dict[str, Any], ts: datetime
     ) -> SealedRecord:
-        info = ACTIONS[action]
+        info = action.info
         sequence = self._head.sequence + 1
         record: dict[str, Any] = {
             **body,

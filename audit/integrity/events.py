@@ -13,52 +13,6 @@ from enum import StrEnum
 from audit.integrity.errors import InvalidInputError
 
 
-class EventAction(StrEnum):
-    JOB_SUBMITTED = "job.submitted"
-    JOB_STARTED = "job.started"
-    JOB_COMPLETED = "job.completed"
-    JOB_FAILED = "job.failed"
-    JOB_REFUSED = "job.refused"
-    FACE_DETECTED = "face.detected"
-    FACE_SWAPPED = "face.swapped"
-    FACE_ANONYMIZED = "face.anonymized"
-    FRAME_FAILED = "frame.failed"
-    MODEL_LOADED = "model.loaded"
-    MODEL_REJECTED = "model.rejected"
-    INPUT_ERASED = "input.erased"
-    RESULT_DELETED = "result.deleted"
-    SESSION_STARTED = "session.started"
-    SESSION_ENDED = "session.ended"
-    AUTH_FAILED = "auth.failed"
-    ACCESS_DENIED = "access.denied"
-    AUDIT_CHECKPOINT = "audit.checkpoint"
-    AUDIT_RATE_LIMITED = "audit.rate_limited"
-    # The log of the logs: what people did with the audit trail itself.
-    AUDIT_QUERIED = "audit.queried"
-    AUDIT_VERIFIED = "audit.verified"
-    AUDIT_EXPORTED = "audit.exported"
-    STREAM_REGISTERED = "stream.registered"
-    # Administration of retention, holds, erasure and alerts (also the log of the logs).
-    RETENTION_POLICY_CHANGED = "retention.policy_changed"
-    RETENTION_PURGED = "retention.purged"
-    RETENTION_FAILED = "retention.failed"
-    ARCHIVE_RESTORED = "archive.restored"
-    HOLD_PLACED = "hold.placed"
-    HOLD_RELEASED = "hold.released"
-    SUBJECT_ERASED = "subject.erased"
-    ALERT_RULE_CHANGED = "alert_rule.changed"
-    ALERT_ACKNOWLEDGED = "alert.acknowledged"
-    ALERT_RESOLVED = "alert.resolved"
-    WEBHOOK_CHANGED = "webhook.changed"
-    PRODUCER_CHANGED = "producer.changed"
-
-
-class Outcome(StrEnum):
-    SUCCESS = "success"
-    FAILURE = "failure"
-    UNKNOWN = "unknown"
-
-
 @dataclass(frozen=True, slots=True)
 class ActionInfo:
     category: tuple[str, ...]  # ECS event.category allowed values
@@ -68,46 +22,90 @@ class ActionInfo:
 
 
 _P, _F, _L, _A, _D = ("process",), ("file",), ("library",), ("authentication",), ("database",)
-_C = ("configuration",)
-ACTIONS: dict[EventAction, ActionInfo] = {
+_C, _S, _I = ("configuration",), ("session",), ("iam",)
+
+
+class EventAction(StrEnum):
+    """Each member is its value and its `ActionInfo`, given together in its definition, so
+    an action cannot exist without its categorisation (a separate table could miss one)."""
+
+    _value_: str
+    info: ActionInfo
+
+    def __new__(cls, value: str, info: ActionInfo | None = None) -> EventAction:
+        # Runs only while the members are defined; afterwards EventAction(value) is a lookup
+        # that never comes here, which is why `info` is optional to the type checker.
+        if info is None:
+            raise TypeError(f"action {value!r} is defined without its ActionInfo")
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.info = info
+        return member
+
     # Critical: it holds the job's parameters, which no limiter may lose (issue 14).
-    EventAction.JOB_SUBMITTED: ActionInfo(_P, ("creation",), critical=True),
-    EventAction.JOB_STARTED: ActionInfo(_P, ("start",), critical=False),
-    EventAction.JOB_COMPLETED: ActionInfo(_P, ("end",), critical=True),
-    EventAction.JOB_FAILED: ActionInfo(_P, ("end", "error"), critical=True),
+    JOB_SUBMITTED = "job.submitted", ActionInfo(_P, ("creation",), critical=True)
+    JOB_STARTED = "job.started", ActionInfo(_P, ("start",), critical=False)
+    JOB_COMPLETED = "job.completed", ActionInfo(_P, ("end",), critical=True)
+    JOB_FAILED = "job.failed", ActionInfo(_P, ("end", "error"), critical=True)
     # An attempted use that never ran (no model, bad input, queue full): still provable.
-    EventAction.JOB_REFUSED: ActionInfo(_P, ("denied",), critical=True),
-    EventAction.FACE_DETECTED: ActionInfo(_P, ("info",), critical=False),
-    EventAction.FACE_SWAPPED: ActionInfo(_P, ("change",), critical=False),
-    EventAction.FACE_ANONYMIZED: ActionInfo(_P, ("change",), critical=False),
-    EventAction.FRAME_FAILED: ActionInfo(_P, ("error",), critical=False),
-    EventAction.MODEL_LOADED: ActionInfo(_L, ("start",), critical=False),
-    EventAction.MODEL_REJECTED: ActionInfo(_L, ("denied",), critical=True),
-    EventAction.INPUT_ERASED: ActionInfo(_F, ("deletion",), critical=True),
-    EventAction.RESULT_DELETED: ActionInfo(_F, ("deletion",), critical=True),
-    EventAction.SESSION_STARTED: ActionInfo(("session",), ("start",), critical=False),
-    EventAction.SESSION_ENDED: ActionInfo(("session",), ("end",), critical=False),
-    EventAction.AUTH_FAILED: ActionInfo(_A, ("denied",), critical=True),
-    EventAction.ACCESS_DENIED: ActionInfo(("iam",), ("denied",), critical=True),
-    EventAction.AUDIT_CHECKPOINT: ActionInfo(_D, ("info",), critical=True, kind="state"),
-    EventAction.AUDIT_RATE_LIMITED: ActionInfo(_D, ("info",), critical=True, kind="metric"),
-    EventAction.AUDIT_QUERIED: ActionInfo(_D, ("access",), critical=True),
-    EventAction.AUDIT_VERIFIED: ActionInfo(_D, ("access",), critical=True),
-    EventAction.AUDIT_EXPORTED: ActionInfo(_D, ("access",), critical=True),
-    EventAction.STREAM_REGISTERED: ActionInfo(("configuration",), ("creation",), critical=True),
-    EventAction.RETENTION_POLICY_CHANGED: ActionInfo(_C, ("change",), critical=True),
-    EventAction.RETENTION_PURGED: ActionInfo(_D, ("change",), critical=True),
-    EventAction.RETENTION_FAILED: ActionInfo(_D, ("change", "error"), critical=True),
-    EventAction.ARCHIVE_RESTORED: ActionInfo(_D, ("change",), critical=True),
-    EventAction.HOLD_PLACED: ActionInfo(_C, ("creation",), critical=True),
-    EventAction.HOLD_RELEASED: ActionInfo(_C, ("deletion",), critical=True),
-    EventAction.SUBJECT_ERASED: ActionInfo(("iam",), ("user", "deletion"), critical=True),
-    EventAction.ALERT_RULE_CHANGED: ActionInfo(_C, ("change",), critical=True),
-    EventAction.ALERT_ACKNOWLEDGED: ActionInfo(_C, ("change",), critical=True),
-    EventAction.ALERT_RESOLVED: ActionInfo(_C, ("change",), critical=True),
-    EventAction.WEBHOOK_CHANGED: ActionInfo(_C, ("change",), critical=True),
-    EventAction.PRODUCER_CHANGED: ActionInfo(_C, ("change",), critical=True),
-}
+    JOB_REFUSED = "job.refused", ActionInfo(_P, ("denied",), critical=True)
+    FACE_DETECTED = "face.detected", ActionInfo(_P, ("info",), critical=False)
+    FACE_SWAPPED = "face.swapped", ActionInfo(_P, ("change",), critical=False)
+    FACE_ANONYMIZED = "face.anonymized", ActionInfo(_P, ("change",), critical=False)
+    FRAME_FAILED = "frame.failed", ActionInfo(_P, ("error",), critical=False)
+    MODEL_LOADED = "model.loaded", ActionInfo(_L, ("start",), critical=False)
+    MODEL_REJECTED = "model.rejected", ActionInfo(_L, ("denied",), critical=True)
+    INPUT_ERASED = "input.erased", ActionInfo(_F, ("deletion",), critical=True)
+    RESULT_DELETED = "result.deleted", ActionInfo(_F, ("deletion",), critical=True)
+    SESSION_STARTED = "session.started", ActionInfo(_S, ("start",), critical=False)
+    SESSION_ENDED = "session.ended", ActionInfo(_S, ("end",), critical=False)
+    AUTH_FAILED = "auth.failed", ActionInfo(_A, ("denied",), critical=True)
+    ACCESS_DENIED = "access.denied", ActionInfo(_I, ("denied",), critical=True)
+    AUDIT_CHECKPOINT = "audit.checkpoint", ActionInfo(_D, ("info",), critical=True, kind="state")
+    AUDIT_RATE_LIMITED = (
+        "audit.rate_limited",
+        ActionInfo(_D, ("info",), critical=True, kind="metric"),
+    )
+    # The log of the logs: what people did with the audit trail itself.
+    AUDIT_QUERIED = "audit.queried", ActionInfo(_D, ("access",), critical=True)
+    AUDIT_VERIFIED = "audit.verified", ActionInfo(_D, ("access",), critical=True)
+    AUDIT_EXPORTED = "audit.exported", ActionInfo(_D, ("access",), critical=True)
+    STREAM_REGISTERED = "stream.registered", ActionInfo(_C, ("creation",), critical=True)
+    # Administration of retention, holds, erasure and alerts (also the log of the logs).
+    RETENTION_POLICY_CHANGED = (
+        "retention.policy_changed",
+        ActionInfo(_C, ("change",), critical=True),
+    )
+    RETENTION_PURGED = "retention.purged", ActionInfo(_D, ("change",), critical=True)
+    RETENTION_FAILED = "retention.failed", ActionInfo(_D, ("change", "error"), critical=True)
+    ARCHIVE_RESTORED = "archive.restored", ActionInfo(_D, ("change",), critical=True)
+    HOLD_PLACED = "hold.placed", ActionInfo(_C, ("creation",), critical=True)
+    HOLD_RELEASED = "hold.released", ActionInfo(_C, ("deletion",), critical=True)
+    SUBJECT_ERASED = "subject.erased", ActionInfo(_I, ("user", "deletion"), critical=True)
+    ALERT_RULE_CHANGED = "alert_rule.changed", ActionInfo(_C, ("change",), critical=True)
+    ALERT_ACKNOWLEDGED = "alert.acknowledged", ActionInfo(_C, ("change",), critical=True)
+    ALERT_RESOLVED = "alert.resolved", ActionInfo(_C, ("change",), critical=True)
+    WEBHOOK_CHANGED = "webhook.changed", ActionInfo(_C, ("change",), critical=True)
+    PRODUCER_CHANGED = "producer.changed", ActionInfo(_C, ("change",), critical=True)
+
+    @property
+    def critical(self) -> bool:
+        return self.info.critical
+
+    @property
+    def category(self) -> tuple[str, ...]:
+        return self.info.category
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    UNKNOWN = "unknown"
+
 
 # Plain event files written to the brief's example use snake_case verbs ("face_swap").
 _ALIASES: dict[str, EventAction] = {

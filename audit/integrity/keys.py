@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from audit.common.files import write_atomic
 from audit.integrity.digest import sha256_hex
 from audit.integrity.errors import KeyMaterialError, UsageError
 
@@ -217,16 +217,17 @@ def keygen(directory: Path, *, force: bool = False) -> KeySet:
     if existing and not force:
         raise UsageError(f"refusing to overwrite existing key files: {', '.join(existing)}")
     keys = KeySet(Signer.generate(), Keyring.generate())
-    write_private(targets[0], keys.signer.pem(), 0o600)
-    write_private(targets[1], keys.signer.verifier.pem(), 0o644)
-    write_private(targets[2], keys.keyring.dumps(), 0o600)
+    # Created with their final modes (write_atomic): a secret is never readable by others.
+    write_atomic(targets[0], keys.signer.pem(), mode=0o600)
+    write_atomic(targets[1], keys.signer.verifier.pem(), mode=0o644)
+    write_atomic(targets[2], keys.keyring.dumps(), mode=0o600)
     return keys
 
 
 def rotate_pseudonym_key(directory: Path) -> Keyring:
     path = directory / PII_KEY
     keyring = Keyring.load(path).rotate()
-    write_private(path, keyring.dumps(), 0o600)
+    write_atomic(path, keyring.dumps(), mode=0o600)
     return keyring
 
 
@@ -235,22 +236,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise KeyMaterialError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write-then-rename so a crash never leaves a half-written key; created with its final
-    mode so a secret is never readable by others, even briefly; the rename is fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

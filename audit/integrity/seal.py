@@ -15,7 +15,7 @@ from typing import Any
 
 from audit.integrity import record as f
 from audit.integrity.chain import ChainWriter, SealedRecord
-from audit.integrity.events import ACTIONS, EventAction, Outcome
+from audit.integrity.events import EventAction, Outcome
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer
 from audit.integrity.ratelimit import DropSummary, SessionRateLimiter
 from audit.integrity.scrub import Scrubber
@@ -67,7 +67,7 @@ class Sealer:
                 admission = self._limiter.admit(
                     event.session,
                     event.action.value,
-                    critical=ACTIONS[event.action].critical,
+                    critical=event.action.critical,
                     now=ts.timestamp(),
                 )
                 admitted = admission.admitted

@@ -168,10 +168,6 @@ def build_specs(
     return specs
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    write_atomic(target, text.encode("utf-8"))  # it wrote without fsync before
-
-
 @models.command("manifest")
 @click.argument("directory", type=_DIRECTORY)
 @click.option(
@@ -211,7 +207,9 @@ def manifest(
         if to_stdout:
             click.echo(text, nl=False)
             return 0
-        _write_atomically(target, text)
+        # Public like the model files beside it (names, roles, hashes): whoever runs the
+        # engine reads it, not only who wrote it.
+        write_atomic(target, text.encode("utf-8"), mode=0o644)
         ModelPack.load(directory)  # what we wrote must be what verify accepts
         for spec in specs:
             click.echo(f"{spec.name}  {spec.role}  {spec.file}  {spec.sha256}")

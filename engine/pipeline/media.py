@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.common.files import write_atomic
+from audit.common.files import fsync_dir, partial_files, write_atomic
 from engine.errors import InputError, UsageError
 
 Image = NDArray[np.uint8]
@@ -113,27 +112,16 @@ def _video_part_name(path: Path) -> str:
     return f".{path.stem}.part{path.suffix.lower()}"
 
 
-# write_atomic's temporary names: tempfile.mkstemp(prefix=".<name>.", suffix=".part") puts 8
-# characters of this alphabet between the two.
-_ATOMIC_PART = r"[a-z0-9_]{8}\.part"
-
-
 def partial_outputs(path: Path) -> list[Path]:
     """Temporary files that a writer of `path` left behind when the process died mid-write:
-    VideoOutput's `.<stem>.part<suffix>` and write_atomic's `.<name>.<random>.part`. Only
-    these names, and only regular files: anything else in the directory is not ours."""
-    atomic = re.compile(re.escape(f".{path.name}.") + _ATOMIC_PART)
+    VideoOutput's `.<stem>.part<suffix>` and write_atomic's. Only these names, and only
+    regular files: anything else in the directory is not ours."""
+    video = path.with_name(_video_part_name(path))
     try:
-        entries = list(path.parent.iterdir())
-    except OSError:  # the directory is gone (or unreadable): nothing of ours to find
-        return []
-    return [
-        entry
-        for entry in entries
-        if (entry.name == _video_part_name(path) or atomic.fullmatch(entry.name))
-        and entry.is_file()
-        and not entry.is_symlink()
-    ]
+        own = [video] if video.is_file() and not video.is_symlink() else []
+    except OSError:  # the directory is unreadable: nothing of ours to find
+        own = []
+    return own + partial_files(path)
 
 
 class VideoOutput:
@@ -146,6 +134,14 @@ class VideoOutput:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._tmp = path.with_name(_video_part_name(path))
+        # OpenCV opens the file by name, frame by frame, so it cannot go through write_atomic
+        # (which takes the whole content): the temporary file is made here, private from the
+        # start like write_atomic's, and the encoder writes into it keeping that mode.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a leftover of a crash may have had another mode
+        finally:
+            os.close(fd)
         fourcc = cv2.VideoWriter.fourcc(*_FOURCC[suffix])
         self._writer = cv2.VideoWriter(str(self._tmp), fourcc, info.fps, (info.width, info.height))
         if not self._writer.isOpened():
@@ -161,6 +157,7 @@ class VideoOutput:
         with open(self._tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)  # the rename lives in the directory
 
     def abort(self) -> None:
         self._writer.release()

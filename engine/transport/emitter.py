@@ -40,7 +40,6 @@ from typing import Any
 
 import orjson
 
-from audit.integrity.events import ACTIONS
 from audit.integrity.seal import AuditEvent, Sealer
 from engine.errors import AuditUnavailableError, UsageError
 from engine.transport.forward import ForwardDelivery
@@ -284,7 +283,7 @@ class AuditEmitter:
     # -- refusal ----------------------------------------------------------------------------
 
     def _refuse(self, event: AuditEvent) -> None:
-        critical = ACTIONS[event.action].critical
+        critical = event.action.critical
         if self._closed:
             reason = "the audit emitter is closed"
         elif self._refusing:
@@ -391,7 +390,7 @@ class AuditEmitter:
                 if isinstance(item, _CloseRequest):
                     sealed = self._sealer.close() if item.final else self._sealer.checkpoint()
                 else:
-                    critical = ACTIONS[item.action].critical
+                    critical = item.action.critical
                     if not critical and room < 0:
                         self._count_refusal(False, "the audit spool is full")
                         continue

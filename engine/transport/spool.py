@@ -9,7 +9,7 @@ Layout of the spool directory:
   payload (one sealed record line, no newline).
 * `acked` — the ack cursor, `"<segment> <offset>\\n"`: every record ending at or before
   that byte of that segment (and all of every earlier segment) is acknowledged. Replaced
-  atomically (write, fsync, rename).
+  atomically (`write_atomic`: write, fsync, rename, fsync the directory).
 * `lock` — held with flock while a Spool is open, so two processes never share a spool.
 
 The CRC only detects torn and damaged frames (a crash mid-write); it is not an integrity
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from audit.common.files import fsync_dir
+from audit.common.files import fsync_dir, partial_files, write_atomic
 from engine.errors import AuditUnavailableError, UsageError
 
 log = logging.getLogger("engine.transport.spool")
@@ -275,6 +275,8 @@ class Spool:
     # -- recovery -----------------------------------------------------------------------
 
     def _recover(self) -> None:
+        for partial in partial_files(self.directory / _CURSOR):
+            partial.unlink(missing_ok=True)  # a cursor write a crash interrupted
         numbers = sorted(
             int(m.group(1))
             for p in self.directory.iterdir()
@@ -452,15 +454,12 @@ class Spool:
         return SpoolPosition(int(parts[0]), int(parts[1]))
 
     def _write_cursor(self, pos: SpoolPosition) -> None:
-        tmp = self.directory / (_CURSOR + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(f"{pos.segment} {pos.offset}\n".encode("ascii"))
-            if self.fsync != "never":
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, self.directory / _CURSOR)
-        if self.fsync != "never":
-            fsync_dir(self.directory)
+        write_atomic(
+            self.directory / _CURSOR,
+            f"{pos.segment} {pos.offset}\n".encode("ascii"),
+            mode=0o600,
+            durable=self.fsync != "never",
+        )
 
     def _usage(self) -> SpoolUsage:
         age: float | None = None
