@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import __version__
@@ -24,6 +25,8 @@ from audit.alerts.service import AlertService
 from audit.auth.tokens import Principal, TokenVerifier
 from audit.common.web import allowed_methods
 from audit.db.session import make_engine, session_factory
+from audit.deps import AppServices
+from audit.deps import services as services_of
 from audit.errors import (
     FFAuditError,
     ForbiddenError,
@@ -55,8 +58,10 @@ from audit.reverify.routes import router as reverify_router
 from audit.reverify.service import Reverifier
 from audit.secretbox import SecretBox
 from audit.servicelog import ServiceLog
+from audit.services import Services
 from audit.settings import AuditSettings
 from audit.store import make_event_store
+from audit.store.protocol import EventStore
 from audit.streams.routes import router as streams_router
 from audit.streams.service import StreamService
 from audit.subjects.routes import router as subjects_router
@@ -79,7 +84,7 @@ async def _log_refusal(request: Request, exc: FFAuditError) -> None:
         return  # unauthenticated (401 first) or open mode: no tenant to file it under
     route = request.scope.get("route")
     with contextlib.suppress(FFAuditError):  # the answer matters more than this record
-        await request.app.state.servicelog.record(
+        await services_of(request).servicelog.record(
             who,
             who.tenant,
             EventAction.ACCESS_DENIED,
@@ -118,103 +123,47 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
         store = make_event_store(settings)
-        metrics = Metrics()
-        ingest = IngestService(settings, sessions, store, metrics)
-        app.state.settings = settings
-        app.state.sessions = sessions
-        app.state.store = store
-        app.state.metrics = metrics
-        app.state.ingest = ingest
-        app.state.streams = StreamService(sessions)
-        app.state.tokens = TokenVerifier(settings)
-        app.state.servicelog = ServiceLog(settings, sessions, ingest)
         # The subject vault: per-subject keys shared with the engines that seal with it.
         vault = (
             SqlSubjectVault.from_url(settings.subject_vault_url)
             if settings.subject_vault_url
             else SqlSubjectVault(sessions)
         )
-        keyrings = TenantKeyrings(settings.keyrings_dir, vault=vault)
-        app.state.retention = RetentionService(
-            settings, sessions, store, app.state.servicelog, keyrings
-        )
-        app.state.queries = QueryService(
-            store, keyrings, app.state.streams, purged=app.state.retention.purged
-        )
-        app.state.subjects = SubjectService(vault, keyrings, store, app.state.servicelog)
-        if not app.state.tokens.configured:
+        services = _build_services(settings, sessions, store, vault)
+        app.state.services = services  # the one attribute of app.state (audit.deps reads it)
+        if not services.tokens.configured:
             log.warning(
                 "no token verification key configured: OPEN MODE, every caller is "
                 "trusted (development on loopback only)"
             )
-
-        secrets = SecretBox.load(settings.service_keys_dir)
-        producers = ProducerService(sessions, secrets)
-        app.state.producers = producers
-
-        async def credentials(username: str) -> tuple[str, ProducerIdentity] | None:
-            return await asyncio.to_thread(producers.credential, username)
-
-        async def on_forward(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
-            # Returning means stored: the forward server acks only then.
-            if peer.producer is not None:
-                # Most messages find the answer cached: a worker thread only when it is not.
-                active = producers.known_active(peer.producer.id)
-                if active is None:
-                    active = await asyncio.to_thread(producers.active, peer.producer.id)
-                if not active:
-                    raise ForwardRejected("producer revoked")
-            try:
-                await ingest.ingest(
-                    [e.record for e in entries],
-                    source="forward",
-                    peer=peer.address,
-                    producer=peer.producer,
-                )
-            except (ForbiddenError, TooManyRequestsError) as exc:
-                raise ForwardRejected(exc.message) from None
-
-        forward = None
-        if settings.forward_enabled:
-            forward = ForwardServer(
-                on_forward,
-                settings,
-                ssl_context=build_ssl_context(settings),
-                credentials=credentials if settings.forward_shared_key else None,
-            )
-            await forward.start()
-            log.info("forward protocol on %s:%d", settings.forward_host, forward.port)
-        app.state.forward = forward
         # Background loops of the service (gap sweep; retention, alert evaluation and
         # webhook delivery add theirs here); cancelled in order at shutdown.
-        loops: list[asyncio.Task[None]] = [asyncio.create_task(_sweep_gaps(ingest))]
-        if settings.retention_interval_s > 0:
-            loops.append(asyncio.create_task(app.state.retention.runner.loop()))
-        app.state.alerts = AlertService(settings, sessions, app.state.servicelog)
-        app.state.alert_scheduler = AlertScheduler(settings, sessions, store)
-        if settings.alert_evaluation_enabled:
-            loops.append(asyncio.create_task(app.state.alert_scheduler.run()))
-        app.state.reverifier = Reverifier(settings, sessions, app.state.queries)
-        if settings.reverify_enabled:
-            loops.append(asyncio.create_task(app.state.reverifier.run()))
-        app.state.webhooks = WebhookService(sessions, secrets)
-        sealed = await asyncio.to_thread(app.state.webhooks.seal_legacy_secrets)
-        if sealed:
-            log.warning("encrypted %d webhook secret(s) that were stored in clear", sealed)
-        app.state.webhook_delivery = None
-        if settings.webhook_delivery_enabled:
-            app.state.webhook_delivery = WebhookDeliverer(settings, sessions)
-            loops.append(asyncio.create_task(app.state.webhook_delivery.run_forever()))
+        loops: list[asyncio.Task[None]] = []
         try:
+            if services.forward is not None:
+                await services.forward.start()
+                log.info("forward protocol on %s:%d", settings.forward_host, services.forward.port)
+            loops.append(asyncio.create_task(_sweep_gaps(services.ingest)))
+            if settings.retention_interval_s > 0:
+                loops.append(asyncio.create_task(services.retention.runner.loop()))
+            if settings.alert_evaluation_enabled:
+                loops.append(asyncio.create_task(services.alert_scheduler.run()))
+            if settings.reverify_enabled:
+                loops.append(asyncio.create_task(services.reverifier.run()))
+            sealed = await asyncio.to_thread(services.webhooks.seal_legacy_secrets)
+            if sealed:
+                log.warning("encrypted %d webhook secret(s) that were stored in clear", sealed)
+            if services.webhook_delivery is not None:
+                loops.append(asyncio.create_task(services.webhook_delivery.run_forever()))
             yield
         finally:
             for task in reversed(loops):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if forward is not None:
-                await forward.stop()
-            await app.state.servicelog.close()
+            if services.forward is not None:
+                await services.forward.stop()
+            await services.servicelog.close()
             await store.close()
             vault.close()
             engine.dispose()
@@ -280,22 +229,99 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(services: AppServices) -> JSONResponse:
         """The control database and the event store are reachable."""
         checks = {
-            "database": await asyncio.to_thread(_database_ok, request),
-            "store": await request.app.state.store.ping(),
+            "database": await asyncio.to_thread(_database_ok, services.sessions),
+            "store": await services.store.ping(),
         }
         status = 200 if all(checks.values()) else 503
         return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    async def metrics(request: Request) -> PlainTextResponse:
+    async def metrics(services: AppServices) -> PlainTextResponse:
         """Prometheus metrics."""
-        data = generate_latest(request.app.state.metrics.registry)
+        data = generate_latest(services.metrics.registry)
         return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _build_services(
+    settings: AuditSettings,
+    sessions: sessionmaker[Session],
+    store: EventStore,
+    vault: SqlSubjectVault,
+) -> Services:
+    """The service's objects, each built once; nothing is started here (the lifespan
+    starts the forward server and the background loops)."""
+    metrics = Metrics()
+    ingest = IngestService(settings, sessions, store, metrics)
+    streams = StreamService(sessions)
+    servicelog = ServiceLog(settings, sessions, ingest)
+    keyrings = TenantKeyrings(settings.keyrings_dir, vault=vault)
+    retention = RetentionService(settings, sessions, store, servicelog, keyrings)
+    queries = QueryService(store, keyrings, streams, purged=retention.purged)
+    secrets = SecretBox.load(settings.service_keys_dir)
+    producers = ProducerService(sessions, secrets)
+    return Services(
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        metrics=metrics,
+        tokens=TokenVerifier(settings),
+        ingest=ingest,
+        streams=streams,
+        servicelog=servicelog,
+        retention=retention,
+        queries=queries,
+        subjects=SubjectService(vault, keyrings, store, servicelog),
+        producers=producers,
+        forward=_forward_server(settings, ingest, producers) if settings.forward_enabled else None,
+        alerts=AlertService(settings, sessions, servicelog),
+        alert_scheduler=AlertScheduler(settings, sessions, store),
+        reverifier=Reverifier(settings, sessions, queries),
+        webhooks=WebhookService(sessions, secrets),
+        webhook_delivery=(
+            WebhookDeliverer(settings, sessions) if settings.webhook_delivery_enabled else None
+        ),
+    )
+
+
+def _forward_server(
+    settings: AuditSettings, ingest: IngestService, producers: ProducerService
+) -> ForwardServer:
+    """The forward-protocol server (not started), storing what it receives through `ingest`
+    and checking producers' credentials and revocations with `producers`."""
+
+    async def credentials(username: str) -> tuple[str, ProducerIdentity] | None:
+        return await asyncio.to_thread(producers.credential, username)
+
+    async def on_forward(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
+        # Returning means stored: the forward server acks only then.
+        if peer.producer is not None:
+            # Most messages find the answer cached: a worker thread only when it is not.
+            active = producers.known_active(peer.producer.id)
+            if active is None:
+                active = await asyncio.to_thread(producers.active, peer.producer.id)
+            if not active:
+                raise ForwardRejected("producer revoked")
+        try:
+            await ingest.ingest(
+                [e.record for e in entries],
+                source="forward",
+                peer=peer.address,
+                producer=peer.producer,
+            )
+        except (ForbiddenError, TooManyRequestsError) as exc:
+            raise ForwardRejected(exc.message) from None
+
+    return ForwardServer(
+        on_forward,
+        settings,
+        ssl_context=build_ssl_context(settings),
+        credentials=credentials if settings.forward_shared_key else None,
+    )
 
 
 class _ErrorDetail(BaseModel):
@@ -323,9 +349,9 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _database_ok(request: Request) -> bool:
+def _database_ok(sessions: sessionmaker[Session]) -> bool:
     try:
-        with request.app.state.sessions() as session:
+        with sessions() as session:
             session.execute(text("SELECT 1"))
     except Exception:  # any failure means "not ready"; the reason is logged
         log.exception("readiness: database check failed")

@@ -61,7 +61,7 @@ def test_the_document_states_the_rules_the_code_applies(client: TestClient) -> N
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     # This deployment's retention floor, not a generic 1.
     days = schemas["PolicyUpdate"]["properties"]["days"]
-    assert days["minimum"] == client.app.state.settings.retention_min_days  # type: ignore[attr-defined]
+    assert days["minimum"] == client.app.state.services.settings.retention_min_days  # type: ignore[attr-defined]
     assert "pattern" in schemas["StreamRegistration"]["properties"]["stream"]
     assert {"anyOf"} <= set(schemas["VerifyRequest"])
     assert len(schemas["HoldCreate"]["oneOf"]) == 4
@@ -79,7 +79,7 @@ def test_refused_requests_are_in_the_log_of_the_logs(client: TestClient) -> None
         key = Signer.generate().verifier.pem().decode()
         body = {"stream": "cam-1", "tenant": "acme", "public_key_pem": key}
         assert client.post("/v1/streams", json=body, headers=admin).status_code == status
-    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    stream = client.app.state.services.servicelog.stream_for("acme")  # type: ignore[attr-defined]
     logged = client.get(
         "/v1/events",
         params={"stream": stream, "action": "access.denied", "order": "asc"},

@@ -23,6 +23,7 @@ from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import AuditEvent, Sealer
 from audit.query.keyrings import TenantKeyrings
+from audit.services import Services
 from audit.settings import AuditSettings
 from tests.apptools import app_settings, bearer
 from tests.auth.test_queries import edit_stored
@@ -80,7 +81,7 @@ def post(client: TestClient, stream: str, records: list[dict[str, Any]]) -> dict
 
 def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
     client, settings = day
-    app: Any = client.app
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
     auditor, security = bearer(), bearer(roles=["security"])
     producers = {s: Producer(s, limit=s == "cam-b") for s in STREAMS}
     admin = bearer(roles=["admin"], amr=["otp"])
@@ -97,7 +98,7 @@ def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
     # The app's own event loop runs the background jobs (its store client lives there).
     portal = client.portal
     assert portal is not None
-    portal.call(lambda: app.state.alert_scheduler.tick(T0, lease=False))  # watermarks at T0
+    portal.call(lambda: services.alert_scheduler.tick(T0, lease=False))  # watermarks at T0
 
     at = T0 + timedelta(minutes=1)
     cam_a: list[dict[str, Any]] = []
@@ -176,7 +177,7 @@ def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
 
     # Someone edits a cam-b row in the store: the scheduled re-verification finds it.
     edit_stored(settings, "cam-b:2", "failure")
-    reverified = portal.call(lambda: app.state.reverifier.tick(full=True, lease=False))
+    reverified = portal.call(lambda: services.reverifier.tick(full=True, lease=False))
     assert reverified.tampered == ["acme/cam-b"]
     shown = client.get("/v1/events/cam-b:2", headers=auditor).json()
     assert shown["intact"] is False
@@ -193,7 +194,7 @@ def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
         ("rejected_at_ingest", "cam-a", forged["event.sequence"])
     ]
     bundle = Path(settings.exports_dir) / "acme" / made.json()["export_id"]
-    report = verify_export(bundle, app.state.servicelog.keys.signer.verifier)
+    report = verify_export(bundle, services.servicelog.keys.signer.verifier)
     assert report.authentic
     assert report.damaged
     assert [(x.kind.value, x.sequence, x.declared) for x in report.failures] == [
@@ -201,7 +202,7 @@ def test_a_working_day(day: tuple[TestClient, AuditSettings]) -> None:
     ]
 
     # The scheduled rules: from each alert to its records.
-    portal.call(lambda: app.state.alert_scheduler.tick(T0 + timedelta(minutes=10), lease=False))
+    portal.call(lambda: services.alert_scheduler.tick(T0 + timedelta(minutes=10), lease=False))
     alerts = client.get("/v1/alerts", params={"limit": 100}, headers=security).json()["alerts"]
     rules = {a["rule"] for a in alerts}
     assert {"chain_attack", "store_tampered", "client_ip_burst", "rate_limited"} <= rules

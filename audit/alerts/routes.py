@@ -16,20 +16,14 @@ from audit.alerts.schemas import (
     State,
     TransitionIn,
 )
-from audit.alerts.service import AlertService
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, tenant_scope
+from audit.deps import Alerts, Caller, allow, tenant_scope
 
 router = APIRouter(tags=["alerts"])
 _READERS = (Role.SECURITY, Role.ADMIN, Role.AUDITOR)
 _RESPONDERS = (Role.SECURITY, Role.ADMIN)
 _ID = Path(ge=1, le=2**31 - 1)
 _TENANT = Query(include_in_schema=False)
-
-
-def _service(request: Request) -> AlertService:
-    service: AlertService = request.app.state.alerts
-    return service
 
 
 def _ip(request: Request) -> str | None:
@@ -40,6 +34,7 @@ def _ip(request: Request) -> str | None:
 async def list_alerts(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     state: Annotated[list[State], Query(max_length=3)] = [],  # noqa: B006 (FastAPI copies)
     rule: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
     severity: Annotated[list[SeverityName], Query(max_length=4)] = [],  # noqa: B006
@@ -49,7 +44,7 @@ async def list_alerts(
 ) -> AlertPageOut:
     """The tenant's alerts, newest first (security, admin; auditors read)."""
     allow(request, who, *_READERS)
-    return await _service(request).list(
+    return await alerts.list(
         tenant_scope(who, tenant),
         limit=limit,
         cursor=cursor,
@@ -63,12 +58,13 @@ async def list_alerts(
 async def read_alert(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     alert_id: Annotated[int, _ID],
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> AlertOut:
     """One alert of the tenant."""
     allow(request, who, *_READERS)
-    return await _service(request).get(tenant_scope(who, tenant), alert_id)
+    return await alerts.get(tenant_scope(who, tenant), alert_id)
 
 
 @router.post(
@@ -79,6 +75,7 @@ async def read_alert(
 async def acknowledge_alert(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     alert_id: Annotated[int, _ID],
     body: TransitionIn | None = None,
     tenant: Annotated[str | None, _TENANT] = None,
@@ -86,7 +83,7 @@ async def acknowledge_alert(
     """open -> acknowledged (security, admin); recorded in the log of the logs, with the
     reason when one is given."""
     allow(request, who, *_RESPONDERS)
-    return await _service(request).transition(
+    return await alerts.transition(
         who,
         tenant_scope(who, tenant),
         alert_id,
@@ -104,6 +101,7 @@ async def acknowledge_alert(
 async def resolve_alert(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     alert_id: Annotated[int, _ID],
     body: TransitionIn | None = None,
     tenant: Annotated[str | None, _TENANT] = None,
@@ -111,7 +109,7 @@ async def resolve_alert(
     """open or acknowledged -> resolved (security, admin); recorded in the log of the logs,
     with the reason when one is given. A later repeat of the incident opens a new alert."""
     allow(request, who, *_RESPONDERS)
-    return await _service(request).transition(
+    return await alerts.transition(
         who,
         tenant_scope(who, tenant),
         alert_id,
@@ -123,11 +121,11 @@ async def resolve_alert(
 
 @router.get("/v1/alert-rules", response_model=RulesOut, responses={401: {}, 403: {}})
 async def list_rules(
-    request: Request, who: Caller, tenant: Annotated[str | None, _TENANT] = None
+    request: Request, who: Caller, alerts: Alerts, tenant: Annotated[str | None, _TENANT] = None
 ) -> RulesOut:
     """The built-in rules and the tenant's custom threshold rules."""
     allow(request, who, *_READERS)
-    return await _service(request).rules(tenant_scope(who, tenant))
+    return await alerts.rules(tenant_scope(who, tenant))
 
 
 @router.post(
@@ -139,14 +137,13 @@ async def list_rules(
 async def create_rule(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     body: RuleIn,
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
     """A custom threshold rule (security, admin); evaluated from the next window on."""
     allow(request, who, *_RESPONDERS)
-    return await _service(request).create_rule(
-        who, tenant_scope(who, tenant), body, client_ip=_ip(request)
-    )
+    return await alerts.create_rule(who, tenant_scope(who, tenant), body, client_ip=_ip(request))
 
 
 @router.get(
@@ -155,11 +152,12 @@ async def create_rule(
 async def read_rule(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     rule_id: Annotated[int, _ID],
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
     allow(request, who, *_READERS)
-    return await _service(request).rule(tenant_scope(who, tenant), rule_id)
+    return await alerts.rule(tenant_scope(who, tenant), rule_id)
 
 
 @router.put(
@@ -170,13 +168,14 @@ async def read_rule(
 async def update_rule(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     rule_id: Annotated[int, _ID],
     body: RuleIn,
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
     """Replace a custom rule (security, admin); it starts again from the next window."""
     allow(request, who, *_RESPONDERS)
-    return await _service(request).update_rule(
+    return await alerts.update_rule(
         who, tenant_scope(who, tenant), rule_id, body, client_ip=_ip(request)
     )
 
@@ -185,12 +184,11 @@ async def update_rule(
 async def delete_rule(
     request: Request,
     who: Caller,
+    alerts: Alerts,
     rule_id: Annotated[int, _ID],
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> Response:
     """Delete a custom rule (security, admin); the alerts it raised stay."""
     allow(request, who, *_RESPONDERS)
-    await _service(request).delete_rule(
-        who, tenant_scope(who, tenant), rule_id, client_ip=_ip(request)
-    )
+    await alerts.delete_rule(who, tenant_scope(who, tenant), rule_id, client_ip=_ip(request))
     return Response(status_code=204)

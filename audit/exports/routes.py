@@ -13,13 +13,13 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, tenant_scope
+from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
 from audit.exports.chain import Finding, FindingKind
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
-from audit.query.service import Filters, QueryService
+from audit.query.service import Filters
 from audit.store.protocol import Verdict
 from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA
 from audit.timestamps import Timestamp
@@ -92,6 +92,9 @@ class ExportOut(BaseModel):
 async def create_export(
     request: Request,
     who: Caller,
+    service: Queries,
+    settings: Settings,
+    servicelog: LogOfLogs,
     body: ExportRequest,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ExportOut:
@@ -99,8 +102,6 @@ async def create_export(
     recorded in the log of the logs."""
     allow(request, who, Role.AUDITOR, Role.ADMIN)
     scope = tenant_scope(who, tenant)
-    settings = request.app.state.settings
-    service: QueryService = request.app.state.queries
     filters = Filters(
         actor=body.actor,
         actions=tuple(a.value for a in body.action),
@@ -158,7 +159,6 @@ async def create_export(
     export_id = uuid.uuid4().hex
     directory = Path(settings.exports_dir) / scope / export_id
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    servicelog = request.app.state.servicelog
     result = await asyncio.to_thread(
         write_export,
         directory,
@@ -201,6 +201,7 @@ async def create_export(
 async def export_file(
     request: Request,
     who: Caller,
+    settings: Settings,
     export_id: str,
     name: ExportFile,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
@@ -210,7 +211,7 @@ async def export_file(
     scope = tenant_scope(who, tenant)
     if not export_id.isalnum():
         raise NotFoundError("no such export")
-    path = Path(request.app.state.settings.exports_dir) / scope / export_id / name
+    path = Path(settings.exports_dir) / scope / export_id / name
     if not path.is_file():
         raise NotFoundError("no such export file")
     return FileResponse(path)

@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, ingest_service, settings_dep
+from audit.deps import Caller, Ingest, Settings, allow
 from audit.errors import FFAuditError, ForbiddenError, InvalidInputError
-from audit.ingest.service import IngestService, check_record
+from audit.ingest.service import check_record
 from audit.integrity import record as f
 from audit.producers.schemas import ProducerIdentity
-from audit.settings import AuditSettings
 
 router = APIRouter(prefix="/v1/streams", tags=["ingest"])
 
@@ -93,8 +92,8 @@ def _parse(body: bytes, content_type: str, max_records: int) -> list[Any]:
 async def ingest_records(
     request: Request,
     stream: Annotated[str, Path(max_length=128)],
-    service: Annotated[IngestService, Depends(ingest_service)],
-    settings: Annotated[AuditSettings, Depends(settings_dep)],
+    service: Ingest,
+    settings: Settings,
     who: Caller,
 ) -> JSONResponse:
     """Store records of one stream. Idempotent: resending stored records is harmless.

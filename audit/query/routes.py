@@ -14,22 +14,24 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from audit.auth.tokens import Principal, ReadScope, Role, read_scope
-from audit.deps import Caller, allow, tenant_scope
+from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
 from audit.query.service import Filters, QueryService, StreamVerification, describe
+from audit.servicelog import ServiceLog
+from audit.settings import AuditSettings
 from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA, StatsBy
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
 
 
-def _own_only(request: Request, who: Principal | None) -> str | None:
+def _own_only(settings: AuditSettings, who: Principal | None) -> str | None:
     """The caller's subject id when it may read only its own records; None for the tenant.
     (Open mode, no token: the whole tenant.)"""
     if who is None:
         return None
-    scope = read_scope(who, request.app.state.settings, *_ANALYSTS)
+    scope = read_scope(who, settings, *_ANALYSTS)
     return who.subject if scope is ReadScope.OWN else None
 
 
@@ -196,12 +198,8 @@ _VERIFY_LINES = {
 }
 
 
-def _service(request: Request) -> QueryService:
-    service: QueryService = request.app.state.queries
-    return service
-
-
 async def _log(
+    servicelog: ServiceLog,
     request: Request,
     who: Principal | None,
     tenant: str,
@@ -210,7 +208,7 @@ async def _log(
     outcome: Outcome = Outcome.SUCCESS,
     **metadata: Any,
 ) -> None:
-    await request.app.state.servicelog.record(
+    await servicelog.record(
         who,
         tenant,
         action,
@@ -224,6 +222,9 @@ async def _log(
 async def list_events(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
+    settings: Settings,
     actor: Annotated[str | None, Query(max_length=512, description="raw user id")] = None,
     session: Annotated[str | None, Query(max_length=512)] = None,
     target: Annotated[str | None, Query(max_length=4096, description="raw input path")] = None,
@@ -259,7 +260,7 @@ async def list_events(
 ) -> EventPageOut:
     """Events of the caller's tenant, newest first, with stable cursor pagination (a caller
     whose only reading role is `subject` sees its own records)."""
-    own = _own_only(request, who)
+    own = _own_only(settings, who)
     scope = tenant_scope(who, tenant)
     filters = Filters(
         actor=actor,
@@ -280,12 +281,12 @@ async def list_events(
         text=q,
         order=order,
     )
-    service = _service(request)
-    limit = min(limit, request.app.state.settings.max_page_size)
+    limit = min(limit, settings.max_page_size)
     # build() reads the keyring file and the subject vault: off the event loop.
     query = await asyncio.to_thread(service.build, scope, own, filters)
     page = await service.search(query, limit, cursor)
     await _log(
+        servicelog,
         request,
         who,
         scope,
@@ -309,14 +310,19 @@ async def list_events(
 async def get_event(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
+    settings: Settings,
     event_id: str,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> EventOut:
     """One event of the caller's tenant (a subject sees only its own)."""
-    own = _own_only(request, who)
+    own = _own_only(settings, who)
     scope = tenant_scope(who, tenant)
-    event = await _service(request).one(scope, own, event_id)
-    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="event", results=1)
+    event = await service.one(scope, own, event_id)
+    await _log(
+        servicelog, request, who, scope, EventAction.AUDIT_QUERIED, endpoint="event", results=1
+    )
     return EventOut(**describe(event))
 
 
@@ -324,6 +330,8 @@ async def get_event(
 async def stats(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
     by: StatsBy = "action",
     since: Timestamp | None = None,
     until: Timestamp | None = None,
@@ -333,10 +341,9 @@ async def stats(
     verdict over a time range."""
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
-    service = _service(request)
     query = await asyncio.to_thread(service.build, scope, None, Filters(since=since, until=until))
     counts = await service.store.stats(query, by=by)
-    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
+    await _log(servicelog, request, who, scope, EventAction.AUDIT_QUERIED, endpoint="stats", by=by)
     return StatsOut(by=by, counts=counts)
 
 
@@ -347,6 +354,9 @@ _FINISHED = {"success": "job.completed", "failure": "job.failed"}
 async def list_jobs(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
+    settings: Settings,
     outcome: Literal["success", "failure"] | None = None,
     stream: Annotated[list[str] | None, Query(max_length=20)] = None,
     since: Timestamp | None = None,
@@ -365,10 +375,10 @@ async def list_jobs(
         since=since,
         until=until,
     )
-    service = _service(request)
     query = await asyncio.to_thread(service.build, scope, None, filters)
-    page = await service.search(query, min(limit, request.app.state.settings.max_page_size), cursor)
+    page = await service.search(query, min(limit, settings.max_page_size), cursor)
     await _log(
+        servicelog,
         request,
         who,
         scope,
@@ -402,16 +412,26 @@ async def list_jobs(
 async def job_timeline(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
     job_id: str,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> JobTimeline:
     """A job's events in order: inputs, models and hashes, steps, failed frames, outcome."""
     allow(request, who, *_TIMELINES)
     scope = tenant_scope(who, tenant)
-    events = await _service(request).store.by_job(scope, job_id)
+    events = await service.store.by_job(scope, job_id)
     if not events:
         raise NotFoundError(f"no job {job_id!r}")
-    await _log(request, who, scope, EventAction.AUDIT_QUERIED, endpoint="job", results=len(events))
+    await _log(
+        servicelog,
+        request,
+        who,
+        scope,
+        EventAction.AUDIT_QUERIED,
+        endpoint="job",
+        results=len(events),
+    )
     final = [
         e.record["event.action"]
         for e in events
@@ -433,6 +453,8 @@ async def job_timeline(
 async def verify(
     request: Request,
     who: Caller,
+    service: Queries,
+    servicelog: LogOfLogs,
     body: VerifyRequest,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> Response | VerifyOut:
@@ -441,16 +463,18 @@ async def verify(
     Long chains: ask for `application/x-ndjson` to get progress while it runs."""
     allow(request, who, *_ANALYSTS)
     scope = tenant_scope(who, tenant)
-    service = _service(request)
     # A time range verifies every stream of the tenant: a chain is only provable whole.
     names = [body.stream] if body.stream is not None else service.streams.names(scope)
     if _accepts_ndjson(request):
         # Read now, so that an unknown stream is a plain 404 rather than an error line.
         heads = {name: service.streams.read(name, tenant_id=scope).head_sequence for name in names}
-        return StreamingResponse(_verify_lines(request, who, scope, heads), media_type=NDJSON)
+        return StreamingResponse(
+            _verify_lines(service, servicelog, request, who, scope, heads), media_type=NDJSON
+        )
     results = [await service.verify_stream(scope, name) for name in names]
     out = _verify_out(results)
     await _log(
+        servicelog,
         request,
         who,
         scope,
@@ -478,11 +502,15 @@ def _line(value: dict[str, Any]) -> bytes:
 
 
 async def _verify_lines(
-    request: Request, who: Principal | None, scope: str, heads: dict[str, int]
+    service: QueryService,
+    servicelog: ServiceLog,
+    request: Request,
+    who: Principal | None,
+    scope: str,
+    heads: dict[str, int],
 ) -> AsyncIterator[bytes]:
     """The NDJSON body: verification runs in a task that queues lines as it goes; the
     bounded queue makes a slow reader slow the verification down rather than pile up."""
-    service = _service(request)
     lines: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
     async def run() -> None:
@@ -503,6 +531,7 @@ async def _verify_lines(
                 results.append(result)
             out = _verify_out(results)
             await _log(
+                servicelog,
                 request,
                 who,
                 scope,
@@ -514,15 +543,17 @@ async def _verify_lines(
             await lines.put(_line({"result": out.model_dump(mode="json")}))
         except asyncio.CancelledError:
             # The caller hung up: what it saw so far is still a read of the trail.
-            await asyncio.shield(_log_unfinished(request, who, scope, len(heads), "abandoned"))
+            await asyncio.shield(
+                _log_unfinished(servicelog, request, who, scope, len(heads), "abandoned")
+            )
             raise
         except FFAuditError as exc:
-            await _log_unfinished(request, who, scope, len(heads), type(exc).__name__)
+            await _log_unfinished(servicelog, request, who, scope, len(heads), type(exc).__name__)
             await lines.put(_line({"error": {"type": type(exc).__name__, "message": exc.message}}))
         except Exception:
             # The status line went out long ago: the error can only be the last line.
             log.exception("verification failed mid-stream")
-            await _log_unfinished(request, who, scope, len(heads), "InternalError")
+            await _log_unfinished(servicelog, request, who, scope, len(heads), "InternalError")
             error = {"type": "InternalError", "message": "internal error; see the service log"}
             await lines.put(_line({"error": error}))
         # Not in a `finally`: once cancelled, nobody reads the queue, and a full one would
@@ -541,10 +572,15 @@ async def _verify_lines(
 
 
 async def _log_unfinished(
-    request: Request, who: Principal | None, scope: str, streams: int, error: str
+    servicelog: ServiceLog,
+    request: Request,
+    who: Principal | None,
+    scope: str,
+    streams: int,
+    error: str,
 ) -> None:
     with contextlib.suppress(FFAuditError):  # the error line matters more than this record
-        await request.app.state.servicelog.record(
+        await servicelog.record(
             who,
             scope,
             EventAction.AUDIT_VERIFIED,

@@ -6,32 +6,28 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, tenant_scope
+from audit.deps import Caller, LogOfLogs, Reverification, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.reverify.schemas import MarksOut
-from audit.reverify.service import Reverifier
 
 router = APIRouter(prefix="/v1/reverify", tags=["verification"])
 _AUTH: dict[int | str, dict[str, Any]] = {401: {}, 403: {}}
-
-
-def _service(request: Request) -> Reverifier:
-    service: Reverifier = request.app.state.reverifier
-    return service
 
 
 @router.get("", response_model=MarksOut, responses=_AUTH)
 async def reverify_marks(
     request: Request,
     who: Caller,
+    reverifier: Reverification,
+    servicelog: LogOfLogs,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> MarksOut:
     """How far the scheduled re-verification last found each stored chain intact: a read
     is as current as its stream's `checked_at` (a `store_tampered` alert says otherwise)."""
     reader = allow(request, who, Role.ADMIN, Role.AUDITOR, Role.SECURITY)
     scope = tenant_scope(reader, tenant)
-    out = MarksOut(streams=await asyncio.to_thread(_service(request).marks, scope))
-    await request.app.state.servicelog.record(
+    out = MarksOut(streams=await asyncio.to_thread(reverifier.marks, scope))
+    await servicelog.record(
         reader,
         scope,
         EventAction.AUDIT_QUERIED,

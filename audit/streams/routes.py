@@ -3,14 +3,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, stream_service
+from audit.deps import Caller, LogOfLogs, Settings, Streams, allow
 from audit.errors import ForbiddenError
 from audit.integrity.events import EventAction
 from audit.streams.schemas import StreamRead, StreamRegistration
-from audit.streams.service import StreamService
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -24,19 +23,21 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 async def register_stream(
     request: Request,
     registration: StreamRegistration,
-    service: Annotated[StreamService, Depends(stream_service)],
+    service: Streams,
     who: Caller,
+    settings: Settings,
+    servicelog: LogOfLogs,
 ) -> StreamRead:
     """Register a producer stream with its tenant and Ed25519 public key (idempotent).
     Administrators only (with a second factor), for their own tenant."""
     admin = allow(request, who, Role.ADMIN)
     if admin is not None and admin.tenant != registration.tenant:
         raise ForbiddenError("administrators register streams of their own tenant only")
-    if registration.stream.startswith(request.app.state.settings.service_stream):
+    if registration.stream.startswith(settings.service_stream):
         # The service registers its own streams: a squatter could otherwise block them.
         raise ForbiddenError("stream names under the service's prefix are reserved")
     read = await asyncio.to_thread(service.register, registration)
-    await request.app.state.servicelog.record(
+    await servicelog.record(
         admin,
         registration.tenant,
         EventAction.STREAM_REGISTERED,
@@ -50,7 +51,7 @@ async def register_stream(
 def read_stream(
     request: Request,
     stream: Annotated[str, Path(max_length=128)],
-    service: Annotated[StreamService, Depends(stream_service)],
+    service: Streams,
     who: Caller,
 ) -> StreamRead:
     """A stream's registration and the chain head the service has accepted."""

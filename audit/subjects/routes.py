@@ -7,18 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from audit.auth.tokens import Role
-from audit.deps import Caller, allow, tenant_scope
+from audit.deps import Caller, Subjects, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.integrity.pseudonym import PiiKind
 from audit.subjects.schemas import EraseRequest, ErasureListOut, ErasureOut
-from audit.subjects.service import SubjectService
 
 router = APIRouter(prefix="/v1/subjects", tags=["gdpr"])
-
-
-def _service(request: Request) -> SubjectService:
-    service: SubjectService = request.app.state.subjects
-    return service
 
 
 def _client_ip(request: Request) -> str | None:
@@ -31,6 +25,7 @@ def _client_ip(request: Request) -> str | None:
 async def erase_subject(
     request: Request,
     who: Caller,
+    subjects: Subjects,
     body: EraseRequest,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ErasureOut:
@@ -39,7 +34,7 @@ async def erase_subject(
     in the log of the logs with an erasure id, never the raw id."""
     allow(request, who, Role.ADMIN)
     scope = tenant_scope(who, tenant)
-    return await _service(request).erase(
+    return await subjects.erase(
         who, scope, PiiKind(body.kind), body.subject, client_ip=_client_ip(request)
     )
 
@@ -48,15 +43,15 @@ async def erase_subject(
 async def list_erasures(
     request: Request,
     who: Caller,
+    subjects: Subjects,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ErasureListOut:
     """The tenant's erasure tombstones, newest first (id, kind, time, entries destroyed)."""
     allow(request, who, Role.ADMIN, Role.AUDITOR)
     scope = tenant_scope(who, tenant)
-    service = _service(request)
-    erasures = await service.erasures(scope, limit)
-    await service.servicelog.record(
+    erasures = await subjects.erasures(scope, limit)
+    await subjects.servicelog.record(
         who,
         scope,
         EventAction.AUDIT_QUERIED,

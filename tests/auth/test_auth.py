@@ -209,11 +209,11 @@ def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
 def test_admin_actions_land_in_the_log_of_the_logs(client: TestClient) -> None:
     signer = Signer.generate()
     assert register(client, signer, roles=["admin"], amr=["otp"], sub="root-admin") == 201
-    servicelog = client.app.state.servicelog  # type: ignore[attr-defined]
+    servicelog = client.app.state.services.servicelog  # type: ignore[attr-defined]
     stream = servicelog.stream_for("acme")
     head = client.get(f"/v1/streams/{stream}", headers=bearer()).json()
     assert head["head_sequence"] == 1
-    store: EventStore = client.app.state.store  # type: ignore[attr-defined]
+    store: EventStore = client.app.state.services.store  # type: ignore[attr-defined]
 
     async def read() -> list[Any]:
         return [e async for e in store.scan("acme", stream)]

@@ -105,7 +105,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
 
         TenantKeyrings(settings.keyrings_dir).import_keyring("acme", keyring.dumps())
         expected = ElasticEventStore if store else SqlEventStore
-        assert isinstance(client.app.state.store, expected)  # type: ignore[attr-defined]
+        assert isinstance(client.app.state.services.store, expected)  # type: ignore[attr-defined]
         yield client, records, settings
 
 
@@ -254,7 +254,7 @@ def test_every_read_is_in_the_log_of_the_logs(env: Any) -> None:
     client, _, _ = env
     client.get("/v1/events", params={"actor": "alice"}, headers=bearer())
     client.post("/v1/exports", json={"actor": "bob"}, headers=bearer())
-    servicelog = client.app.state.servicelog
+    servicelog = client.app.state.services.servicelog
     stream = servicelog.stream_for("acme")
     events = client.get(
         "/v1/events", params={"stream": stream, "order": "asc"}, headers=bearer()

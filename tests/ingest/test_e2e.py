@@ -37,7 +37,7 @@ def test_fluent_logger_message_mode_into_the_service(tmp_path: Path) -> None:
                 "public_key_pem": signer.verifier.pem().decode(),
             },
         ).raise_for_status()
-        port = client.app.state.forward.port  # type: ignore[attr-defined]
+        port = client.app.state.services.forward.port  # type: ignore[attr-defined]
         logger = sender.FluentSender(
             "ffaudit", host="127.0.0.1", port=port, nanosecond_precision=True
         )

@@ -134,7 +134,7 @@ def test_a_raw_id_query_names_the_streams_it_could_not_search(
     # Without a raw id there is nothing to cover.
     assert client.get("/v1/events", headers=bearer()).json()["coverage"] is None
     # Once cam-2's key is imported, alice's records there are found too.
-    keyrings = TenantKeyrings(client.app.state.settings.keyrings_dir)  # type: ignore[attr-defined]
+    keyrings = TenantKeyrings(client.app.state.services.settings.keyrings_dir)  # type: ignore[attr-defined]
     keyrings.import_keyring("acme", other_key.dumps())
     found = client.get("/v1/events", params={"actor": "alice"}, headers=bearer()).json()
     assert {e["stream"] for e in found["events"]} == {"cam-1", "cam-2"}

@@ -101,7 +101,7 @@ def test_edits_and_deletions_inside_the_store_reach_the_result_line(env: Env) ->
     plain = client.post("/v1/verify", json={"stream": "cam-1"}, headers=bearer()).json()
     assert plain["ok"] is False
     # A verification that found failures is logged as a failed one, not "success, ok=false".
-    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    stream = client.app.state.services.servicelog.stream_for("acme")  # type: ignore[attr-defined]
     logged = client.get(
         "/v1/events",
         params={"stream": stream, "action": "audit.verified", "order": "asc"},
@@ -124,7 +124,7 @@ def test_an_error_mid_stream_is_the_last_line_and_is_logged(env: Env) -> None:
     assert lines[-1] == {
         "error": {"type": "KeyMaterialError", "message": "stream 'cam-2' has an unreadable key"}
     }
-    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    stream = client.app.state.services.servicelog.stream_for("acme")  # type: ignore[attr-defined]
     logged = client.get(
         "/v1/events",
         params={"stream": stream, "action": "audit.verified", "order": "asc"},
@@ -159,7 +159,7 @@ def test_refusals_come_before_the_stream_in_the_error_schema(env: Env) -> None:
 def test_streamed_verifications_are_in_the_log_of_the_logs(env: Env) -> None:
     client, _, _ = env
     lines_of(client, {"stream": "cam-1"})
-    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    stream = client.app.state.services.servicelog.stream_for("acme")  # type: ignore[attr-defined]
     logged = client.get(
         "/v1/events", params={"stream": stream, "action": "audit.verified"}, headers=bearer()
     ).json()["events"]

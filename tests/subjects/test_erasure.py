@@ -194,7 +194,7 @@ def test_erasure_unlinks_the_subject_and_every_chain_still_verifies(env: Env) ->
 
     # The erasure is in the log of the logs, with its id and count, never the raw id or a
     # pseudonym of the subject; and a tombstone row keeps the evidence.
-    servicelog = env.client.app.state.servicelog  # type: ignore[attr-defined]
+    servicelog = env.client.app.state.services.servicelog  # type: ignore[attr-defined]
     logged = env.events(stream=servicelog.stream_for(env.tenant), action="subject.erased")
     assert len(logged) == 1
     meta = logged[0]["record"]["ffaudit.metadata"]
