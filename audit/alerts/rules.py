@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from audit.alerts.kinds import RuleId, Severity
 from audit.integrity.digest import sha256_hex
 from audit.integrity.events import EventAction
 from audit.models import AlertRule
@@ -28,78 +29,105 @@ _DEDUP_MAX = 256  # alerts.dedup_key
 _PAGE = 500
 
 
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
+class RuleSource(StrEnum):
+    """Where a built-in rule fires (GET /v1/alert-rules shows it)."""
+
+    INGEST = "ingest"
+    RETENTION = "retention"
+    SCHEDULE = "schedule"
+    REVERIFY = "reverify"
 
 
 @dataclass(frozen=True, slots=True)
 class BuiltinRule:
-    id: str
+    id: RuleId
     severity: Severity
-    source: str  # "ingest" | "retention" | "schedule" | "reverify"
+    source: RuleSource
     description: str
 
 
-BUILTIN_RULES: dict[str, BuiltinRule] = {
+BUILTIN_RULES: dict[RuleId, BuiltinRule] = {
     rule.id: rule
     for rule in (
         BuiltinRule(
-            "integrity_failure",
+            RuleId.INTEGRITY_FAILURE,
             Severity.CRITICAL,
-            "ingest",
+            RuleSource.INGEST,
             "a record or checkpoint fails verification (modified, broken link, bad signature)",
         ),
-        BuiltinRule("fork", Severity.CRITICAL, "ingest", "two records claim one sequence"),
         BuiltinRule(
-            "store_tampered",
+            RuleId.FORK, Severity.CRITICAL, RuleSource.INGEST, "two records claim one sequence"
+        ),
+        BuiltinRule(
+            RuleId.STORE_TAMPERED,
             Severity.CRITICAL,
-            "reverify",
+            RuleSource.REVERIFY,
             "re-verification found the event store changed since ingest (edited, deleted, "
             "re-hashed records)",
         ),
         BuiltinRule(
-            "chain_attack",
+            RuleId.CHAIN_ATTACK,
             Severity.CRITICAL,
-            "ingest",
+            RuleSource.INGEST,
             "a signed checkpoint proves records of a stream forged (kept aside as evidence)",
         ),
-        BuiltinRule("sequence_gap", Severity.HIGH, "ingest", "records of a stream never arrived"),
-        BuiltinRule("unknown_stream", Severity.HIGH, "ingest", "records of an unregistered stream"),
         BuiltinRule(
-            "wrong_tenant",
+            RuleId.SEQUENCE_GAP,
             Severity.HIGH,
-            "ingest",
+            RuleSource.INGEST,
+            "records of a stream never arrived",
+        ),
+        BuiltinRule(
+            RuleId.UNKNOWN_STREAM,
+            Severity.HIGH,
+            RuleSource.INGEST,
+            "records of an unregistered stream",
+        ),
+        BuiltinRule(
+            RuleId.WRONG_TENANT,
+            Severity.HIGH,
+            RuleSource.INGEST,
             "records claim another tenant than their stream's (no longer raised: stream names "
             "are per tenant; kept so older alerts keep their rule)",
         ),
-        BuiltinRule("malformed_record", Severity.MEDIUM, "ingest", "input that is not a record"),
         BuiltinRule(
-            "unauthorized_producer",
+            RuleId.MALFORMED_RECORD,
+            Severity.MEDIUM,
+            RuleSource.INGEST,
+            "input that is not a record",
+        ),
+        BuiltinRule(
+            RuleId.UNAUTHORIZED_PRODUCER,
             Severity.HIGH,
-            "ingest",
+            RuleSource.INGEST,
             "a producer tried to write a stream it is not bound to (refused, nothing stored)",
         ),
-        BuiltinRule("retention_failed", Severity.HIGH, "retention", "a retention run failed"),
         BuiltinRule(
-            "rate_limited", Severity.MEDIUM, "schedule", "a producer dropped records (rate limit)"
+            RuleId.RETENTION_FAILED, Severity.HIGH, RuleSource.RETENTION, "a retention run failed"
         ),
         BuiltinRule(
-            "client_ip_burst",
+            RuleId.RATE_LIMITED,
+            Severity.MEDIUM,
+            RuleSource.SCHEDULE,
+            "a producer dropped records (rate limit)",
+        ),
+        BuiltinRule(
+            RuleId.CLIENT_IP_BURST,
             Severity.HIGH,
-            "schedule",
+            RuleSource.SCHEDULE,
             "one client IP pseudonym made too many requests in a window",
         ),
         BuiltinRule(
-            "failed_job_ratio",
+            RuleId.FAILED_JOB_RATIO,
             Severity.HIGH,
-            "schedule",
+            RuleSource.SCHEDULE,
             "the share of failed jobs of a stream is over the threshold",
         ),
         BuiltinRule(
-            "admin_export", Severity.MEDIUM, "schedule", "an administrator exported records"
+            RuleId.ADMIN_EXPORT,
+            Severity.MEDIUM,
+            RuleSource.SCHEDULE,
+            "an administrator exported records",
         ),
     )
 }
@@ -213,7 +241,7 @@ class FailedJobRatioRule:
     min_jobs: int
     window: timedelta
     step: timedelta
-    rule: str = "failed_job_ratio"
+    rule: str = RuleId.FAILED_JOB_RATIO
     severity: str = Severity.HIGH.value
     since: datetime | None = None
 
@@ -259,7 +287,7 @@ class RateLimitRule:
 
     window: timedelta
     step: timedelta
-    rule: str = "rate_limited"
+    rule: str = RuleId.RATE_LIMITED
     severity: str = Severity.MEDIUM.value
     since: datetime | None = None
 
@@ -317,7 +345,7 @@ class AdminExportRule:
     service_stream: str
     window: timedelta
     step: timedelta
-    rule: str = "admin_export"
+    rule: str = RuleId.ADMIN_EXPORT
     severity: str = Severity.MEDIUM.value
     since: datetime | None = None
 
@@ -360,7 +388,7 @@ def builtin_window_rules(settings: AuditSettings) -> list[WindowRule]:
     s = settings
     return [
         ThresholdRule(
-            rule="client_ip_burst",
+            rule=RuleId.CLIENT_IP_BURST,
             severity=Severity.HIGH.value,
             name="client IP burst",
             group_by="ffaudit.client.ip_hash",

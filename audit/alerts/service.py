@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.alerts.kinds import JsonValue, PlannedAlert, RuleId
 from audit.alerts.repository import ACKNOWLEDGED, OPEN, RESOLVED, AlertRepository
 from audit.alerts.rules import BUILTIN_RULES, CUSTOM_PREFIX, dedup_key
 from audit.alerts.schemas import (
@@ -41,12 +42,12 @@ def raise_event_alert(
     session: Session,
     settings: AuditSettings,
     *,
-    rule: str,
+    rule: RuleId,
     title: str,
     tenant_id: str | None,
     stream_id: str | None,
     group: str,
-    detail: dict[str, Any] | None = None,
+    detail: Mapping[str, JsonValue] | None = None,
 ) -> Alert:
     """An event-driven built-in rule fired (ingest, retention), in the caller's transaction:
     severity from the catalogue, deduplicated on rule + tenant + group."""
@@ -58,7 +59,7 @@ def raise_event_alert(
         dedup_key=dedup_key(rule, tenant_id, group),
         tenant_id=tenant_id,
         stream_id=stream_id,
-        detail=detail,
+        detail=dict(detail) if detail is not None else None,
         suppression=timedelta(seconds=settings.alert_suppression_s),
     )
 
@@ -69,25 +70,19 @@ def raise_planned_alert(
     *,
     tenant_id: str,
     stream_id: str,
-    planned: Mapping[str, Any],
+    planned: PlannedAlert,
 ) -> Alert:
-    """An alert the ingest planner asked for (audit.ingest.planner: rule, title, detail),
-    mapped onto the catalogue: a fork is its own rule; one incident per stream and kind."""
-    detail: dict[str, Any] = dict(planned.get("detail") or {})
-    rule = str(planned["rule"])
-    kind = detail.get("kind")
-    if rule == "integrity_failure" and kind == "fork":
-        rule = "fork"
-    group = stream_id if rule != "integrity_failure" else f"{stream_id}:{kind}"
+    """An alert the ingest planner asked for (audit.ingest.planner), raised as it was
+    planned: its rule and group say which incident it is."""
     return raise_event_alert(
         session,
         settings,
-        rule=rule,
-        title=str(planned["title"]),
+        rule=planned.rule,
+        title=planned.title,
         tenant_id=tenant_id,
         stream_id=stream_id,
-        group=group,
-        detail=detail,
+        group=planned.group,
+        detail=planned.detail,
     )
 
 
@@ -230,7 +225,10 @@ class AlertService:
         return RulesOut(
             builtin=[
                 BuiltinRuleOut(
-                    rule=r.id, severity=r.severity.value, source=r.source, description=r.description
+                    rule=r.id.value,
+                    severity=r.severity.value,
+                    source=r.source.value,
+                    description=r.description,
                 )
                 for r in BUILTIN_RULES.values()
             ],

@@ -33,14 +33,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from audit.alerts.kinds import JsonValue, PlannedAlert, RuleId
 from audit.errors import CanonicalizationError
+from audit.ingest.schemas import Failures, IngestFailure, joined
 from audit.integrity import record as f
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
 from audit.integrity.record import document_id as doc_id
 from audit.integrity.signatures import checkpoint_signature
 from audit.models import Checkpoint, PendingRecord
-from audit.store.protocol import StoredEvent, Verdict
+from audit.store.protocol import StoredEvent, Verdict, VerdictUpdate
 
 OK, DUPLICATE, PENDING, BROKEN, REJECTED = (
     Verdict.OK,
@@ -49,7 +51,15 @@ OK, DUPLICATE, PENDING, BROKEN, REJECTED = (
     Verdict.BROKEN,
     Verdict.REJECTED,
 )
-FORGED = "forged"
+MODIFIED, BROKEN_LINK, AFTER_CLOSE, FORK, FORGED, GAP, LATE = (
+    IngestFailure.MODIFIED,
+    IngestFailure.BROKEN_LINK,
+    IngestFailure.AFTER_CLOSE,
+    IngestFailure.FORK,
+    IngestFailure.FORGED,
+    IngestFailure.GAP,
+    IngestFailure.LATE,
+)
 
 
 @dataclass(slots=True)
@@ -78,9 +88,38 @@ class Incoming:
 class Result:
     index: int
     sequence: int
-    outcome: str  # ok | duplicate | pending | broken
-    failure: str | None = None
+    outcome: Verdict
+    failures: Failures = ()
     detail: str = ""
+
+    @property
+    def failure(self) -> str | None:
+        """As stored and returned by the API: the kinds comma-joined."""
+        return joined(self.failures)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedVerdict:
+    """A new verdict for a record stored before (the write of a record this plan stores
+    carries its verdict itself)."""
+
+    doc_id: str
+    timestamp: datetime  # the record's @timestamp: addresses its daily index
+    verdict: Verdict
+    failures: Failures = ()
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> PlannedVerdict:
+        """The verdict a planned write carries, for the record already stored under its id."""
+        return cls(
+            event.doc_id,
+            event.timestamp,
+            Verdict(event.verdict),
+            IngestFailure.parse(event.failure),
+        )
+
+    def update(self) -> VerdictUpdate:
+        return (self.doc_id, self.timestamp, self.verdict, joined(self.failures))
 
 
 @dataclass(slots=True)
@@ -114,11 +153,11 @@ class Plan:
     loaded_sequence: int = 0  # the head as read, for the compare-and-set
     loaded_hash: str = ""
     writes: list[StoredEvent] = field(default_factory=list)
-    verdicts: list[tuple[str, datetime, str, str | None]] = field(default_factory=list)
+    verdicts: list[PlannedVerdict] = field(default_factory=list)
     pending_add: list[PendingRecord] = field(default_factory=list)
     pending_remove: list[int] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[PlannedAlert] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     # Plan again with the stream's stored records after signed_through: a verified
     # checkpoint must be walked back through records this batch does not carry.
@@ -135,7 +174,7 @@ class _Node:
     prev: str
     doc_id: str
     timestamp: datetime
-    verdict: str
+    verdict: Verdict
     incoming: Incoming | None = None
     early: _Early | None = None
 
@@ -150,7 +189,7 @@ class Planner:
         head: Head,
         pending: list[PendingRecord],
         verified_checkpoints: dict[int, Checkpoint],
-        stored: dict[str, tuple[str, str]],
+        stored: dict[str, tuple[str, Verdict]],
         now: datetime,
         window: int,
         gap_timeout: timedelta,
@@ -167,7 +206,7 @@ class Planner:
         # moves signed_through (the batch may carry the very checkpoint that settles).
         self.proven = (head.signed_through, head.signed_hash)
         self.plan = Plan(head=head)
-        self._signatures: dict[int, str | None] = {}  # by Incoming.index
+        self._signatures: dict[int, IngestFailure | None] = {}  # by Incoming.index
         self._doc_of = self.plan.names  # Incoming.index -> the doc id it was written under
         self._arrived: list[Incoming] = []  # this batch, content and signature sound
         self.early: dict[int, list[_Early]] = {}
@@ -204,23 +243,17 @@ class Planner:
             self.plan.results.append(Result(item.index, item.sequence, DUPLICATE))
             return
         if not item.content_ok:
-            self._alert(
-                "integrity_failure",
-                "critical",
-                "record content does not match its hash",
-                item,
-                kind="modified",
-            )
+            self._alert(item, MODIFIED, "record content does not match its hash")
         if item.checkpoint:
             self._check_signature(item)
-        unsound = ["modified"] if not item.content_ok else []
+        unsound = [] if item.content_ok else [MODIFIED]
         sig = self._signature_failure(item) if item.checkpoint else None
         if sig:
             unsound.append(sig)
         if unsound:
             # Not placed on its own word: evidence. A checkpoint whose content is sound
             # but whose signature fails can still be proven by a later verified one.
-            self._reject(item, unsound)
+            self._reject(item, tuple(unsound))
             if item.content_ok:
                 self._arrived.append(item)
             return
@@ -240,32 +273,25 @@ class Planner:
         head = self.plan.head
         if item.prev != head.hash:
             self._link_alert(item.sequence, item.event_hash)
-            self._reject(item, ["broken_link"])
+            self._reject(item, (BROKEN_LINK,))
             return
-        failures = []
+        failures: Failures = ()
         if head.closed:
-            failures.append("after_close")
-            self._alert(
-                "integrity_failure",
-                "critical",
-                "record after the stream's closing checkpoint",
-                item,
-                kind="after_close",
-            )
-        outcome, failure = (BROKEN, ",".join(failures)) if failures else (OK, None)
-        self._write(item, self._free_doc(item.sequence, item.event_hash), outcome, failure)
-        self.plan.results.append(Result(item.index, item.sequence, outcome, failure))
+            failures = (AFTER_CLOSE,)
+            self._alert(item, AFTER_CLOSE, "record after the stream's closing checkpoint")
+        outcome = BROKEN if failures else OK
+        self._write(item, self._free_doc(item.sequence, item.event_hash), outcome, failures)
+        self.plan.results.append(Result(item.index, item.sequence, outcome, failures))
         self._advance(item.sequence, item.event_hash, checkpoint=item if item.checkpoint else None)
 
-    def _reject(self, item: Incoming, failures: list[str]) -> None:
+    def _reject(self, item: Incoming, failures: Failures) -> None:
         """Keep `item` as evidence outside the chain; its sequence stays open. Evidence is
         always filed under its own hash-suffixed id: never the sequence's plain name, and
         the same id on every retry, whatever this replica knows about the stream."""
-        outcome, failure = REJECTED, ",".join(failures)
         self._write(
-            item, doc_id(self.stream, item.sequence, item.evidence_id_hash), outcome, failure
+            item, doc_id(self.stream, item.sequence, item.evidence_id_hash), REJECTED, failures
         )
-        self.plan.results.append(Result(item.index, item.sequence, outcome, failure))
+        self.plan.results.append(Result(item.index, item.sequence, REJECTED, failures))
         self._contest(item.sequence)
 
     def _free_doc(self, sequence: int, event_hash: str) -> str:
@@ -281,14 +307,11 @@ class Planner:
             head.contested_from = sequence
 
     def _link_alert(self, sequence: int, event_hash: str) -> None:
-        self.plan.alerts.append(
-            {
-                "rule": "integrity_failure",
-                "severity": "critical",
-                "title": "record does not link to the accepted head: kept aside, not placed",
-                "dedup_key": f"integrity_failure:{self.stream}:broken_link:{sequence}",
-                "detail": {"kind": "broken_link", "sequence": sequence, "event_hash": event_hash},
-            }
+        self._integrity_alert(
+            BROKEN_LINK,
+            "record does not link to the accepted head: kept aside, not placed",
+            sequence,
+            event_hash,
         )
 
     def _advance(self, sequence: int, event_hash: str, *, checkpoint: Incoming | None) -> None:
@@ -327,32 +350,26 @@ class Planner:
         held = self.stored.get(first)
         if held is None:
             # Its place was given up when a gap was flagged: keep it, flagged as late.
-            self._write(item, first, BROKEN, "late")
-            self.plan.results.append(Result(item.index, item.sequence, BROKEN, "late"))
+            self._write(item, first, BROKEN, (LATE,))
+            self.plan.results.append(Result(item.index, item.sequence, BROKEN, (LATE,)))
             return
         if item.sequence <= self.plan.head.signed_through:
             # A verified checkpoint already proves the record at this sequence.
-            self._write(item, rival, REJECTED, FORGED)
-            self.plan.results.append(Result(item.index, item.sequence, REJECTED, FORGED))
+            self._write(item, rival, REJECTED, (FORGED,))
+            self.plan.results.append(Result(item.index, item.sequence, REJECTED, (FORGED,)))
             self._attack_alert([item.sequence], self.plan.head.signed_through)
             return
         self._fork(item, first, rival, first_is_evidence=held[1] == REJECTED)
 
     def _fork(self, item: Incoming, first: str, rival: str, *, first_is_evidence: bool) -> None:
-        self._write(item, rival, BROKEN, "fork")
+        self._write(item, rival, BROKEN, (FORK,))
         self._contest(item.sequence)
         if not first_is_evidence:
-            self._set_verdict(first, item.timestamp, BROKEN, "fork")
+            self._set_verdict(first, item.timestamp, BROKEN, (FORK,))
         self.plan.results.append(
-            Result(item.index, item.sequence, BROKEN, "fork", "another record holds this sequence")
+            Result(item.index, item.sequence, BROKEN, (FORK,), "another record holds this sequence")
         )
-        self._alert(
-            "integrity_failure",
-            "critical",
-            "two records claim one sequence (fork)",
-            item,
-            kind="fork",
-        )
+        self._alert(item, FORK, "two records claim one sequence (fork)")
 
     def _hold(self, item: Incoming) -> None:
         waiting = self.early.setdefault(item.sequence, [])
@@ -372,7 +389,7 @@ class Planner:
                 incoming=item,
             )
         )
-        self._write(item, doc, PENDING, None)
+        self._write(item, doc, PENDING, ())
         self.plan.pending_add.append(
             PendingRecord(
                 tenant_id=self.tenant,
@@ -403,27 +420,27 @@ class Planner:
                 # Nothing waiting here links to the head: evidence, and the sequence stays
                 # open for the genuine record (a later checkpoint may prove these instead).
                 for entry in waiting:
-                    self._settle(entry, REJECTED, "broken_link")
+                    self._settle(entry, REJECTED, (BROKEN_LINK,))
                     self._link_alert(entry.sequence, entry.event_hash)
                 self._contest(head.sequence + 1)
                 break
             chosen = fits[0]
-            failures = [] if linked else ["gap"]
+            failures: list[IngestFailure] = [] if linked else [GAP]
             for entry in waiting:
                 if entry is chosen:
                     continue
                 if entry in fits:
-                    self._settle(entry, BROKEN, "fork")  # two records link: undecided
-                    failures.append("fork")
+                    self._settle(entry, BROKEN, (FORK,))  # two records link: undecided
+                    failures.append(FORK)
                     self._contest(entry.sequence)
                 else:
-                    self._settle(entry, REJECTED, "broken_link")
+                    self._settle(entry, REJECTED, (BROKEN_LINK,))
                     self._link_alert(entry.sequence, entry.event_hash)
                     self._contest(entry.sequence)
             if head.closed:
-                failures.append("after_close")
-            failure = ",".join(dict.fromkeys(failures)) or None
-            self._settle(chosen, BROKEN if failure else OK, failure)
+                failures.append(AFTER_CLOSE)
+            found = tuple(dict.fromkeys(failures))
+            self._settle(chosen, BROKEN if found else OK, found)
             self._advance(
                 chosen.sequence,
                 chosen.event_hash,
@@ -433,17 +450,17 @@ class Planner:
             )
             linked = True
 
-    def _settle(self, entry: _Early, outcome: str, failure: str | None) -> None:
+    def _settle(self, entry: _Early, outcome: Verdict, failures: Failures) -> None:
         """A waiting record gets its final verdict."""
         self.stored[entry.doc_id] = (entry.event_hash, outcome)
-        self._set_verdict(entry.doc_id, entry.timestamp, outcome, failure)
+        self._set_verdict(entry.doc_id, entry.timestamp, outcome, failures)
         if entry.incoming is not None:
             for r in self.plan.results:
                 if r.index == entry.incoming.index:
-                    r.outcome, r.failure = outcome, failure
+                    r.outcome, r.failures = outcome, failures
 
     def _set_verdict(
-        self, doc: str, timestamp: datetime, outcome: str, failure: str | None
+        self, doc: str, timestamp: datetime, outcome: Verdict, failures: Failures
     ) -> None:
         """The record stored (or written by this plan) as `doc` gets a new verdict, which
         replaces every earlier decision of this plan about it. A record this plan writes is
@@ -451,14 +468,14 @@ class Planner:
         before for the same record is dropped: updates are applied after the writes, so a
         stale one (a `fork` flag queued before the settlement) would overrule the final
         verdict."""
-        self.plan.verdicts = [v for v in self.plan.verdicts if v[0] != doc]
+        self.plan.verdicts = [v for v in self.plan.verdicts if v.doc_id != doc]
         written = False
         for i, ev in enumerate(self.plan.writes):
             if ev.doc_id == doc:
-                self.plan.writes[i] = _with_verdict(ev, outcome, failure)
+                self.plan.writes[i] = _with_verdict(ev, outcome, failures)
                 written = True
         if not written:
-            self.plan.verdicts.append((doc, timestamp, outcome, failure))
+            self.plan.verdicts.append(PlannedVerdict(doc, timestamp, outcome, failures))
 
     def _unplan_pending(self, entry: _Early) -> None:
         self.plan.pending_add = [p for p in self.plan.pending_add if p.doc_id != entry.doc_id]
@@ -496,7 +513,12 @@ class Planner:
                 prev = ev.record.get(f.PREV)
                 if isinstance(prev, str):
                     by_doc[ev.doc_id] = _Node(
-                        ev.sequence, ev.event_hash, prev, ev.doc_id, ev.timestamp, ev.verdict
+                        ev.sequence,
+                        ev.event_hash,
+                        prev,
+                        ev.doc_id,
+                        ev.timestamp,
+                        Verdict(ev.verdict),
                     )
         for item in self._arrived:
             doc = self._doc_of.get(item.index)
@@ -531,7 +553,7 @@ class Planner:
             and self._signature_check(ev.record, ev.event_hash) is None
         )
 
-    def _placed_failure(self, node: _Node) -> str | None:
+    def _placed_failure(self, node: _Node) -> IngestFailure | None:
         """A proven record's own flaw: a checkpoint whose signature was damaged (the later
         checkpoint proves its content, not its signature)."""
         if node.incoming is not None:
@@ -589,19 +611,13 @@ class Planner:
         if not forged and not (complete and unplaced):
             return False  # nothing competes: records still missing are awaited as usual
         for n in forged.values():
-            self._restate(n, REJECTED, FORGED)
+            self._restate(n, REJECTED, (FORGED,))
         for n in branch.values():
-            failure = "gap" if not complete and n is lowest else self._placed_failure(n)
-            self._restate(n, BROKEN if failure else OK, failure)
+            failure = GAP if not complete and n is lowest else self._placed_failure(n)
+            self._restate(n, BROKEN if failure else OK, (failure,) if failure else ())
         if not complete and forged:
-            self.plan.alerts.append(
-                {
-                    "rule": "sequence_gap",
-                    "severity": "high",
-                    "title": f"record {first} of stream {self.stream}: only forgeries arrived",
-                    "dedup_key": f"gap:{self.stream}:{first}",
-                    "detail": {"first_missing": first, "last_missing": first},
-                }
+            self._gap_alert(
+                first, first, f"record {first} of stream {self.stream}: only forgeries arrived"
             )
         if forged:
             self._attack_alert(sorted({n.sequence for n in forged.values()}), checkpoint.sequence)
@@ -624,7 +640,7 @@ class Planner:
         for sequence in [s for s in self.early if s <= head.sequence]:
             for entry in self.early.pop(sequence):
                 self._release(entry)
-                self._settle(entry, BROKEN, "late")
+                self._settle(entry, BROKEN, (LATE,))
         for n in nodes:
             if (
                 n.sequence > through
@@ -642,7 +658,7 @@ class Planner:
                 self.early.setdefault(n.sequence, []).append(entry)
         self._drain()
 
-    def _restate(self, node: _Node, verdict: str, failure: str | None) -> None:
+    def _restate(self, node: _Node, verdict: Verdict, failures: Failures) -> None:
         if node.early is not None:
             waiting = self.early.get(node.sequence, [])
             if node.early in waiting:
@@ -650,7 +666,7 @@ class Planner:
                 if not waiting:
                     del self.early[node.sequence]
             self._release(node.early)
-            self._settle(node.early, verdict, failure)
+            self._settle(node.early, verdict, failures)
         elif node.incoming is not None:
             entry = _Early(
                 node.sequence,
@@ -661,16 +677,16 @@ class Planner:
                 self.now,
                 incoming=node.incoming,
             )
-            self._settle(entry, verdict, failure)
+            self._settle(entry, verdict, failures)
         elif (
-            (node.verdict, None) != (verdict, failure)
-            or failure is not None
-            or any(v[0] == node.doc_id for v in self.plan.verdicts)  # decided otherwise before
+            node.verdict != verdict
+            or failures
+            or any(v.doc_id == node.doc_id for v in self.plan.verdicts)  # decided otherwise before
         ):
-            self._set_verdict(node.doc_id, node.timestamp, verdict, failure)
+            self._set_verdict(node.doc_id, node.timestamp, verdict, failures)
         self.stored[node.doc_id] = (node.hash, verdict)
 
-    def _verdict(self, node: _Node) -> str:
+    def _verdict(self, node: _Node) -> Verdict:
         """A node's verdict as this plan knows it: what the plan decided, else what the
         store held when it was loaded (`stored` knows only the doc ids of this call's
         records; a record of an earlier call is known from the region it came from)."""
@@ -686,19 +702,18 @@ class Planner:
     def _attack_alert(self, sequences: list[int], checkpoint: int) -> None:
         span = f"{sequences[0]}" if len(sequences) == 1 else f"{sequences[0]}..{sequences[-1]}"
         self.plan.alerts.append(
-            {
-                "rule": "chain_attack",
-                "severity": "critical",
-                "title": f"forged records in stream {self.stream} (sequences {span}): the "
+            PlannedAlert(
+                RuleId.CHAIN_ATTACK,
+                f"forged records in stream {self.stream} (sequences {span}): the "
                 f"checkpoint at {checkpoint} proves other records; kept aside as evidence",
-                "dedup_key": f"chain_attack:{self.stream}:{sequences[0]}",
-                "detail": {
-                    "kind": FORGED,
+                group=self.stream,
+                detail={
+                    "kind": FORGED.value,
                     "sequences": sequences[:100],
                     "count": len(sequences),
                     "checkpoint": checkpoint,
                 },
-            }
+            )
         )
 
     def _flag_stale_gaps(self) -> None:
@@ -710,16 +725,9 @@ class Planner:
             if count <= self.window and self.now - oldest < self.gap_timeout:
                 return
             head = self.plan.head
-            missing = (head.sequence + 1, lowest - 1)
-            self.plan.alerts.append(
-                {
-                    "rule": "sequence_gap",
-                    "severity": "high",
-                    "title": f"records {missing[0]}..{missing[1]} of stream {self.stream} "
-                    "never arrived",
-                    "dedup_key": f"gap:{self.stream}:{missing[0]}",
-                    "detail": {"first_missing": missing[0], "last_missing": missing[1]},
-                }
+            first, last = head.sequence + 1, lowest - 1
+            self._gap_alert(
+                first, last, f"records {first}..{last} of stream {self.stream} never arrived"
             )
             head.hash = waiting[0].prev  # continue after the gap; the link cannot be checked
             head.sequence = lowest - 1
@@ -727,7 +735,7 @@ class Planner:
 
     # -- signatures -----------------------------------------------------------------------
 
-    def _signature_failure(self, item: Incoming) -> str | None:
+    def _signature_failure(self, item: Incoming) -> IngestFailure | None:
         if item.index in self._signatures:
             return self._signatures[item.index]
         failure = self._signature_check(item.record, item.event_hash)
@@ -735,24 +743,18 @@ class Planner:
             self._signatures[item.index] = failure
         return failure
 
-    def _signature_check(self, record: dict[str, Any], event_hash: str) -> str | None:
+    def _signature_check(self, record: dict[str, Any], event_hash: str) -> IngestFailure | None:
         problem = checkpoint_signature(
             record.get(f.SIGNATURE), record.get(f.CP_SIGNER), event_hash, self.verifier
         )
-        return None if problem is None else problem.kind.value
+        return None if problem is None else IngestFailure.of_signature(problem.kind)
 
     def _check_signature(self, item: Incoming) -> None:
         failure = self._signature_failure(item)
         if failure is not None:
             # Only verified checkpoints are recorded: a forged one at the sequence of a
             # genuine one must not replace its row (one per stream and sequence).
-            self._alert(
-                "integrity_failure",
-                "critical",
-                f"checkpoint signature: {failure}",
-                item,
-                kind=failure,
-            )
+            self._alert(item, failure, f"checkpoint signature: {failure}")
             return
         self.plan.checkpoints.append(
             Checkpoint(
@@ -774,7 +776,7 @@ class Planner:
 
     # -- outputs --------------------------------------------------------------------------
 
-    def _write(self, item: Incoming, doc: str, outcome: str, failure: str | None) -> None:
+    def _write(self, item: Incoming, doc: str, outcome: Verdict, failures: Failures) -> None:
         if item.stored_as is not None:
             doc = item.stored_as
         self.stored[doc] = (item.event_hash, outcome)  # the id is taken: a rival needs its own
@@ -789,25 +791,44 @@ class Planner:
                 timestamp=item.timestamp,
                 record=item.record,
                 verdict=outcome,
-                failure=failure,
+                failure=joined(failures),
                 received_at=self.now,
             )
         )
 
-    def _alert(self, rule: str, severity: str, title: str, item: Incoming, *, kind: str) -> None:
+    def _alert(self, item: Incoming, kind: IngestFailure, title: str) -> None:
+        self._integrity_alert(kind, title, item.sequence, item.event_hash)
+
+    def _integrity_alert(
+        self, kind: IngestFailure, title: str, sequence: int, event_hash: str
+    ) -> None:
+        """One incident per stream and kind; a fork is a rule of its own, one per stream."""
+        detail: dict[str, JsonValue] = {
+            "kind": kind.value,
+            "sequence": sequence,
+            "event_hash": event_hash,
+        }
+        if kind is FORK:
+            alert = PlannedAlert(RuleId.FORK, title, group=self.stream, detail=detail)
+        else:
+            alert = PlannedAlert(
+                RuleId.INTEGRITY_FAILURE, title, group=f"{self.stream}:{kind}", detail=detail
+            )
+        self.plan.alerts.append(alert)
+
+    def _gap_alert(self, first: int, last: int, title: str) -> None:
         self.plan.alerts.append(
-            {
-                "rule": rule,
-                "severity": severity,
-                "title": title,
-                "dedup_key": f"{rule}:{self.stream}:{kind}:{item.sequence}",
-                "detail": {"kind": kind, "sequence": item.sequence, "event_hash": item.event_hash},
-            }
+            PlannedAlert(
+                RuleId.SEQUENCE_GAP,
+                title,
+                group=self.stream,
+                detail={"first_missing": first, "last_missing": last},
+            )
         )
 
 
-def _with_verdict(event: StoredEvent, outcome: str, failure: str | None) -> StoredEvent:
-    return replace(event, verdict=outcome, failure=failure)
+def _with_verdict(event: StoredEvent, outcome: Verdict, failures: Failures) -> StoredEvent:
+    return replace(event, verdict=outcome, failure=joined(failures))
 
 
 def _sound(event: StoredEvent) -> bool:

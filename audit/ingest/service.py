@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.service import raise_event_alert, raise_planned_alert
 from audit.errors import (
     BusyError,
@@ -35,7 +36,7 @@ from audit.errors import (
     ForbiddenError,
     TooManyRequestsError,
 )
-from audit.ingest.planner import Head, Incoming, Plan, Planner, Result
+from audit.ingest.planner import Head, Incoming, Plan, PlannedVerdict, Planner, Result
 from audit.ingest.repository import IngestRepository
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
@@ -47,7 +48,7 @@ from audit.models import Checkpoint, PendingRecord, QuarantinedRecord
 from audit.producers.schemas import ProducerIdentity
 from audit.secretbox import SecretBox
 from audit.settings import AuditSettings
-from audit.store.protocol import EventStore, StoredEvent
+from audit.store.protocol import EventStore, StoredEvent, Verdict
 from audit.streams.repository import StreamRepository
 from audit.streams.service import StreamService
 
@@ -69,7 +70,7 @@ class IngestReport:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for r in self.results:
-            out[r.outcome] += 1
+            out[r.outcome.value] += 1
         if self.quarantined:
             out["quarantined"] = len(self.quarantined)
         return dict(out)
@@ -161,7 +162,7 @@ class IngestService:
                     stream=None,
                     tenant=producer.tenant if producer is not None else None,
                     report=report,
-                    rule="malformed_record",
+                    rule=RuleId.MALFORMED_RECORD,
                     producer=producer.name if producer is not None else None,
                 )
                 continue
@@ -174,10 +175,9 @@ class IngestService:
         finally:
             self.metrics.in_flight.dec()
         for r in report.results:
-            self.metrics.records.labels(r.outcome, source).inc()
-            for kind in (r.failure or "").split(","):
-                if kind:
-                    self.metrics.integrity_failures.labels(kind).inc()
+            self.metrics.records.labels(r.outcome.value, source).inc()
+            for kind in r.failures:
+                self.metrics.integrity_failures.labels(kind.value).inc()
         self.metrics.ack_latency.labels(source).observe(time.perf_counter() - started)
         return report
 
@@ -255,7 +255,7 @@ class IngestService:
                 raise_event_alert(
                     session,
                     self.settings,
-                    rule="unauthorized_producer",
+                    rule=RuleId.UNAUTHORIZED_PRODUCER,
                     title=f"{count} record(s) for stream {stream} refused: {who} may not write it",
                     tenant_id=tenant,
                     stream_id=stream,
@@ -287,7 +287,7 @@ class IngestService:
                 stream=stream,
                 tenant=tenant,
                 report=report,
-                rule="unknown_stream",
+                rule=RuleId.UNKNOWN_STREAM,
                 producer=producer.name if producer is not None else None,
             )
             return
@@ -354,7 +354,7 @@ class IngestService:
                         adopted.update(foreign)
                         continue
                 if plan.verdicts:
-                    await self.store.update_verdicts(tenant, plan.verdicts)
+                    await self.store.update_verdicts(tenant, [v.update() for v in plan.verdicts])
                 committed = await asyncio.to_thread(self._commit, stream, tenant, plan)
                 if committed:
                     return [r for r in plan.results if r.index >= 0]
@@ -369,7 +369,7 @@ class IngestService:
         head: Head,
         pending: list[PendingRecord],
         checkpoints: dict[int, Checkpoint],
-        stored: dict[str, tuple[str, str]],
+        stored: dict[str, tuple[str, Verdict]],
         batch: list[Incoming],
         *,
         region: list[StoredEvent] | None = None,
@@ -420,7 +420,7 @@ class IngestService:
             mine = ours[doc]
             if stored is not None and stored.event_hash == mine.event_hash:
                 if (stored.verdict, stored.failure) != (mine.verdict, mine.failure):
-                    plan.verdicts.append((doc, mine.timestamp, mine.verdict, mine.failure))
+                    plan.verdicts.append(PlannedVerdict.of(mine))
                 continue
             log.debug("stream %s: %s is held by another record; re-planning", mine.stream, doc)
             clean = False
@@ -433,7 +433,7 @@ class IngestService:
 
     async def _stored_hashes(
         self, tenant: str, stream: str, head: Head, items: list[Incoming]
-    ) -> dict[str, tuple[str, str]]:
+    ) -> dict[str, tuple[str, Verdict]]:
         """(hash, verdict) under every doc id a repeated sequence of this batch could use:
         one read for the batch, as a replay after a crash repeats thousands of records. An
         in-order batch reads nothing (the ingest hot path); the rare name its next sequence
@@ -450,7 +450,7 @@ class IngestService:
             }
         ]
         found = await self.store.get_many(tenant, wanted, fresh=True) if wanted else {}
-        return {doc: (event.event_hash, event.verdict) for doc, event in found.items()}
+        return {doc: (event.event_hash, Verdict(event.verdict)) for doc, event in found.items()}
 
     # -- control database (run in a worker thread) -----------------------------------------
 
@@ -481,7 +481,7 @@ class IngestService:
         keys = {
             w.record[f.KEY_ID]
             for w in plan.writes
-            if w.verdict != "rejected"
+            if w.verdict != Verdict.REJECTED
             and isinstance(w.record.get(f.KEY_ID), str)
             and len(w.record[f.KEY_ID]) <= 64
         } - self._noted_keys.get((tenant, stream), set())
@@ -561,7 +561,7 @@ class IngestService:
         stream: str | None,
         tenant: str | None,
         report: IngestReport,
-        rule: str,
+        rule: RuleId,
         producer: str | None = None,
     ) -> None:
         """Keep input that cannot be chained, encrypted, attributed to a tenant only when
@@ -596,7 +596,7 @@ class IngestService:
             self._store_quarantine, sealed, reason, source, peer, stream, tenant, rule
         )
         report.quarantined += [(index, reason) for index, _ in items]
-        self.metrics.rejected.labels(rule).inc(len(items))
+        self.metrics.rejected.labels(rule.value).inc(len(items))
 
     def _store_quarantine(
         self,
@@ -606,7 +606,7 @@ class IngestService:
         peer: str | None,
         stream: str | None,
         tenant: str | None,
-        rule: str,
+        rule: RuleId,
     ) -> None:
         with self._sessions.begin() as session:
             repo = IngestRepository(session)

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.repository import AlertRepository
 from audit.alerts.service import raise_event_alert
 from audit.db.base import utcnow
@@ -184,7 +185,7 @@ class Reverifier:
                 raise_event_alert(
                     session,
                     self._settings,
-                    rule="store_tampered",
+                    rule=RuleId.STORE_TAMPERED,
                     title=f"stream {stream}: the event store no longer holds what ingest "
                     f"accepted ({len(damage)} failure(s)"
                     + ("" if result.matches_head else ", the chain no longer ends at the head")

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import raise_event_alert
 from audit.app import create_app
@@ -46,9 +47,9 @@ class Api:
     settings: AuditSettings
 
     def raise_alert(
-        self, tenant: str = "acme", rule: str = "integrity_failure", group: str = "g"
+        self, tenant: str = "acme", rule: RuleId = RuleId.INTEGRITY_FAILURE, group: str = "g"
     ) -> int:
-        with self.client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        with self.client.app.state.services.sessions.begin() as session:  # type: ignore[attr-defined]
             return raise_event_alert(
                 session,
                 self.settings,
@@ -60,7 +61,7 @@ class Api:
             ).id
 
     def service_log(self, tenant: str, action: str) -> list[dict[str, Any]]:
-        store: EventStore = self.client.app.state.store  # type: ignore[attr-defined]
+        store: EventStore = self.client.app.state.services.store  # type: ignore[attr-defined]
         query = EventQuery(tenant=tenant, actions=(action,), order="asc")
         page = self.client.portal.call(functools.partial(store.search, query, limit=100))  # type: ignore[union-attr]
         return [e.record.get("ffaudit.metadata", {}) for e in page.events]
@@ -153,7 +154,13 @@ def test_filters_and_paging(api: Api) -> None:
     ids = [
         api.raise_alert(rule=r, group=str(i))
         for i, r in enumerate(
-            ["integrity_failure", "fork", "sequence_gap", "unknown_stream", "fork"]
+            [
+                RuleId.INTEGRITY_FAILURE,
+                RuleId.FORK,
+                RuleId.SEQUENCE_GAP,
+                RuleId.UNKNOWN_STREAM,
+                RuleId.FORK,
+            ]
         )
     ]
     c.post(f"/v1/alerts/{ids[2]}/acknowledge", headers=SECURITY).raise_for_status()
@@ -249,7 +256,7 @@ def test_too_many_rules(tmp_path: Path) -> None:
 
 def test_export_by_an_admin_raises_an_alert(api: Api) -> None:
     c = api.client
-    scheduler: AlertScheduler = c.app.state.alert_scheduler  # type: ignore[attr-defined]
+    scheduler: AlertScheduler = c.app.state.services.alert_scheduler  # type: ignore[attr-defined]
     # The service's first tick: the rules' watermarks are set before the exports happen.
     c.post("/v1/exports", headers=AUDITOR, json={}).raise_for_status()  # registers the tenant
     api.tick(scheduler, 0)
@@ -269,7 +276,7 @@ def test_a_change_whose_record_cannot_be_written_changes_nothing(
     c = api.client
     alert = api.raise_alert()
     rule = c.post("/v1/alert-rules", headers=SECURITY, json=RULE).json()
-    servicelog = c.app.state.servicelog  # type: ignore[attr-defined]
+    servicelog = c.app.state.services.servicelog  # type: ignore[attr-defined]
 
     async def unavailable(*args: Any, **kwargs: Any) -> None:
         raise StoreUnavailableError("event store unavailable")
@@ -298,13 +305,13 @@ def test_a_transition_that_loses_a_race_after_its_record_says_so(
 ) -> None:
     c = api.client
     alert = api.raise_alert()
-    servicelog = c.app.state.servicelog  # type: ignore[attr-defined]
+    servicelog = c.app.state.services.servicelog  # type: ignore[attr-defined]
     record = servicelog.record
 
     async def someone_else_resolves_meanwhile(*args: Any, **kwargs: Any) -> None:
         await record(*args, **kwargs)
         if kwargs.get("outcome") is None:
-            with c.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+            with c.app.state.services.sessions.begin() as session:  # type: ignore[attr-defined]
                 session.execute(update(Alert).where(Alert.id == alert).values(state="resolved"))
 
     monkeypatch.setattr(servicelog, "record", someone_else_resolves_meanwhile)

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.service import raise_event_alert
 from audit.cli import cli
 from audit.db.session import make_engine, session_factory, upgrade
@@ -46,7 +47,7 @@ def test_list_show_ack_resolve(service: tuple[str, AuditSettings], tmp_path: Pat
         alert = raise_event_alert(
             session,
             settings,
-            rule="sequence_gap",
+            rule=RuleId.SEQUENCE_GAP,
             title="records 5..9 of stream cam-1 never arrived",
             tenant_id="acme",
             stream_id="cam-1",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.repository import AlertRepository
 from audit.alerts.service import raise_event_alert
 from audit.db.base import utcnow
@@ -152,7 +153,7 @@ def raise_retention_failure(world: World, at_minutes: int) -> int:
         return raise_event_alert(
             session,
             world.settings,
-            rule="retention_failed",
+            rule=RuleId.RETENTION_FAILED,
             title="retention run failed",
             tenant_id=world.tenant,
             stream_id=None,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -8,7 +9,11 @@ from typing import Any
 
 import pytest
 
+from audit.alerts.kinds import PlannedAlert, RuleId
+from audit.alerts.rules import BUILTIN_RULES
 from audit.db.session import make_engine, session_factory, upgrade
+from audit.ingest.planner import Incoming, Plan, PlannedVerdict, Planner
+from audit.ingest.schemas import IngestFailure, joined
 from audit.ingest.service import IngestService
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.keys import Keyring, Signer
@@ -16,7 +21,7 @@ from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import Sealer
 from audit.settings import AuditSettings
 from audit.store.elastic import ElasticEventStore
-from audit.store.protocol import EventStore
+from audit.store.protocol import EventStore, Verdict
 from audit.store.sql import SqlEventStore
 from audit.streams.schemas import StreamRegistration
 from audit.streams.service import StreamService
@@ -95,3 +100,42 @@ async def env_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield factory
     for env in made:
         await env.store.close()
+
+
+def assert_typed(plan: Plan) -> None:
+    """What mypy cannot see at run time: every outcome, failure kind and alert of a plan is a
+    member of its enum, and what the store and the API get reads back as those members."""
+    for result in plan.results:
+        assert type(result.outcome) is Verdict, result
+        assert all(type(kind) is IngestFailure for kind in result.failures), result
+        assert result.failure == joined(result.failures)
+    for event in plan.writes:
+        assert type(event.verdict) is Verdict, event
+        assert event.verdict != Verdict.DUPLICATE, event
+        assert joined(IngestFailure.parse(event.failure)) == event.failure, event
+    for verdict in plan.verdicts:
+        assert type(verdict) is PlannedVerdict
+        assert type(verdict.verdict) is Verdict, verdict
+        assert all(type(kind) is IngestFailure for kind in verdict.failures), verdict
+    for alert in plan.alerts:
+        assert type(alert) is PlannedAlert, alert
+        assert type(alert.rule) is RuleId, alert
+        assert alert.rule in BUILTIN_RULES, alert
+        # Stored as JSON: plain values only, reading back as they were.
+        assert json.loads(json.dumps(alert.detail)) == alert.detail, alert
+
+
+@pytest.fixture(autouse=True)
+def typed_plans(monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
+    """Every plan any ingest test makes, checked by `assert_typed` as it is made."""
+    plans: list[Plan] = []
+    run = Planner.run
+
+    def checked(self: Planner, batch: list[Incoming]) -> Plan:
+        plan = run(self, batch)
+        assert_typed(plan)
+        plans.append(plan)
+        return plan
+
+    monkeypatch.setattr(Planner, "run", checked)
+    return plans
