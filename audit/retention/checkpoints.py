@@ -5,7 +5,8 @@ For each run of consecutive sequences of a stream that one purge removes, the se
 the run's boundary: the `ffaudit.prev` of its first record (what the record before the run
 must hash to) and the `event.hash` of its last (what the first record after it must link
 to). Verification jumps across the run with those two values, so it still proves that
-every other record is there and unchanged; a range nobody signed is a gap.
+every other record is there and unchanged; a range nobody signed is a gap. The runs are
+those an archiver reports (audit.store.archive.RunCollector).
 """
 
 from __future__ import annotations
@@ -13,22 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.errors import CanonicalizationError
 from audit.integrity import contexts
-from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
-from audit.integrity.chain import record_hash
 from audit.integrity.keys import Signer, Verifier
 from audit.integrity.verify import Failure, FailureKind, PurgedRange
 from audit.models import RetentionCheckpoint
 from audit.retention.repository import RetentionRepository
-from audit.store.protocol import StoredEvent
+from audit.store.archive import StreamRun
 
 FORMAT: Final = "ffaudit.retention.v1"
 CONTEXT: Final = contexts.RETENTION
@@ -37,59 +34,6 @@ CONTEXT: Final = contexts.RETENTION
 def message(payload: Mapping[str, Any]) -> bytes:
     """The exact bytes a retention checkpoint's signature covers."""
     return contexts.retention_message(payload)
-
-
-@dataclass(slots=True)
-class StreamRun:
-    """Consecutive sequences first..last of one stream within one purged day."""
-
-    stream: str
-    first: int
-    last: int
-    first_prev: str
-    last_hash: str
-    # Every record's content hashed to its event.hash and linked to its predecessor.
-    intact: bool
-
-
-class RunCollector:
-    """Fed a day's records stream by stream in sequence order (EventStore.scan_day); keeps
-    only the runs' boundaries, so memory does not grow with the day."""
-
-    def __init__(self) -> None:
-        self.runs: list[StreamRun] = []
-        self.records = 0
-        self.per_stream: dict[str, int] = {}
-        self._run: StreamRun | None = None
-
-    def add(self, event: StoredEvent) -> None:
-        self.records += 1
-        self.per_stream[event.stream] = self.per_stream.get(event.stream, 0) + 1
-        if event.doc_id != f.document_id(event.stream, event.sequence):
-            return  # a fork's second record: archived and purged, not part of the chain
-        prev = event.record.get(f.PREV)
-        intact = _content_ok(event) and isinstance(prev, str)
-        run = self._run
-        if run is not None and run.stream == event.stream and event.sequence == run.last + 1:
-            run.intact = run.intact and intact and prev == run.last_hash
-            run.last, run.last_hash = event.sequence, event.event_hash
-            return
-        self._run = StreamRun(
-            event.stream,
-            event.sequence,
-            event.sequence,
-            prev if isinstance(prev, str) else "",
-            event.event_hash,
-            intact,
-        )
-        self.runs.append(self._run)
-
-
-def _content_ok(event: StoredEvent) -> bool:
-    try:
-        return record_hash(event.record) == event.event_hash == event.record.get(f.EVENT_HASH)
-    except CanonicalizationError:
-        return False
 
 
 def payload(

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.alerts.kinds import RuleId
 from audit.alerts.service import raise_event_alert
 from audit.auth.tokens import Principal
 from audit.db.base import utcnow
@@ -35,13 +36,13 @@ from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Signer
 from audit.models import LegalHold, RetentionArchive, RetentionCheckpoint, RetentionRun
 from audit.retention import checkpoints
-from audit.retention.archive import Archiver, DayArchive
 from audit.retention.classes import ActionClass
 from audit.retention.planner import DayPlan, plan_days
 from audit.retention.repository import RetentionRepository
 from audit.retention.schemas import DayOut, RunOut, TenantRunOut
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
+from audit.store.archive import Archiver, DayArchive, StreamRun
 from audit.store.protocol import EventStore
 
 log = logging.getLogger("audit.retention")
@@ -246,7 +247,7 @@ class RetentionRunner:
                     run_id=ctx.run_id,
                     tenant_id=tenant,
                     day=archived.day.isoformat(),
-                    kind=archived.kind,
+                    kind=archived.kind.value,
                     location=archived.location,
                     index_name=archived.index_name,
                     records=archived.records,
@@ -256,7 +257,7 @@ class RetentionRunner:
             )
             ref: dict[str, object] = {
                 "id": archive.id,
-                "kind": archived.kind,
+                "kind": archived.kind.value,
                 "location": archived.location,
             }
             if archived.sha256 is not None:
@@ -315,7 +316,7 @@ class RetentionRunner:
             raise_event_alert(
                 session,
                 self.settings,
-                rule="retention_failed",
+                rule=RuleId.RETENTION_FAILED,
                 title=f"retention run failed for tenant {tenant}",
                 tenant_id=tenant,
                 stream_id=None,
@@ -328,7 +329,7 @@ def _system(tenant: str) -> Principal:
     return Principal(subject=SYSTEM_ACTOR, tenant=tenant, roles=frozenset(), amr=frozenset())
 
 
-def _same_run(existing: RetentionCheckpoint, tenant: str, run: checkpoints.StreamRun) -> None:
+def _same_run(existing: RetentionCheckpoint, tenant: str, run: StreamRun) -> None:
     old = orjson.loads(existing.payload)
     if (
         existing.tenant_id != tenant

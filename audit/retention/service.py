@@ -21,7 +21,6 @@ from audit.integrity.events import EventAction
 from audit.integrity.pseudonym import PiiKind
 from audit.models import LegalHold, RetentionArchive
 from audit.query.keyrings import TenantKeyrings
-from audit.retention.archive import NDJSON_GZ, Archiver, SnapshotArchiver, SqlArchiver
 from audit.retention.checkpoints import PurgedRanges
 from audit.retention.classes import ActionClass, actions_of
 from audit.retention.repository import RetentionRepository
@@ -38,19 +37,15 @@ from audit.retention.schemas import (
 )
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
+from audit.store.archive import Archiver, ArchiveSettings
 from audit.store.protocol import EventStore
 from audit.streams.service import StreamService
 
 
 def make_archiver(settings: AuditSettings, store: EventStore, servicelog: ServiceLog) -> Archiver:
-    """Snapshots for Elasticsearch, NDJSON.gz files for the embedded SQL store."""
-    from audit.store.elastic import ElasticEventStore
-
-    if isinstance(store, ElasticEventStore):
-        return SnapshotArchiver(
-            store, settings.retention_snapshot_repository, settings.retention_snapshot_location
-        )
-    return SqlArchiver(store, settings.retention_archive_dir, servicelog.keys.signer)
+    """The store's own archiver (snapshots for Elasticsearch, signed files for SQL): each
+    backend knows how its days are best kept."""
+    return store.archiver(ArchiveSettings.of(settings, servicelog.keys.signer))
 
 
 class RetentionService:
@@ -239,11 +234,11 @@ class RetentionService:
         """Bring an archived day back for an investigation (place a legal hold first, or
         the next run purges it again)."""
         archive = await asyncio.to_thread(self._archive, tenant, archive_id)
-        ours = NDJSON_GZ if isinstance(self.archiver, SqlArchiver) else "snapshot"
+        ours = self.archiver.kind
         if archive.kind != ours:
             raise ConflictError(
                 f"archive {archive_id} is a {archive.kind}; this service's store restores "
-                f"{ours} archives"
+                f"{ours.value} archives"
             )
         restored = await self.archiver.restore(archive)
         await asyncio.to_thread(self._restored, archive_id)

@@ -51,6 +51,23 @@ from elasticsearch import ConnectionTimeout as ESConnectionTimeout
 from elasticsearch.serializer import OrjsonSerializer
 
 from audit.errors import ConflictError, StoreUnavailableError, UsageError
+from audit.store.archive import Archiver, ArchiveSettings
+from audit.store.elastic_archive import SnapshotArchiver
+from audit.store.fields import (
+    BY_GROUP,
+    BY_STATS,
+    COPIED,
+    DAY,
+    FIELDS,
+    FILE_HASHES,
+    STREAM,
+    TIME,
+    VALUE_FILTERS,
+    VERDICT,
+    WORDS,
+    Kind,
+)
+from audit.store.fields import INGEST as INGEST  # re-exported: the annotations' prefix
 from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
 from audit.store.query import (
     EventPage,
@@ -69,22 +86,22 @@ from audit.store.query import (
 )
 
 T = TypeVar("T")
-INGEST = "ffaudit.ingest."
 _RECORD = INGEST + "record"
 _TENANT = INGEST + "tenant"
-_STREAM = INGEST + "stream"
 _SEQUENCE = INGEST + "sequence"
 _DOC_ID = INGEST + "doc_id"
-_VERDICT = INGEST + "verdict"
-_TIMESTAMP = INGEST + "timestamp"
-_TIME_US = INGEST + "time_us"
-_WORDS = INGEST + "search_words"
-_FILE_HASHES = INGEST + "file_hashes"
+# The query fields the store writes and reads itself (the rest only through the table).
+_STREAM = STREAM.key
+_VERDICT = VERDICT.key
+_TIMESTAMP = DAY.key
+_TIME_US = TIME.key
+_WORDS = WORDS.key
+_FILE_HASHES = FILE_HASHES.key
 _QUERY_FIELDS = INGEST + "query_fields"
-# The version of the query annotations `to_document` writes: 1 was time_us and search_words
-# (documents from before have no version), 2 added file_hashes. `backfill()` brings every
-# document below it up to date.
-QUERY_FIELDS = 2
+# The version of the query fields `to_document` writes, the table's latest `release`: 1 was
+# time_us and search_words (documents from before have no version), 2 added file_hashes.
+# `backfill()` brings every document below it up to date.
+QUERY_FIELDS = max(f.release for f in FIELDS)
 # Tenant ids are slugs; anything else could not be part of an index name.
 _TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _TRANSIENT = (ESConnectionError, ESConnectionTimeout)
@@ -94,124 +111,85 @@ _KEYWORD: dict[str, Any] = {"type": "keyword"}
 _FREE: dict[str, Any] = {"type": "keyword", "ignore_above": 1024}
 _LONG: dict[str, Any] = {"type": "long"}
 _DATE: dict[str, Any] = {"type": "date"}
-# Record field -> longest value copied for an unindexed record: the SQL store's column sizes,
-# so that both stores' filters select the same broken records.
-_COPIES = {
-    "event.action": 64,
-    "event.outcome": 16,
-    "user.hash": 64,
-    "ffaudit.session.hash": 64,
-    "ffaudit.client.ip_hash": 64,
-    "ffaudit.target.hash": 64,
-    "trace.id": 256,
+_INTEGER: dict[str, Any] = {"type": "integer"}
+# How each kind of query field is mapped (a keyword takes an array as it takes one value).
+_KINDS: dict[Kind, Mapping[str, Any]] = {
+    Kind.KEYWORD: _KEYWORD,
+    Kind.FREE: _FREE,
+    Kind.KEYWORDS: _KEYWORD,
+    Kind.WORDS: _KEYWORD,
+    Kind.LONG: _LONG,
+    Kind.DATE: _DATE,
 }
-# EventQuery field -> the indexed field its values are matched against.
-_FILTERS = (
-    ("actor_hashes", "user.hash"),
-    ("actions", "event.action"),
-    ("outcomes", "event.outcome"),
-    ("session_hashes", "ffaudit.session.hash"),
-    ("target_hashes", "ffaudit.target.hash"),
-    ("job_ids", "trace.id"),
-    ("streams", _STREAM),
-    ("verdicts", _VERDICT),
-    ("client_ip_hashes", "ffaudit.client.ip_hash"),
-)
-_STATS_FIELDS = {
-    "action": "event.action",
-    "outcome": "event.outcome",
-    "actor": "user.hash",
-    "verdict": _VERDICT,
-    "client_ip": "ffaudit.client.ip_hash",
-    "session": "ffaudit.session.hash",
-    "stream": _STREAM,
-}
+# EventQuery attribute -> the indexed field its values are matched against (`terms`).
+_FILTERS = {name: field.key for name, field in VALUE_FILTERS.items()}
+# StatsBy -> the indexed field `stats` groups on; a date groups by UTC day.
+_STATS_FIELDS = {name: f.key for name, f in BY_STATS.items() if f.kind is not Kind.DATE}
 _STATS_PAGE = 1000
 # GroupField -> the indexed field `count_by` groups on.
-_GROUP_FIELDS = {
-    "user.hash": "user.hash",
-    "ffaudit.client.ip_hash": "ffaudit.client.ip_hash",
-    "ffaudit.session.hash": "ffaudit.session.hash",
-    "event.action": "event.action",
-    "event.outcome": "event.outcome",
-    "trace.id": "trace.id",
-    "stream": _STREAM,
+_GROUP_FIELDS = {name: f.key for name, f in BY_GROUP.items()}
+
+# Everything else mapped, by dotted key: stored fields no query selects by.
+_UNQUERIED: dict[str, Mapping[str, Any]] = {
+    "@timestamp": _DATE,
+    "event.id": _KEYWORD,
+    "event.kind": _KEYWORD,
+    "event.category": _KEYWORD,
+    "event.type": _KEYWORD,
+    "event.dataset": _KEYWORD,
+    "event.hash": _KEYWORD,
+    "event.sequence": _LONG,
+    "ffaudit.schema": _INTEGER,
+    "ffaudit.stream": _KEYWORD,
+    "ffaudit.tenant": _KEYWORD,
+    "ffaudit.prev": _KEYWORD,
+    "ffaudit.key_id": _KEYWORD,
+    "ffaudit.checkpoint.first_sequence": _LONG,
+    "ffaudit.checkpoint.records": _LONG,
+    "ffaudit.checkpoint.closing": {"type": "boolean"},
+    "ffaudit.checkpoint.signer": _KEYWORD,
+    # One field however many keys producers invent: the mapping cannot explode.
+    "ffaudit.metadata": {"type": "flattened", "ignore_above": 1024},
+    INGEST + "failure": _KEYWORD,
+    INGEST + "received_at": _DATE,
+    _TENANT: _KEYWORD,
+    _SEQUENCE: _LONG,
+    _DOC_ID: _KEYWORD,
+    INGEST + "event_hash": _KEYWORD,
+    _RECORD: {"type": "object", "enabled": False},
+    "file.hash.sha256": _KEYWORD,
+    "error.type": _FREE,
+    "error.message": {"type": "text", "fields": {"keyword": _FREE}},
 }
 
 
-def _obj(**properties: Mapping[str, Any]) -> dict[str, Any]:
-    return {"properties": dict(properties)}
-
-
-# The annotations that exist for queries (module docstring).
-_QUERY_INGEST: dict[str, Mapping[str, Any]] = {
-    "time_us": _LONG,
-    "search_words": _KEYWORD,
-    "file_hashes": _KEYWORD,
-    "query_fields": {"type": "integer"},
-}
+def _properties(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mapping properties from dotted keys: `a.b` is `b` among the properties of `a`."""
+    properties: dict[str, Any] = {}
+    for key, spec in fields.items():
+        *parents, leaf = key.split(".")
+        node = properties
+        for parent in parents:
+            node = node.setdefault(parent, {"properties": {}})["properties"]
+        node[leaf] = dict(spec)
+    return properties
 
 
 MAPPINGS: dict[str, Any] = {
     # Unknown fields stay in _source but add nothing to the mapping.
     "dynamic": False,
-    "properties": {
-        "@timestamp": _DATE,
-        "event": _obj(
-            id=_KEYWORD,
-            action=_KEYWORD,
-            outcome=_KEYWORD,
-            kind=_KEYWORD,
-            category=_KEYWORD,
-            type=_KEYWORD,
-            dataset=_KEYWORD,
-            hash=_KEYWORD,
-            sequence=_LONG,
-        ),
-        "ffaudit": _obj(
-            schema={"type": "integer"},
-            stream=_KEYWORD,
-            tenant=_KEYWORD,
-            prev=_KEYWORD,
-            key_id=_KEYWORD,
-            session=_obj(hash=_KEYWORD),
-            client=_obj(ip_hash=_KEYWORD),
-            target=_obj(hash=_KEYWORD),
-            checkpoint=_obj(
-                first_sequence=_LONG,
-                records=_LONG,
-                closing={"type": "boolean"},
-                signer=_KEYWORD,
-            ),
-            # One field however many keys producers invent: the mapping cannot explode.
-            metadata={"type": "flattened", "ignore_above": 1024},
-            ingest=_obj(
-                verdict=_KEYWORD,
-                failure=_KEYWORD,
-                received_at=_DATE,
-                tenant=_KEYWORD,
-                stream=_KEYWORD,
-                sequence=_LONG,
-                doc_id=_KEYWORD,
-                event_hash=_KEYWORD,
-                timestamp=_DATE,
-                record={"type": "object", "enabled": False},
-                **_QUERY_INGEST,
-            ),
-        ),
-        "user": _obj(hash=_KEYWORD),
-        "trace": _obj(id=_FREE),
-        "file": _obj(hash=_obj(sha256=_KEYWORD)),
-        "error": _obj(
-            type=_FREE,
-            message={"type": "text", "fields": {"keyword": _FREE}},
-        ),
-    },
+    "properties": _properties(
+        {
+            **_UNQUERIED,
+            **{f.key: _KINDS[f.kind] for f in FIELDS},
+            _QUERY_FIELDS: _INTEGER,
+        }
+    ),
 }
-
-
 # The fields added after the first release, put on indices the older template made.
-QUERY_MAPPINGS: dict[str, Any] = {"ffaudit": _obj(ingest=_obj(**_QUERY_INGEST))}
+QUERY_MAPPINGS: dict[str, Any] = _properties(
+    {**{f.key: _KINDS[f.kind] for f in FIELDS if f.release}, _QUERY_FIELDS: _INTEGER}
+)
 
 
 def index_settings(replicas: int) -> dict[str, Any]:
@@ -635,10 +613,10 @@ class ElasticEventStore:
             return {}
         await self._visible(query.tenant)
         source: dict[str, Any]
-        if by == "day":
+        if BY_STATS[by].kind is Kind.DATE:
             source = {
                 "date_histogram": {
-                    "field": _TIMESTAMP,
+                    "field": BY_STATS[by].key,
                     "calendar_interval": "1d",
                     "time_zone": "UTC",
                     "format": "yyyy-MM-dd",
@@ -862,6 +840,10 @@ class ElasticEventStore:
     async def _refresh_index(self, index: str) -> None:
         await self._refresh(index)
 
+    def archiver(self, settings: ArchiveSettings) -> Archiver:
+        """Snapshots of the daily indices: a day is one index, archived as it is."""
+        return SnapshotArchiver(self, settings.snapshot_repository, settings.snapshot_location)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -914,7 +896,7 @@ def _term(field: str, value: str) -> dict[str, Any]:
 
 def _filters(query: EventQuery) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
-    for name, field in _FILTERS:
+    for name, field in _FILTERS.items():
         values: tuple[str, ...] = getattr(query, name)
         if values:
             filters.append({"terms": {field: list(values)}})
@@ -936,8 +918,6 @@ def _filters(query: EventQuery) -> list[dict[str, Any]]:
         filters.append({"range": {_TIMESTAMP: {**dates, "format": "epoch_millis"}}})
     # The words were case-folded when stored: a plain prefix on the keyword is exact.
     filters += [{"prefix": {_WORDS: word}} for word in query.words()]
-    if query.file_hashes:
-        filters.append({"terms": {_FILE_HASHES: sorted(set(query.file_hashes))}})
     return filters
 
 
@@ -974,7 +954,7 @@ def _query_fields(event: StoredEvent, *, unindexed: bool) -> dict[str, Any]:
     if unindexed:
         # Beside the unindexed record, its valid query fields, so filters still find it; read
         # back, the record comes from ffaudit.ingest.record alone.
-        for field, longest in _COPIES.items():
+        for field, longest in COPIED.items():
             value = event.record.get(field)
             if isinstance(value, str) and len(value) <= longest:
                 fields[field] = value

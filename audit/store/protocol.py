@@ -11,8 +11,16 @@ every implementation keeps:
 * `StoredEvent.record` reads back equal to what was written (the JSON value; the SQL store
   keeps its RFC 8785 form, so `1.0` may read back as `1`, which hashes the same).
 * Queries (`search`, `stats`, `by_job`) select by the same fields on every backend and return
-  the same records in the same order; the query types, the cursor and the free-text rule are
-  in audit.store.query (tests/store/test_query.py is their contract suite).
+  the same records in the same order: the fields are one table (audit.store.fields); the
+  query types, the cursor and the free-text rule are in audit.store.query
+  (tests/store/test_query.py is their contract suite).
+* Each backend supplies the archiver retention uses for its purged days (`archiver`, under
+  the contract of audit.store.archive), so retention never asks which backend it has.
+
+A new backend: a module beside these implementing EventStore (for `archiver`, the signed
+files of audit.store.ndjson_archive work on any store; a backend with snapshots of its own
+adds an archiver module and an ArchiveKind), a branch in `audit.store.make_event_store`,
+and its fixture in tests/store/conftest.py, so that the contract suites run on it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from audit.store.archive import Archiver, ArchiveSettings
 from audit.store.query import EventPage, EventQuery, GroupField, StatsBy
 
 # (doc_id, timestamp, verdict, failure); the timestamp addresses the record's daily index.
@@ -142,6 +151,11 @@ class EventStore(Protocol):
         """Delete the tenant's records of the UTC `day` only if exactly `expected` are
         stored (the number archived): otherwise nothing is deleted and ConflictError is
         raised, so a record that arrived after archiving is never lost. Returns the count."""
+        ...
+
+    def archiver(self, settings: ArchiveSettings) -> Archiver:
+        """What archives this store's days before `delete_day` removes them, and restores
+        them (audit.store.archive)."""
         ...
 
     async def refresh(self) -> None:

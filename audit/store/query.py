@@ -48,23 +48,16 @@ import orjson
 from audit.errors import InvalidInputError
 from audit.integrity.digest import sha256_hex
 from audit.integrity.record import FILE_SHA256, METADATA
+from audit.store.fields import VALUE_FILTERS
+from audit.store.fields import GroupField as GroupField  # re-exported: the query vocabulary
+from audit.store.fields import StatsBy as StatsBy
 
 if TYPE_CHECKING:
     from audit.store.protocol import StoredEvent
 
 Order = Literal["asc", "desc"]
-StatsBy = Literal["action", "outcome", "actor", "day", "verdict", "client_ip", "session", "stream"]
+# What `EventStore.stats` and `count_by` group on: the counted fields of audit.store.fields.
 STATS_BY: tuple[str, ...] = get_args(StatsBy)
-# What `EventStore.count_by` groups on: record fields, and "stream" (the service-assigned one).
-GroupField = Literal[
-    "user.hash",
-    "ffaudit.client.ip_hash",
-    "ffaudit.session.hash",
-    "event.action",
-    "event.outcome",
-    "trace.id",
-    "stream",
-]
 GROUP_FIELDS: tuple[str, ...] = get_args(GroupField)
 # (@timestamp as epoch microseconds, stream, sequence, doc_id): the order of every page.
 SortKey = tuple[int, str, int, str]
@@ -85,21 +78,11 @@ TEXT_SCHEMA: dict[str, Any] = {"pattern": TEXT_PATTERN}
 _PSEUDONYM_LIKE = re.compile(r"[0-9a-f]{16,}")
 _SEARCHED_FIELDS = ("event.action", "error.type", "error.message")
 _CURSOR_VERSION = "v1."
-_VALUE_FIELDS = (
-    "actor_hashes",
-    "actions",
-    "outcomes",
-    "session_hashes",
-    "target_hashes",
-    "job_ids",
-    "streams",
-    "verdicts",
-    "client_ip_hashes",
-    "file_hashes",
-)
-# Value fields added after cursors were first issued: left out of the digest when unused, so
-# a cursor issued before the upgrade still continues its query.
-_LATER_FIELDS = ("file_hashes",)
+# The tuple-valued filters (audit.store.fields), each an attribute of EventQuery.
+_VALUE_FIELDS = tuple(VALUE_FILTERS)
+# Those added after cursors were first issued: left out of the digest when unused, so a
+# cursor issued before the upgrade still continues its query.
+_LATER_FIELDS = tuple(name for name, field in VALUE_FILTERS.items() if not field.first_cursors)
 _MAX_CURSOR = 4096
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

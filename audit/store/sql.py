@@ -46,6 +46,21 @@ from audit.db.session import make_engine, session_factory
 from audit.errors import ConflictError, StoreUnavailableError, UsageError
 from audit.integrity.canonical import canonicalize
 from audit.models.events import Event
+from audit.store.archive import Archiver, ArchiveSettings
+from audit.store.fields import (
+    BY_GROUP,
+    BY_KEY,
+    BY_STATS,
+    COPIED,
+    DAY,
+    FIELDS,
+    FILE_HASHES,
+    TIME,
+    VALUE_FILTERS,
+    WORDS,
+    Kind,
+)
+from audit.store.ndjson_archive import NdjsonArchiver
 from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
 from audit.store.query import (
     MAX_FILE_HASHES,
@@ -70,53 +85,24 @@ T = TypeVar("T")
 _TABLE = cast(Table, Event.__table__)
 # Rows per INSERT statement: 17 columns stay far below SQLite's and PostgreSQL's bind limits.
 _INSERT_CHUNK = 500
-# Record field -> (column, longest value the column takes).
-_COPIED = {
-    "event.action": ("action", 64),
-    "event.outcome": ("outcome", 16),
-    "user.hash": ("user_hash", 64),
-    "ffaudit.session.hash": ("session_hash", 64),
-    "ffaudit.client.ip_hash": ("client_ip_hash", 64),
-    "ffaudit.target.hash": ("target_hash", 64),
-    "trace.id": ("trace_id", 256),
-}
-# EventQuery field -> the column its values are matched against.
-_FILTERS = (
-    ("actor_hashes", Event.user_hash),
-    ("actions", Event.action),
-    ("outcomes", Event.outcome),
-    ("session_hashes", Event.session_hash),
-    ("target_hashes", Event.target_hash),
-    ("job_ids", Event.trace_id),
-    ("streams", Event.stream),
-    ("verdicts", Event.verdict),
-    ("client_ip_hashes", Event.client_ip_hash),
+# Each query field's column (audit.store.fields names it): one missing fails here, at import.
+_COLUMNS: dict[str, ColumnElement[Any]] = {f.key: _TABLE.c[f.column] for f in FIELDS}
+# EventQuery attribute -> the column its values are matched against (`IN`). The one
+# multi-valued field, the file hashes, is matched by its slots (_FILE_SLOTS).
+_FILTERS = tuple(
+    (name, _COLUMNS[f.key]) for name, f in VALUE_FILTERS.items() if f.kind is not Kind.KEYWORDS
 )
-_STATS_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "action": _TABLE.c.action,
-    "outcome": _TABLE.c.outcome,
-    "actor": _TABLE.c.user_hash,
-    "verdict": _TABLE.c.verdict,
-    "client_ip": _TABLE.c.client_ip_hash,
-    "session": _TABLE.c.session_hash,
-    "stream": _TABLE.c.stream,
-}
+# StatsBy -> the column `stats` groups on; a date groups by UTC day (SqlEventStore._day).
+_STATS_COLUMNS = {name: _COLUMNS[f.key] for name, f in BY_STATS.items() if f.kind is not Kind.DATE}
+# GroupField -> the column `count_by` groups on.
+_GROUP_COLUMNS = {name: _COLUMNS[f.key] for name, f in BY_GROUP.items()}
 # A record names at most MAX_FILE_HASHES files, stored in `file_hashes` 64 hex digits and a
 # space apart: the n-th digest is a fixed substring, which an IN list matches exactly.
 _FILE_SLOTS = tuple(
-    func.substr(Event.file_hashes, 1 + 65 * n, 64, type_=String) for n in range(MAX_FILE_HASHES)
+    func.substr(_COLUMNS[FILE_HASHES.key], 1 + 65 * n, 64, type_=String)
+    for n in range(MAX_FILE_HASHES)
 )
 _PAGE_ORDER = (Event.timestamp, Event.stream, Event.sequence, Event.doc_id)
-# GroupField -> the column `count_by` groups on.
-_GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "user.hash": _TABLE.c.user_hash,
-    "ffaudit.client.ip_hash": _TABLE.c.client_ip_hash,
-    "ffaudit.session.hash": _TABLE.c.session_hash,
-    "event.action": _TABLE.c.action,
-    "event.outcome": _TABLE.c.outcome,
-    "trace.id": _TABLE.c.trace_id,
-    "stream": _TABLE.c.stream,
-}
 
 
 class SqlEventStore:
@@ -310,10 +296,7 @@ class SqlEventStore:
         return await self._run(self._stats, query, by)
 
     def _stats(self, query: EventQuery, by: str) -> dict[str, int]:
-        if by == "day":
-            group: ColumnElement[Any] = self._day()
-        else:
-            group = _STATS_COLUMNS[by]
+        group = self._day() if BY_STATS[by].kind is Kind.DATE else _STATS_COLUMNS[by]
         # Grouped in a subquery: PostgreSQL refuses GROUP BY on an expression whose literals
         # are bound separately from the select list's.
         keyed = select(group.label("k")).where(*_where(query)).subquery()
@@ -326,11 +309,11 @@ class SqlEventStore:
         return counts
 
     def _day(self) -> ColumnElement[Any]:
+        when = _COLUMNS[DAY.key]
         if self._engine.dialect.name == "postgresql":
-            utc = func.timezone("UTC", Event.timestamp)
-            return func.to_char(utc, "YYYY-MM-DD", type_=String)
+            return func.to_char(func.timezone("UTC", when), "YYYY-MM-DD", type_=String)
         # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text.
-        return func.substr(Event.timestamp, 1, 10, type_=String)
+        return func.substr(when, 1, 10, type_=String)
 
     async def count_by(
         self, query: EventQuery, *, field: GroupField, more_than: int = 0
@@ -426,6 +409,10 @@ class SqlEventStore:
                 )
         return deleted
 
+    def archiver(self, settings: ArchiveSettings) -> Archiver:
+        """Signed NDJSON.gz files: a database has no snapshots of one tenant's day."""
+        return NdjsonArchiver(self, settings.directory, settings.signer)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -458,14 +445,15 @@ def _row(event: StoredEvent) -> dict[str, Any]:
         "failure": event.failure,
         "received_at": event.received_at,
         "record": canonicalize(event.record).decode("utf-8"),
-        "search_text": search_text(event.record),
-        "file_hashes": file_hashes_text(event.record),
+        WORDS.column: search_text(event.record),
+        FILE_HASHES.column: file_hashes_text(event.record),
     }
-    for field, (column, limit) in _COPIED.items():
-        value = event.record.get(field)
+    for key, longest in COPIED.items():
+        value = event.record.get(key)
         # Copies serve lookups only: a value of the wrong type or size (a broken record's)
         # is left out of its column, while the record text keeps it verbatim.
-        row[column] = value if isinstance(value, str) and len(value) <= limit else None
+        copy = value if isinstance(value, str) and len(value) <= longest else None
+        row[BY_KEY[key].column] = copy
     return row
 
 
@@ -475,14 +463,16 @@ def _where(query: EventQuery) -> list[ColumnElement[bool]]:
         values: tuple[str, ...] = getattr(query, name)
         if values:
             conditions.append(column.in_(values))
+    when = _COLUMNS[TIME.key]
     if query.since is not None:
-        conditions.append(Event.timestamp >= query.since)
+        conditions.append(when >= query.since)
     if query.until is not None:
-        conditions.append(Event.timestamp < query.until)
+        conditions.append(when < query.until)
     # search_text and the words are both case-folded in Python: SQLite's lower() is
     # ASCII-only, so lowering in SQL would differ between the two databases.
+    words = _COLUMNS[WORDS.key]
     for word in query.words():
-        conditions.append(Event.search_text.like(like_prefix(word), escape="\\"))
+        conditions.append(words.like(like_prefix(word), escape="\\"))
     if query.file_hashes:
         digests = sorted(set(query.file_hashes))
         conditions.append(or_(*(slot.in_(digests) for slot in _FILE_SLOTS)))

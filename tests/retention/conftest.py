@@ -1,6 +1,6 @@
-"""A retention test bed: the service's parts wired as the app wires them, on SQLite with the
-embedded SQL store, or on PostgreSQL with Elasticsearch; and records sealed with old
-timestamps, spread over whole UTC days."""
+"""A retention test bed: the service's parts wired as the app wires them, on SQLite or
+PostgreSQL with the embedded SQL store, or on PostgreSQL with Elasticsearch; and records
+sealed with old timestamps, spread over whole UTC days."""
 
 from __future__ import annotations
 
@@ -116,10 +116,11 @@ class RetentionEnv:
 EnvFactory = Callable[..., RetentionEnv]
 
 
-@pytest.fixture(params=["sqlite", "elasticsearch"])
+@pytest.fixture(params=["sqlite", "postgres", "elasticsearch"])
 async def make_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EnvFactory]:
-    """make_env(**settings) -> a RetentionEnv; SQLite + SQL store, or PostgreSQL +
-    Elasticsearch with a snapshot repository of this test only."""
+    """make_env(**settings) -> a RetentionEnv; SQLite or PostgreSQL with the SQL store in the
+    same database, or PostgreSQL + Elasticsearch with a snapshot repository of this test
+    only."""
     made: list[RetentionEnv] = []
     signer, keyring = Signer.generate(), Keyring.generate()
     tenant = f"t{uuid.uuid4().hex[:10]}"
@@ -128,6 +129,8 @@ async def make_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/ffaudit.db"
         upgrade(url)
+    elif request.param == "postgres":
+        url = request.getfixturevalue("fresh_postgres_url")
     else:
         url = request.getfixturevalue("fresh_postgres_url")
         es_url = request.getfixturevalue("elasticsearch_url")

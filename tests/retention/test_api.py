@@ -93,7 +93,7 @@ def test_policies_are_admin_only_and_never_below_the_floor(client: TestClient) -
     other = client.get(url, headers=token(tenant="globex")).json()
     assert {p["action_class"]: p["days"] for p in other["policies"]}["security"] == 180
 
-    stream = client.app.state.servicelog.stream_for("acme")  # type: ignore[attr-defined]
+    stream = client.app.state.services.servicelog.stream_for("acme")  # type: ignore[attr-defined]
     logged = client.get(
         "/v1/events",
         params={"stream": stream, "action": "retention.policy_changed"},
@@ -106,7 +106,7 @@ def test_policies_are_admin_only_and_never_below_the_floor(client: TestClient) -
 
 def test_holds_are_tenant_scoped_and_actor_ids_stay_pseudonymous(client: TestClient) -> None:
     keyring = Keyring.generate()
-    client.app.state.retention.keyrings.import_keyring(  # type: ignore[attr-defined]
+    client.app.state.services.retention.keyrings.import_keyring(  # type: ignore[attr-defined]
         "acme", keyring.dumps()
     )
     holds = "/v1/retention/holds"

@@ -8,6 +8,7 @@ import socket
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +20,10 @@ from sqlalchemy import create_engine, inspect
 from audit.db.session import alembic_config
 from audit.errors import StoreUnavailableError
 from audit.integrity.canonical import canonicalize
+from audit.integrity.keys import Signer
 from audit.settings import AuditSettings
 from audit.store import make_event_store
+from audit.store.archive import ArchiveKind, Archiver, ArchiveSettings
 from audit.store.elastic import ElasticEventStore
 from audit.store.protocol import EventStore
 from audit.store.sql import SqlEventStore
@@ -262,6 +265,13 @@ async def test_tenant_isolation(store: EventStore, tenant: str) -> None:
 
 async def test_ping(store: EventStore) -> None:
     assert await store.ping() is True
+
+
+def test_every_backend_supplies_its_archiver(store: EventStore, tmp_path: Path) -> None:
+    settings = ArchiveSettings(tmp_path, Signer.generate(), "repository", "location")
+    archiver = store.archiver(settings)
+    assert isinstance(archiver, Archiver)  # what retention needs (audit.store.archive)
+    assert archiver.kind in ArchiveKind
 
 
 def _closed_port() -> int:

@@ -1,14 +1,11 @@
-"""Archives: what a purged day becomes before its records are deleted, and how it comes back.
+"""Signed NDJSON.gz archives: what the SQL store's purged days become (audit.store.archive).
 
-* **Embedded SQL store**: one gzip-compressed NDJSON file per tenant and day, every line the
-  stored event as stored (record, doc id, verdict, times), beside a manifest signed by the
-  service key (docs/record-spec.md §12.3). Each file is written to a temporary name, fsynced,
-  renamed into place and the directory fsynced, before anything is deleted.
-* **Elasticsearch**: the day's index goes into a snapshot of a registered `fs` repository;
-  the snapshot must report SUCCESS with no failed shard before anything is deleted.
-
-Restoring verifies first (manifest signature, file SHA-256, every line) and then writes the
-records back create-only, so restoring twice, or over records still there, is harmless.
+One gzip-compressed NDJSON file per tenant and day, every line the stored event as stored
+(record, doc id, verdict, times), beside a manifest signed by the service key
+(docs/record-spec.md §12.3). Each file is written to a temporary name, fsynced, renamed into
+place and the directory fsynced, before anything is deleted. Restoring verifies first
+(manifest signature, file SHA-256, every line) and then writes the records back
+create-only.
 """
 
 from __future__ import annotations
@@ -19,53 +16,24 @@ import binascii
 import gzip
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final
 
 import orjson
 
 from audit.common.files import fsync_dir, write_atomic
-from audit.errors import ConflictError, IntegrityError, NotFoundError, StoreUnavailableError
+from audit.errors import IntegrityError, NotFoundError
 from audit.integrity import contexts
 from audit.integrity.canonical import canonicalize
 from audit.integrity.digest import file_hex
 from audit.integrity.keys import Signer, Verifier
 from audit.models import RetentionArchive
-from audit.retention.checkpoints import RunCollector, StreamRun
-from audit.store.protocol import EventStore, StoredEvent, day_bounds
+from audit.store.archive import ArchiveKind, DayArchive, RunCollector
+from audit.store.protocol import EventStore, StoredEvent
 
 ARCHIVE_FORMAT: Final = "ffaudit.retention-archive.v1"
-ARCHIVE_CONTEXT: Final = contexts.ARCHIVE
-NDJSON_GZ: Final = "ndjson.gz"
-SNAPSHOT: Final = "snapshot"
 _BATCH = 1000
-
-
-@dataclass(slots=True)
-class DayArchive:
-    """One archived day, before the database knows of it."""
-
-    day: date
-    records: int
-    runs: list[StreamRun]
-    per_stream: dict[str, int]
-    kind: str
-    location: str
-    index_name: str | None = None
-    sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Archiver(Protocol):
-    async def archive(self, tenant: str, days: list[date], run_id: str) -> list[DayArchive]:
-        """Archive the tenant's `days`; durable when it returns."""
-        ...
-
-    async def restore(self, archive: RetentionArchive) -> int:
-        """Bring an archived day's records back; returns how many were written."""
-        ...
 
 
 def _iso(when: datetime) -> str:
@@ -93,12 +61,11 @@ def manifest_message(manifest: Any) -> bytes:
     return contexts.archive_message(manifest)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    write_atomic(path, data)
+class NdjsonArchiver:
+    """NDJSON.gz files with signed manifests under `directory/<tenant>/`: works on any
+    store (it reads `scan_day` and restores through `write`)."""
 
-
-class SqlArchiver:
-    """NDJSON.gz files with signed manifests under `directory/<tenant>/`."""
+    kind: Final = ArchiveKind.NDJSON_GZ
 
     def __init__(self, store: EventStore, directory: Path, signer: Signer) -> None:
         self.store = store
@@ -111,7 +78,7 @@ class SqlArchiver:
     async def _archive_day(self, tenant: str, day: date, run_id: str) -> DayArchive:
         folder = self.directory / tenant
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True, mode=0o700)
-        name = f"{day.isoformat()}.{run_id}.{NDJSON_GZ}"
+        name = f"{day.isoformat()}.{run_id}.{self.kind.value}"
         path = folder / name
         part = path.with_name(name + ".part")
         collector = RunCollector()
@@ -168,15 +135,15 @@ class SqlArchiver:
             records=collector.records,
             runs=collector.runs,
             per_stream=collector.per_stream,
-            kind=NDJSON_GZ,
+            kind=self.kind,
             location=f"{tenant}/{name}",
             sha256=digest,
         )
 
     @staticmethod
     def _write_manifest(path: Path, manifest: Any, signature: bytes, folder: Path) -> None:
-        _write_durably(path.with_name(path.name + ".manifest.json"), canonicalize(manifest) + b"\n")
-        _write_durably(path.with_name(path.name + ".manifest.sig"), signature + b"\n")
+        write_atomic(path.with_name(path.name + ".manifest.json"), canonicalize(manifest) + b"\n")
+        write_atomic(path.with_name(path.name + ".manifest.sig"), signature + b"\n")
         fsync_dir(folder)
 
     async def restore(self, archive: RetentionArchive) -> int:
@@ -267,111 +234,3 @@ def _parse_line(line: bytes, number: int, tenant: str) -> StoredEvent:
     if event.tenant != tenant or not isinstance(event.record, dict):
         raise IntegrityError(f"archive line {number}: not a record of tenant {tenant!r}")
     return event
-
-
-class SnapshotArchiver:
-    """Elasticsearch: daily indices into snapshots of an `fs` repository."""
-
-    def __init__(self, store: Any, repository: str, location: str) -> None:
-        # The ElasticEventStore (typed loosely: this module must import without the client).
-        self.store = store
-        self.repository = repository
-        self.location = location
-
-    async def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from elasticsearch import ApiError, TransportError
-
-        try:
-            return (await fn(**kwargs)).body
-        except ApiError as exc:
-            raise StoreUnavailableError(f"elasticsearch {what}: {exc}") from exc
-        except TransportError as exc:
-            raise StoreUnavailableError(f"elasticsearch {what}: {exc}") from exc
-
-    async def ensure_repository(self) -> None:
-        snapshot = self.store.client.snapshot
-        await self._call(
-            "snapshot repository",
-            snapshot.create_repository,
-            name=self.repository,
-            repository={"type": "fs", "settings": {"location": self.location}},
-        )
-
-    async def archive(self, tenant: str, days: list[date], run_id: str) -> list[DayArchive]:
-        out: list[DayArchive] = []
-        for day in days:
-            collector = RunCollector()
-            async for event in self.store.scan_day(tenant, day):
-                collector.add(event)
-            if collector.records:
-                index = self.store.index_for(tenant, day_bounds(day)[0])
-                out.append(
-                    DayArchive(
-                        day=day,
-                        records=collector.records,
-                        runs=collector.runs,
-                        per_stream=collector.per_stream,
-                        kind=SNAPSHOT,
-                        location="",
-                        index_name=index,
-                    )
-                )
-        if not out:
-            return out
-        await self.ensure_repository()
-        name = f"{self.store.prefix}-{tenant}-{run_id}".lower()
-        indices = [a.index_name for a in out if a.index_name]
-        info = await self._call(
-            "snapshot",
-            self.store.client.snapshot.create,
-            repository=self.repository,
-            snapshot=name,
-            indices=indices,
-            include_global_state=False,
-            wait_for_completion=True,
-            metadata={"ffaudit": "retention", "tenant": tenant, "run": run_id},
-        )
-        snap = info.get("snapshot", {})
-        shards = snap.get("shards", {})
-        if (
-            snap.get("state") != "SUCCESS"
-            or shards.get("failed", 1) != 0
-            or not set(indices) <= set(snap.get("indices", []))
-        ):
-            raise StoreUnavailableError(
-                f"snapshot {name} did not succeed (state {snap.get('state')}, "
-                f"{shards.get('failed')} failed shards): nothing deleted"
-            )
-        for archived in out:
-            archived.location = f"{self.repository}/{name}"
-        return out
-
-    async def restore(self, archive: RetentionArchive) -> int:
-        index = archive.index_name
-        repository, _, snapshot = archive.location.partition("/")
-        if not index or not snapshot:
-            raise IntegrityError(f"archive {archive.id} names no snapshot index")
-        client = self.store.client
-        if await self._call("exists", client.indices.exists, index=index):
-            raise ConflictError(
-                f"index {index} exists (records for that day arrived after the purge, or it "
-                "was restored already): delete or rename it before restoring"
-            )
-        await self.ensure_repository()
-        info = await self._call(
-            "restore",
-            client.snapshot.restore,
-            repository=repository,
-            snapshot=snapshot,
-            indices=[index],
-            include_global_state=False,
-            include_aliases=False,
-            wait_for_completion=True,
-            index_settings={"index.blocks.write": False},
-        )
-        shards = info.get("snapshot", {}).get("shards", {})
-        if shards.get("failed", 1) != 0:
-            raise StoreUnavailableError(f"restoring {index} from {snapshot} failed: {shards}")
-        await self._call("refresh", client.indices.refresh, index=index)
-        counted = await self._call("count", client.count, index=index)
-        return int(counted["count"])
