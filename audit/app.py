@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -70,6 +70,11 @@ from audit.subjects.vault import SqlSubjectVault
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.routes import router as webhooks_router
 from audit.webhooks.service import WebhookService
+from dashboards.auth import load_key as load_console_key
+from dashboards.pages import PREFIX as CONSOLE_PREFIX
+from dashboards.router import error_page as console_error_page
+from dashboards.router import http_error as console_http_error
+from dashboards.router import mount as mount_console
 
 log = logging.getLogger("audit.app")
 _GAP_SWEEP_S = 5.0
@@ -97,6 +102,11 @@ async def _log_refusal(request: Request, exc: FFAuditError) -> None:
             },
             client_ip=request.client.host if request.client else None,
         )
+
+
+def _console_page(request: Request) -> bool:
+    """A console page answers errors as HTML pages; the API, as JSON."""
+    return request.url.path == CONSOLE_PREFIX or request.url.path.startswith(CONSOLE_PREFIX + "/")
 
 
 def _document_deployment_limits(app: FastAPI, settings: AuditSettings) -> None:
@@ -190,12 +200,16 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(producers_router)
     app.include_router(reverify_router)
+    if settings.console_enabled:
+        mount_console(app)
     _document_deployment_limits(app, settings)
 
     @app.exception_handler(FFAuditError)
-    async def ffaudit_error(request: Request, exc: FFAuditError) -> JSONResponse:
+    async def ffaudit_error(request: Request, exc: FFAuditError) -> Response:
         if exc.http_status in (403, 409):
             await _log_refusal(request, exc)
+        if _console_page(request):
+            return console_error_page(request, exc, services_of(request))
         body: dict[str, object] = {"type": type(exc).__name__, "message": exc.message}
         if exc.index is not None:
             body["index"] = exc.index
@@ -203,8 +217,10 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         return JSONResponse({"error": body}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # The framework's own refusals (unparseable body, unknown path) in our error shape.
+        if _console_page(request):
+            return console_http_error(request, exc.status_code, str(exc.detail))
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
@@ -215,10 +231,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
+        if _console_page(request):
+            return console_http_error(request, 422, problems)
         return JSONResponse(
             {"error": {"type": "InvalidInputError", "message": problems}}, status_code=422
         )
@@ -285,6 +303,7 @@ def _build_services(
         webhook_delivery=(
             WebhookDeliverer(settings, sessions) if settings.webhook_delivery_enabled else None
         ),
+        console_key=load_console_key(settings.service_keys_dir),
     )
 
 

@@ -52,3 +52,4 @@ class Services:
     webhooks: WebhookService
     forward: ForwardServer | None  # None unless `forward_enabled`
     webhook_delivery: WebhookDeliverer | None  # None unless `webhook_delivery_enabled`
+    console_key: bytes  # HMAC key of the console's CSRF tokens (dashboards.auth)

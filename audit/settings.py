@@ -29,6 +29,9 @@ class AuditSettings(BaseSettings):
     # -- HTTP API -------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    console_enabled: bool = Field(
+        default=True, description="serve the console (dashboards/) under /console on this port"
+    )
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_records_per_request: int = Field(default=10_000, ge=1)
     http_body_timeout_s: float = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +47,8 @@ class Principal:
     # The `streams` claim of an ingest token: names, or prefixes ending in `*`, of its
     # tenant's streams that it may write; None (no claim) for all of them.
     streams: tuple[str, ...] | None = None
+    # When the token stops being valid (`exp`): the console's session ends with it.
+    expires_at: datetime | None = None
 
     def has(self, *roles: Role) -> bool:
         return bool(self.roles.intersection(roles))
@@ -130,6 +133,9 @@ class TokenVerifier:
             roles=roles,
             amr=frozenset(str(m) for m in amr) if isinstance(amr, list) else frozenset(),
             streams=tuple(streams) if streams is not None else None,
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC)
+            if isinstance(claims.get("exp"), int | float)
+            else None,
         )
 
 

@@ -1,0 +1,7 @@
+"""Console view: verify (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
