@@ -16,12 +16,10 @@ from audit.alerts.schemas import (
     State,
     TransitionIn,
 )
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Alerts, Caller, allow, tenant_scope
 
 router = APIRouter(tags=["alerts"])
-_READERS = (Role.SECURITY, Role.ADMIN, Role.AUDITOR)
-_RESPONDERS = (Role.SECURITY, Role.ADMIN)
 _ID = Path(ge=1, le=2**31 - 1)
 _TENANT = Query(include_in_schema=False)
 
@@ -43,7 +41,7 @@ async def list_alerts(
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> AlertPageOut:
     """The tenant's alerts, newest first (security, admin; auditors read)."""
-    allow(request, who, *_READERS)
+    allow(request, who, Permission.READ_ALERTS)
     return await alerts.list(
         tenant_scope(who, tenant),
         limit=limit,
@@ -63,7 +61,7 @@ async def read_alert(
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> AlertOut:
     """One alert of the tenant."""
-    allow(request, who, *_READERS)
+    allow(request, who, Permission.READ_ALERTS)
     return await alerts.get(tenant_scope(who, tenant), alert_id)
 
 
@@ -82,7 +80,7 @@ async def acknowledge_alert(
 ) -> AlertOut:
     """open -> acknowledged (security, admin); recorded in the log of the logs, with the
     reason when one is given."""
-    allow(request, who, *_RESPONDERS)
+    allow(request, who, Permission.RESPOND_ALERTS)
     return await alerts.transition(
         who,
         tenant_scope(who, tenant),
@@ -108,7 +106,7 @@ async def resolve_alert(
 ) -> AlertOut:
     """open or acknowledged -> resolved (security, admin); recorded in the log of the logs,
     with the reason when one is given. A later repeat of the incident opens a new alert."""
-    allow(request, who, *_RESPONDERS)
+    allow(request, who, Permission.RESPOND_ALERTS)
     return await alerts.transition(
         who,
         tenant_scope(who, tenant),
@@ -124,7 +122,7 @@ async def list_rules(
     request: Request, who: Caller, alerts: Alerts, tenant: Annotated[str | None, _TENANT] = None
 ) -> RulesOut:
     """The built-in rules and the tenant's custom threshold rules."""
-    allow(request, who, *_READERS)
+    allow(request, who, Permission.READ_ALERTS)
     return await alerts.rules(tenant_scope(who, tenant))
 
 
@@ -142,7 +140,7 @@ async def create_rule(
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
     """A custom threshold rule (security, admin); evaluated from the next window on."""
-    allow(request, who, *_RESPONDERS)
+    allow(request, who, Permission.RESPOND_ALERTS)
     return await alerts.create_rule(who, tenant_scope(who, tenant), body, client_ip=_ip(request))
 
 
@@ -156,7 +154,7 @@ async def read_rule(
     rule_id: Annotated[int, _ID],
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
-    allow(request, who, *_READERS)
+    allow(request, who, Permission.READ_ALERTS)
     return await alerts.rule(tenant_scope(who, tenant), rule_id)
 
 
@@ -174,7 +172,7 @@ async def update_rule(
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> RuleOut:
     """Replace a custom rule (security, admin); it starts again from the next window."""
-    allow(request, who, *_RESPONDERS)
+    allow(request, who, Permission.RESPOND_ALERTS)
     return await alerts.update_rule(
         who, tenant_scope(who, tenant), rule_id, body, client_ip=_ip(request)
     )
@@ -189,6 +187,6 @@ async def delete_rule(
     tenant: Annotated[str | None, _TENANT] = None,
 ) -> Response:
     """Delete a custom rule (security, admin); the alerts it raised stay."""
-    allow(request, who, *_RESPONDERS)
+    allow(request, who, Permission.RESPOND_ALERTS)
     await alerts.delete_rule(who, tenant_scope(who, tenant), rule_id, client_ip=_ip(request))
     return Response(status_code=204)

@@ -43,6 +43,7 @@ class Permission(StrEnum):
     ERASE_SUBJECTS = "erase_subjects", _D
     READ_ERASURES = "read_erasures", _D, _A
     MANAGE_PRODUCERS = "manage_producers", _D
+    MANAGE_WEBHOOKS = "manage_webhooks", _S, _D
     INGEST = "ingest", Role.INGEST
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
@@ -100,7 +100,7 @@ async def create_export(
 ) -> ExportOut:
     """A bundle that anyone can check offline with `ffaudit verify-export`. Every export is
     recorded in the log of the logs."""
-    allow(request, who, Role.AUDITOR, Role.ADMIN)
+    allow(request, who, Permission.EXPORT)
     scope = tenant_scope(who, tenant)
     filters = Filters(
         actor=body.actor,
@@ -207,7 +207,7 @@ async def export_file(
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> FileResponse:
     """One file of an export of the caller's tenant."""
-    allow(request, who, Role.AUDITOR, Role.ADMIN)
+    allow(request, who, Permission.EXPORT)
     scope = tenant_scope(who, tenant)
     if not export_id.isalnum():
         raise NotFoundError("no such export")

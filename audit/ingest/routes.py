@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Caller, Ingest, Settings, allow
 from audit.errors import FFAuditError, ForbiddenError, InvalidInputError
 from audit.ingest.service import check_record
@@ -98,7 +98,7 @@ async def ingest_records(
 ) -> JSONResponse:
     """Store records of one stream. Idempotent: resending stored records is harmless.
     2xx only after every record is durably stored (or quarantined) and heads committed."""
-    engine = allow(request, who, Role.INGEST)
+    engine = allow(request, who, Permission.INGEST)
     if service.is_service_stream(stream):
         # The log of the logs is written by the service itself, never through this route.
         raise ForbiddenError("this stream is written by the audit service alone")

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from audit.auth.tokens import Principal, Role
+from audit.auth.policy import Permission
+from audit.auth.tokens import Principal
 from audit.deps import Caller, LogOfLogs, Producers, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.producers.schemas import ProducerCreate, ProducerCreated, ProducerList, ProducerOut
@@ -42,7 +43,7 @@ async def create_producer(
 ) -> ProducerCreated:
     """A producer of the tenant, bound to `streams`. The answer carries its forward password:
     shown this once and never again."""
-    admin = allow(request, who, Role.ADMIN)
+    admin = allow(request, who, Permission.MANAGE_PRODUCERS)
     scope = tenant_scope(admin, tenant)
     created = await asyncio.to_thread(producers.create, scope, body)
     await _log(
@@ -62,7 +63,7 @@ async def list_producers(
     request: Request, who: Caller, producers: Producers, tenant: OpenModeTenant = None
 ) -> ProducerList:
     """The tenant's producers (never their passwords)."""
-    scope = tenant_scope(allow(request, who, Role.ADMIN), tenant)
+    scope = tenant_scope(allow(request, who, Permission.MANAGE_PRODUCERS), tenant)
     return await asyncio.to_thread(producers.list, scope)
 
 
@@ -79,7 +80,7 @@ async def revoke_producer(
 ) -> ProducerOut:
     """Refuse the producer from now on: new connections fail the handshake, and an open
     connection is closed at its next message."""
-    admin = allow(request, who, Role.ADMIN)
+    admin = allow(request, who, Permission.MANAGE_PRODUCERS)
     scope = tenant_scope(admin, tenant)
     revoked = await asyncio.to_thread(producers.revoke, scope, producer_id)
     await _log(servicelog, request, admin, scope, change="revoked", producer=revoked.name)

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from audit.auth.tokens import Principal, ReadScope, Role, read_scope
+from audit.auth.policy import Permission, scope
+from audit.auth.tokens import Principal, ReadScope
 from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
 from audit.errors import FFAuditError, NotFoundError
 from audit.integrity.events import EventAction, Outcome
@@ -31,12 +32,7 @@ def _own_only(settings: AuditSettings, who: Principal | None) -> str | None:
     (Open mode, no token: the whole tenant.)"""
     if who is None:
         return None
-    scope = read_scope(who, settings, *_ANALYSTS)
-    return who.subject if scope is ReadScope.OWN else None
-
-
-_ANALYSTS = (Role.AUDITOR, Role.SECURITY, Role.ADMIN)
-_TIMELINES = (Role.ENGINEER, Role.AUDITOR, Role.SECURITY, Role.ADMIN)
+    return who.subject if scope(who, settings, Permission.READ_EVENTS) is ReadScope.OWN else None
 
 
 # A pseudonym as records and alerts show it: 64 lowercase hex digits.
@@ -339,7 +335,7 @@ async def stats(
 ) -> StatsOut:
     """Counts by action, outcome, actor, client IP or session (pseudonyms), stream, day or
     verdict over a time range."""
-    allow(request, who, *_ANALYSTS)
+    allow(request, who, Permission.READ_STATS)
     scope = tenant_scope(who, tenant)
     query = await asyncio.to_thread(service.build, scope, None, Filters(since=since, until=until))
     counts = await service.store.stats(query, by=by)
@@ -367,7 +363,7 @@ async def list_jobs(
 ) -> JobPageOut:
     """Finished jobs, newest first: `outcome=failure` lists the failed ones with their error
     (engineers included; records carry pseudonyms only). GET /v1/jobs/{id} has the rest."""
-    allow(request, who, *_TIMELINES)
+    allow(request, who, Permission.READ_JOBS)
     scope = tenant_scope(who, tenant)
     filters = Filters(
         actions=(_FINISHED[outcome],) if outcome else tuple(_FINISHED.values()),
@@ -418,7 +414,7 @@ async def job_timeline(
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> JobTimeline:
     """A job's events in order: inputs, models and hashes, steps, failed frames, outcome."""
-    allow(request, who, *_TIMELINES)
+    allow(request, who, Permission.READ_JOBS)
     scope = tenant_scope(who, tenant)
     events = await service.store.by_job(scope, job_id)
     if not events:
@@ -461,7 +457,7 @@ async def verify(
     """Re-verify stored chains: hashes, links, signatures, and that the store still ends at
     the head the service accepted (deletions or edits inside the store are detected).
     Long chains: ask for `application/x-ndjson` to get progress while it runs."""
-    allow(request, who, *_ANALYSTS)
+    allow(request, who, Permission.VERIFY)
     scope = tenant_scope(who, tenant)
     # A time range verifies every stream of the tenant: a chain is only provable whole.
     names = [body.stream] if body.stream is not None else service.streams.names(scope)

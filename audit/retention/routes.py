@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from audit.auth.tokens import Principal, Role
+from audit.auth.policy import Permission
+from audit.auth.tokens import Principal
 from audit.deps import Caller, LogOfLogs, Retention, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.retention.classes import ActionClass
@@ -34,7 +35,7 @@ _Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def _admin(request: Request, who: Principal | None, tenant: str | None) -> str:
-    allow(request, who, Role.ADMIN)
+    allow(request, who, Permission.MANAGE_RETENTION)
     return tenant_scope(who, tenant)
 
 
@@ -174,7 +175,7 @@ async def list_checkpoints(
     tenant: _Tenant = None,
 ) -> list[CheckpointOut]:
     """The signed retention checkpoints (docs/record-spec.md §12), for offline checks."""
-    allow(request, who, Role.ADMIN, Role.AUDITOR, Role.SECURITY)
+    allow(request, who, Permission.READ_RETENTION)
     scope = tenant_scope(who, tenant)
     out = await asyncio.to_thread(retention.checkpoints, scope, stream)
     await _read(servicelog, request, who, scope, endpoint="retention_checkpoints", results=len(out))

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Caller, LogOfLogs, Reverification, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.reverify.schemas import MarksOut
@@ -24,7 +24,7 @@ async def reverify_marks(
 ) -> MarksOut:
     """How far the scheduled re-verification last found each stored chain intact: a read
     is as current as its stream's `checked_at` (a `store_tampered` alert says otherwise)."""
-    reader = allow(request, who, Role.ADMIN, Role.AUDITOR, Role.SECURITY)
+    reader = allow(request, who, Permission.READ_REVERIFY)
     scope = tenant_scope(reader, tenant)
     out = MarksOut(streams=await asyncio.to_thread(reverifier.marks, scope))
     await servicelog.record(

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Caller, LogOfLogs, Settings, Streams, allow
 from audit.errors import ForbiddenError
 from audit.integrity.events import EventAction
@@ -30,7 +30,7 @@ async def register_stream(
 ) -> StreamRead:
     """Register a producer stream with its tenant and Ed25519 public key (idempotent).
     Administrators only (with a second factor), for their own tenant."""
-    admin = allow(request, who, Role.ADMIN)
+    admin = allow(request, who, Permission.MANAGE_STREAMS)
     if admin is not None and admin.tenant != registration.tenant:
         raise ForbiddenError("administrators register streams of their own tenant only")
     if registration.stream.startswith(settings.service_stream):
@@ -55,5 +55,5 @@ def read_stream(
     who: Caller,
 ) -> StreamRead:
     """A stream's registration and the chain head the service has accepted."""
-    reader = allow(request, who, Role.ADMIN, Role.AUDITOR, Role.SECURITY, Role.ENGINEER)
+    reader = allow(request, who, Permission.READ_STREAMS)
     return service.read(stream, tenant_id=reader.tenant if reader else None)

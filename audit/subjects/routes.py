@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from audit.auth.tokens import Role
+from audit.auth.policy import Permission
 from audit.deps import Caller, Subjects, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.integrity.pseudonym import PiiKind
@@ -32,7 +32,7 @@ async def erase_subject(
     """Make a data subject's pseudonyms unlinkable in the caller's tenant by destroying its
     per-subject keys; records and chains stay intact. Admin (second factor) only; recorded
     in the log of the logs with an erasure id, never the raw id."""
-    allow(request, who, Role.ADMIN)
+    allow(request, who, Permission.ERASE_SUBJECTS)
     scope = tenant_scope(who, tenant)
     return await subjects.erase(
         who, scope, PiiKind(body.kind), body.subject, client_ip=_client_ip(request)
@@ -48,7 +48,7 @@ async def list_erasures(
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ErasureListOut:
     """The tenant's erasure tombstones, newest first (id, kind, time, entries destroyed)."""
-    allow(request, who, Role.ADMIN, Role.AUDITOR)
+    allow(request, who, Permission.READ_ERASURES)
     scope = tenant_scope(who, tenant)
     erasures = await subjects.erasures(scope, limit)
     await subjects.servicelog.record(

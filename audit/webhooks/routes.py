@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Path, Query, Request
 
-from audit.auth.tokens import Principal, Role
+from audit.auth.policy import Permission
+from audit.auth.tokens import Principal
 from audit.deps import Caller, Deliverer, LogOfLogs, Settings, Webhooks, allow, tenant_scope
 from audit.integrity.events import EventAction
 from audit.servicelog import ServiceLog
@@ -32,11 +33,8 @@ OpenModeTenant = Annotated[str | None, Query(include_in_schema=False)]
 
 
 def _manager(request: Request, who: Principal | None) -> Principal | None:
-    # `allow` asks for the second factor only when admin is the one role accepted: check
-    # security first, so an admin without one is refused rather than let through.
-    if who is not None and who.has(Role.SECURITY):
-        return allow(request, who, Role.SECURITY)
-    return allow(request, who, Role.ADMIN)
+    # Security, or admin with a second factor (an admin without one is refused).
+    return allow(request, who, Permission.MANAGE_WEBHOOKS)
 
 
 async def _log(
