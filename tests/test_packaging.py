@@ -46,7 +46,8 @@ def test_what_the_commands_import_is_a_runtime_dependency() -> None:
     runtime = _names(project["dependencies"]) | _names(project["optional-dependencies"]["engine"])
     distributions = packages_distributions()
     missing: dict[str, str] = {}
-    for source in [*(ROOT / "audit").rglob("*.py"), *(ROOT / "engine").rglob("*.py")]:
+    roots = ("audit", "dashboards", "engine")
+    for source in [p for root in roots for p in (ROOT / root).rglob("*.py")]:
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
@@ -55,7 +56,7 @@ def test_what_the_commands_import_is_a_runtime_dependency() -> None:
             else:
                 continue
             for module in (m.split(".")[0] for m in modules):
-                if module in sys.stdlib_module_names or module in ("audit", "engine"):
+                if module in sys.stdlib_module_names or module in roots:
                     continue
                 provided = {
                     d.lower().replace("_", "-") for d in distributions.get(module, [module])

@@ -236,10 +236,10 @@ def _model(stored: list[Any]) -> str:
 def _keep_running(service: ServiceThread, tenant: str, stream: str) -> None:
     click.echo(
         f"\n6. the audit service keeps running (open mode, loopback only) until Ctrl-C:\n"
+        f"   console: {service.url}/console/ (open mode: choose tenant {tenant!r})\n"
         f"   ffaudit query --service {service.url} --tenant {tenant}\n"
         f"   ffaudit verify --service {service.url} --tenant {tenant} --stream {stream}\n"
-        f"   curl -s '{service.url}/v1/events?tenant={tenant}'   "
-        f"(API: {service.url}/openapi.json; the console, once built, at {service.url}/console)"
+        f"   curl -s '{service.url}/v1/events?tenant={tenant}'   (API: {service.url}/openapi.json)"
     )
     try:
         while service.thread.is_alive():

@@ -22,6 +22,7 @@ from audit.query.service import Filters, QueryService, StreamVerification, descr
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA, StatsBy
+from audit.streams.schemas import StreamId
 from audit.timestamps import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["who-did-what"])
@@ -241,7 +242,7 @@ async def list_events(
     action: Annotated[list[EventAction] | None, Query()] = None,
     outcome: Annotated[list[Outcome] | None, Query()] = None,
     job: Annotated[list[str] | None, Query(max_length=20)] = None,
-    stream: Annotated[list[str] | None, Query(max_length=20)] = None,
+    stream: Annotated[list[StreamId] | None, Query(max_length=20)] = None,
     verdict: Annotated[list[Literal["ok", "pending", "broken", "rejected"]] | None, Query()] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
@@ -354,7 +355,7 @@ async def list_jobs(
     servicelog: LogOfLogs,
     settings: Settings,
     outcome: Literal["success", "failure"] | None = None,
-    stream: Annotated[list[str] | None, Query(max_length=20)] = None,
+    stream: Annotated[list[StreamId] | None, Query(max_length=20)] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
