@@ -92,8 +92,8 @@ def serving(settings: AuditSettings, *, log_level: str = "warning") -> Iterator[
 
 
 def schemathesis(schema_url: str, config: Path, *headers: str) -> subprocess.CompletedProcess[str]:
-    """Schemathesis with every check on (the config file enables them all) against a running server (the contract tests):
-    fixed seed and example count, so a run is reproducible."""
+    """Schemathesis with every check on (the config file enables them all) against a running
+    server (the contract tests): fixed seed and example count, so a run is reproducible."""
     args = [str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run"]
     args.append(schema_url)
     for header in headers:
