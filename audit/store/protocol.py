@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from audit.errors import InvalidInputError
 from audit.store.archive import Archiver, ArchiveSettings
 from audit.store.query import EventPage, EventQuery, GroupField, StatsBy
 
@@ -42,6 +43,20 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of a UTC day: the records of one daily index."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
+
+
+# The widest histogram bucket: a year; a finer one than a second is not asked for.
+MAX_INTERVAL_S = 366 * 86400
+
+
+def check_interval(interval_s: int) -> None:
+    """`EventStore.histogram`'s interval: whole seconds, 1 to a year."""
+    if (
+        isinstance(interval_s, bool)
+        or not isinstance(interval_s, int)
+        or not 1 <= interval_s <= MAX_INTERVAL_S
+    ):
+        raise InvalidInputError(f"a histogram interval is 1 to {MAX_INTERVAL_S} whole seconds")
 
 
 class Verdict(StrEnum):
@@ -125,6 +140,12 @@ class EventStore(Protocol):
         """Exact record counts per group over the whole query (not a page): "action",
         "outcome", "actor" (user.hash), "verdict", or "day" (UTC date of @timestamp,
         YYYY-MM-DD). Records without the field count under ""; empty groups are absent."""
+        ...
+
+    async def histogram(self, query: EventQuery, *, interval_s: int) -> list[tuple[datetime, int]]:
+        """Exact record counts of the whole query per time bucket of `interval_s` (>= 1)
+        seconds of @timestamp, in ONE aggregation of the backend: buckets start at multiples
+        of `interval_s` since the Unix epoch (UTC), ascending; empty buckets are absent."""
         ...
 
     async def count_by(

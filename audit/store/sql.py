@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Engine,
     String,
@@ -33,12 +34,14 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
     tuple_,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -61,7 +64,13 @@ from audit.store.fields import (
     Kind,
 )
 from audit.store.ndjson_archive import NdjsonArchiver
-from audit.store.protocol import StoredEvent, VerdictUpdate, WriteResult, day_bounds
+from audit.store.protocol import (
+    StoredEvent,
+    VerdictUpdate,
+    WriteResult,
+    check_interval,
+    day_bounds,
+)
 from audit.store.query import (
     MAX_FILE_HASHES,
     EventPage,
@@ -314,6 +323,29 @@ class SqlEventStore:
             return func.to_char(func.timezone("UTC", when), "YYYY-MM-DD", type_=String)
         # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text.
         return func.substr(when, 1, 10, type_=String)
+
+    async def histogram(self, query: EventQuery, *, interval_s: int) -> list[tuple[datetime, int]]:
+        check_interval(interval_s)
+        return await self._run(self._histogram, query, interval_s)
+
+    def _histogram(self, query: EventQuery, interval_s: int) -> list[tuple[datetime, int]]:
+        # One GROUP BY over the bucket number: whole epoch seconds divided by the interval
+        # (integer division on both dialects; the interval is an int, inlined as a literal).
+        width = literal_column(str(int(interval_s)), BigInteger)
+        bucket = sql_cast(self._epoch(), BigInteger) // width
+        keyed = select(bucket.label("k")).where(*_where(query)).subquery()
+        stmt = select(keyed.c.k, func.count()).group_by(keyed.c.k).order_by(keyed.c.k)
+        with self._engine.connect() as conn:
+            rows = [(int(k), int(n)) for k, n in conn.execute(stmt) if k is not None]
+        return [(datetime.fromtimestamp(k * interval_s, UTC), n) for k, n in rows]
+
+    def _epoch(self) -> ColumnElement[Any]:
+        """Whole seconds since the epoch of the record's @timestamp (UTC), an integer."""
+        when = _COLUMNS[DAY.key]
+        if self._engine.dialect.name == "postgresql":
+            return func.floor(func.extract("epoch", when))
+        # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text: '%s' reads it.
+        return func.strftime("%s", when)
 
     async def count_by(
         self, query: EventQuery, *, field: GroupField, more_than: int = 0
