@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.alerts.kinds import JsonValue, PlannedAlert, RuleId
@@ -126,6 +127,50 @@ class AlertService:
             alerts=[AlertOut.of(a) for a in page],
             next_cursor=str(page[-1].id) if more and page else None,
         )
+
+    async def inbox(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        states: Sequence[str] = (),
+        severities: Sequence[str] = (),
+        streams: Sequence[str] = (),
+    ) -> tuple[AlertPageOut, dict[str, int]]:
+        """A page as `list` gives it, narrowed to `streams` too (the console's inbox), and
+        how many alerts of each state the same severity and stream filters hold."""
+        before = _decode_cursor(cursor)
+
+        def read() -> tuple[list[Alert], dict[str, int]]:
+            where = [Alert.tenant_id == tenant]
+            if severities:
+                where.append(Alert.severity.in_(severities))
+            if streams:
+                where.append(Alert.stream_id.in_(streams))
+            with self._sessions() as session:
+                counts = {
+                    str(state): int(n)
+                    for state, n in session.execute(
+                        select(Alert.state, func.count()).where(*where).group_by(Alert.state)
+                    )
+                }
+                query = select(Alert).where(*where)
+                if states:
+                    query = query.where(Alert.state.in_(states))
+                if before is not None:
+                    query = query.where(Alert.id < before)
+                rows = list(session.scalars(query.order_by(Alert.id.desc()).limit(limit + 1)))
+            return rows, counts
+
+        found, counts = await asyncio.to_thread(read)
+        page = found[:limit]
+        more = len(found) > limit
+        out = AlertPageOut(
+            alerts=[AlertOut.of(a) for a in page],
+            next_cursor=str(page[-1].id) if more and page else None,
+        )
+        return out, {state: counts.get(state, 0) for state in (OPEN, ACKNOWLEDGED, RESOLVED)}
 
     async def get(self, tenant: str, alert_id: int) -> AlertOut:
         return AlertOut.of(await asyncio.to_thread(self._get, tenant, alert_id))
