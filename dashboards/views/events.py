@@ -32,7 +32,7 @@ from audit.services import Services
 from audit.store.query import EventQuery, StatsBy
 from dashboards.auth import ConsoleViewer, Viewer
 from dashboards.pages import PREFIX, View, render
-from dashboards.views.common import Svc, admit, log_view
+from dashboards.views.common import Svc, admit, allowed, log_view
 
 router = APIRouter()
 
@@ -184,6 +184,10 @@ async def explorer(
     col: Annotated[list[str] | None, Query(max_length=len(COLUMNS))] = None,
     include_trail: Annotated[bool, Query()] = False,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    # Pseudonyms as records and alerts show them (an alert's group links here).
+    actor_hash: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    session_hash: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    client_ip_hash: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
 ) -> HTMLResponse:
     admit(who, svc, View.EVENTS)
     verdicts = tuple(v for v in verdict or () if v)
@@ -199,6 +203,9 @@ async def explorer(
         actor=_text(actor),
         session=_text(session),
         target=_text(target),
+        actor_hash=actor_hash,
+        session_hash=session_hash,
+        client_ip_hash=client_ip_hash,
         actions=tuple(a.value for a in action or ()),
         outcomes=outcomes,
         jobs=(j,) if (j := _text(job)) else (),
@@ -267,6 +274,9 @@ async def explorer(
         "outcomes": OUTCOMES,
         "verdict_names": VERDICTS,
         "event_url": event_url,
+        "can_export": allowed(who, svc, Permission.EXPORT),
+        "export_url": f"{PREFIX}/verify?"
+        + urlencode([(k, v) for k, v in params if k not in ("cursor", "col", "include_trail")]),
     }
     template = "events_results.html" if request.headers.get("hx-request") else "events.html"
     return render(request, template, who, svc.settings, view=View.EVENTS, context=context)

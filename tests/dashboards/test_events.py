@@ -252,3 +252,19 @@ def test_store_count_helper_agrees_with_api(console: ConsoleFactory) -> None:
     one, _ = two_streams(client)
     assert store_count(client, "acme", Filters(streams=("cam-1",))) == len(one)
     assert asyncio.iscoroutinefunction(services(client).store.histogram)
+
+
+def test_an_alert_group_pseudonym_filters_the_explorer_and_links_to_an_export(
+    console: ConsoleFactory,
+) -> None:
+    client = console()
+    one, _ = two_streams(client)
+    alice = [r for r in one if r.get("event.action") == "job.started"]
+    pseudonym = alice[0]["user.hash"]
+    page = client.get("/console/events", params={"actor_hash": pseudonym})
+    assert page.status_code == 200, page.text
+    assert listed(page.text) == {doc_id(r) for r in one + _ if r.get("user.hash") == pseudonym}
+    assert "/console/verify?actor_hash=" + pseudonym in page.text  # "export these"
+    bad = client.get("/console/events", params={"actor_hash": "not-a-pseudonym"})
+    assert bad.status_code == 422
+    assert "<!doctype html>" in bad.text
