@@ -159,6 +159,17 @@ class QueryService:
         )
         return sorted(held), blind
 
+    def subject_linked(self, tenant: str, raw: str) -> bool | None:
+        """Whether the subject vault holds a live key for the raw user id, i.e. whether its
+        vault-era (v2) records can be found by it; None without a vault. After an erasure it
+        is False: the records remain and verify, but the raw id no longer reaches them. (A
+        subject never sealed with the vault is False too: tombstones name no one.)"""
+        vault = self.keyrings.vault
+        if vault is None:
+            return None
+        lookups = self.keyrings.require(tenant).subject_lookups(PiiKind.USER, raw)
+        return bool(vault.find(tenant, PiiKind.USER.value, lookups))
+
     async def search(self, query: EventQuery, limit: int, cursor: str | None) -> EventPage:
         return await self.store.search(query, limit=limit, cursor=cursor)
 
