@@ -38,6 +38,7 @@ COMMANDS = {
     "erase-subject": "audit.cli.subjects:erase_subject",
     "webhooks": "audit.cli.webhooks:webhooks",
     "producers": "audit.cli.producers:producers",
+    "dashboards": "audit.cli.dashboards:dashboards",
 }
 
 
