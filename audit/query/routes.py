@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -16,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from audit.auth.policy import Permission, scope
 from audit.auth.tokens import Principal, ReadScope
 from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
-from audit.errors import FFAuditError, NotFoundError
+from audit.errors import NotFoundError
 from audit.integrity.events import EventAction, Outcome
+from audit.query.progress import NDJSON, verification_lines
 from audit.query.service import Filters, QueryService, StreamVerification, describe
 from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
@@ -44,7 +44,6 @@ def _pseudonym() -> Any:
 # A file's SHA-256 as records name it (file.hash.sha256, the metadata's *_sha256).
 FileHash = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
-NDJSON = "application/x-ndjson"
 log = logging.getLogger("audit.query")
 
 
@@ -494,11 +493,7 @@ def _accepts_ndjson(request: Request) -> bool:
     return False
 
 
-def _line(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value) + b"\n"
-
-
-async def _verify_lines(
+def _verify_lines(
     service: QueryService,
     servicelog: ServiceLog,
     request: Request,
@@ -506,85 +501,18 @@ async def _verify_lines(
     scope: str,
     heads: dict[str, int],
 ) -> AsyncIterator[bytes]:
-    """The NDJSON body: verification runs in a task that queues lines as it goes; the
-    bounded queue makes a slow reader slow the verification down rather than pile up."""
-    lines: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+    """The NDJSON body (audit.query.progress), ending with the VerifyOut as `result`."""
 
-    async def run() -> None:
-        results: list[StreamVerification] = []
-        try:
-            for name, head in heads.items():
-                expected = await service.expected_records(scope, name, head)
-
-                async def progress(
-                    records: int, name: str = name, expected: int = expected
-                ) -> None:
-                    line = {"stream": name, "records": records, "expected": expected}
-                    await lines.put(_line({"progress": line}))
-
-                await progress(0)
-                result = await service.verify_stream(scope, name, on_progress=progress)
-                await progress(result.records)  # the stream's last line: its final count
-                results.append(result)
-            out = _verify_out(results)
-            await _log(
-                servicelog,
-                request,
-                who,
-                scope,
-                EventAction.AUDIT_VERIFIED,
-                outcome=Outcome.SUCCESS if out.ok else Outcome.FAILURE,
-                streams=len(results),
-                ok=out.ok,
-            )
-            await lines.put(_line({"result": out.model_dump(mode="json")}))
-        except asyncio.CancelledError:
-            # The caller hung up: what it saw so far is still a read of the trail.
-            await asyncio.shield(
-                _log_unfinished(servicelog, request, who, scope, len(heads), "abandoned")
-            )
-            raise
-        except FFAuditError as exc:
-            await _log_unfinished(servicelog, request, who, scope, len(heads), type(exc).__name__)
-            await lines.put(_line({"error": {"type": type(exc).__name__, "message": exc.message}}))
-        except Exception:
-            # The status line went out long ago: the error can only be the last line.
-            log.exception("verification failed mid-stream")
-            await _log_unfinished(servicelog, request, who, scope, len(heads), "InternalError")
-            error = {"type": "InternalError", "message": "internal error; see the service log"}
-            await lines.put(_line({"error": error}))
-        # Not in a `finally`: once cancelled, nobody reads the queue, and a full one would
-        # never take the end mark.
-        await lines.put(None)
-
-    task = asyncio.create_task(run())
-    try:
-        while (line := await lines.get()) is not None:
-            yield line
-    finally:
-        # Done already, unless the caller went away: then stop verifying on its behalf.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _log_unfinished(
-    servicelog: ServiceLog,
-    request: Request,
-    who: Principal | None,
-    scope: str,
-    streams: int,
-    error: str,
-) -> None:
-    with contextlib.suppress(FFAuditError):  # the error line matters more than this record
-        await servicelog.record(
-            who,
-            scope,
-            EventAction.AUDIT_VERIFIED,
-            outcome=Outcome.FAILURE,
-            metadata={"streams": streams, "error": error},
-            client_ip=request.client.host if request.client else None,
+    async def record(outcome: Outcome, metadata: dict[str, Any]) -> None:
+        await _log(
+            servicelog, request, who, scope, EventAction.AUDIT_VERIFIED, outcome=outcome, **metadata
         )
+
+    async def finish(results: list[StreamVerification]) -> tuple[bool, dict[str, Any]]:
+        out = _verify_out(results)
+        return out.ok, {"result": out.model_dump(mode="json")}
+
+    return verification_lines(service, scope, heads, record=record, finish=finish)
 
 
 def _verify_out(results: list[StreamVerification]) -> VerifyOut:

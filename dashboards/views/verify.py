@@ -12,13 +12,11 @@ serves the bundle's own files, byte for byte.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, get_args
 
-import orjson
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import (
     FileResponse,
@@ -31,10 +29,11 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from audit.auth.policy import Permission, authorize
-from audit.errors import FFAuditError, InvalidInputError
+from audit.errors import InvalidInputError
 from audit.exports import service as exports
 from audit.exports.service import ExportFile, ExportRequest
 from audit.integrity.events import EventAction, Outcome
+from audit.query.progress import NDJSON, verification_lines, verified
 from audit.query.service import StreamVerification
 from audit.services import Services
 from dashboards.auth import ChangingViewer, ConsoleViewer, Viewer
@@ -45,7 +44,6 @@ from dashboards.views.events import OUTCOMES, parse_time
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-NDJSON = "application/x-ndjson"
 FILES: tuple[str, ...] = get_args(ExportFile)
 
 
@@ -132,85 +130,33 @@ async def verify_run(
     return StreamingResponse(_lines(request, svc, who, heads), media_type=NDJSON)
 
 
-def _line(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value) + b"\n"
-
-
-def ok_of(result: StreamVerification) -> bool:
-    return not result.failures and result.matches_head
-
-
-async def _lines(
+def _lines(
     request: Request, svc: Services, who: Viewer, heads: dict[str, int]
 ) -> AsyncIterator[bytes]:
-    """The NDJSON body, as the API's: verification runs in a task queuing lines as it goes
-    (a bounded queue: a slow reader slows it down), the log record at the end."""
-    lines: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-    tenant = who.tenant
+    """The API's NDJSON lines (audit.query.progress), ending with the rendered summary."""
 
-    async def record(outcome: Outcome, **metadata: Any) -> None:
+    async def record(outcome: Outcome, metadata: dict[str, Any]) -> None:
         await svc.servicelog.record(
             who.principal,
-            tenant,
+            who.tenant,
             EventAction.AUDIT_VERIFIED,
             outcome=outcome,
             metadata={"endpoint": "console:verify", **metadata},
             client_ip=_ip(request),
         )
 
-    async def unfinished(error: str) -> None:
-        with contextlib.suppress(FFAuditError):  # the error line matters more
-            await record(Outcome.FAILURE, streams=len(heads), error=error)
+    async def finish(results: list[StreamVerification]) -> tuple[bool, dict[str, Any]]:
+        ok = all(verified(r) for r in results)
+        page = render(
+            request,
+            "verify_result.html",
+            who,
+            svc.settings,
+            context={"results": results, "ok": ok, "ok_of": verified},
+        )
+        return ok, {"html": bytes(page.body).decode()}
 
-    async def run() -> None:
-        results: list[StreamVerification] = []
-        try:
-            for name, head in heads.items():
-                expected = await svc.queries.expected_records(tenant, name, head)
-
-                async def progress(
-                    records: int, name: str = name, expected: int = expected
-                ) -> None:
-                    line = {"stream": name, "records": records, "expected": expected}
-                    await lines.put(_line({"progress": line}))
-
-                await progress(0)
-                result = await svc.queries.verify_stream(tenant, name, on_progress=progress)
-                await progress(result.records)
-                results.append(result)
-            ok = all(ok_of(r) for r in results)
-            await record(Outcome.SUCCESS if ok else Outcome.FAILURE, streams=len(results), ok=ok)
-            html = bytes(
-                render(
-                    request,
-                    "verify_result.html",
-                    who,
-                    svc.settings,
-                    context={"results": results, "ok": ok, "ok_of": ok_of},
-                ).body
-            ).decode()
-            await lines.put(_line({"html": html}))
-        except asyncio.CancelledError:
-            await asyncio.shield(unfinished("abandoned"))
-            raise
-        except FFAuditError as exc:
-            await unfinished(type(exc).__name__)
-            await lines.put(_line({"error": {"type": type(exc).__name__, "message": exc.message}}))
-        except Exception:
-            log.exception("console verification failed mid-stream")
-            await unfinished("InternalError")
-            error = {"type": "InternalError", "message": "internal error; see the service log"}
-            await lines.put(_line({"error": error}))
-        await lines.put(None)
-
-    task = asyncio.create_task(run())
-    try:
-        while (line := await lines.get()) is not None:
-            yield line
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return verification_lines(svc.queries, who.tenant, heads, record=record, finish=finish)
 
 
 # -- exports ------------------------------------------------------------------------------

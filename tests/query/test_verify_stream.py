@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from audit.app import create_app
-from audit.query.routes import NDJSON
+from audit.query.progress import NDJSON
 from audit.query.service import PROGRESS_EVERY
 from audit.settings import AuditSettings
 from tests.apptools import app_settings, bearer
