@@ -85,7 +85,8 @@
       new uPlot({
         width: width,
         height: 160,
-        scales: { x: { time: true } },
+        // Counts start at 0: a bucket of one event is a bar, not an empty slot.
+        scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(1, max)]; } } },
         series: [{}, { label: "events", stroke: "#0969da", fill: "rgba(9,105,218,0.15)",
                        paths: uPlot.paths.bars({ size: [0.9, 100] }) }],
         axes: [{}, { size: 60 }],

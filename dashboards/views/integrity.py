@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from audit.alerts.schemas import AlertOut
 from audit.auth.policy import Permission
@@ -27,7 +27,7 @@ from audit.reverify.schemas import MarkOut
 from audit.services import Services
 from audit.streams.schemas import StreamRead
 from dashboards.auth import ConsoleViewer
-from dashboards.pages import View, render
+from dashboards.pages import View, render, visible
 from dashboards.views.common import Svc, admit, allowed, log_view
 
 router = APIRouter()
@@ -187,7 +187,13 @@ def _stamp(record: Mapping[str, object] | None) -> datetime | None:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def home(request: Request, who: ConsoleViewer, svc: Svc) -> HTMLResponse:
+async def home(request: Request, who: ConsoleViewer, svc: Svc) -> Response:
+    if not visible(View.INTEGRITY, who, svc.settings):
+        # The landing page after sign-in: a caller who may not read streams (a subject)
+        # goes to the first view it may open instead of a 403 (and an access.denied).
+        first = next((v for v in View if visible(v, who, svc.settings)), None)
+        if first is not None:
+            return RedirectResponse(first.url(), status_code=303)
     admit(who, svc, View.INTEGRITY)
     streams = await overview(svc, who.tenant)
     await log_view(request, svc, who, View.INTEGRITY, streams=len(streams))

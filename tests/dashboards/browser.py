@@ -132,12 +132,13 @@ def csp_violations(page: Page) -> list[str]:
 
 
 def sign_in(page: Page, base_url: str, token: str) -> None:
-    """Sign in through the real form; ends on the integrity home."""
+    """Sign in through the real form; ends on the console's landing page (the integrity
+    home, or My records for a subject)."""
     page.goto(f"{base_url}/console/sign-in")
     page.fill("#token", token)
     with page.expect_navigation():
         page.click("form[action='/console/sign-in'] button[type=submit]")
-    assert page.url == f"{base_url}/console/", (
+    assert page.url in (f"{base_url}/console/", f"{base_url}/console/mine"), (
         f"sign-in did not reach the console: {page.url}\n{page.inner_text('main')}"
     )
 

@@ -500,7 +500,6 @@ def test_page_views_are_in_the_log_of_the_logs(console: ConsoleFactory) -> None:
 
 
 SUBJECT_PROBES = [
-    "/console/",
     "/console/events",
     "/console/actors",
     "/console/jobs",
@@ -559,6 +558,25 @@ def test_a_subject_gets_403_elsewhere(console: ConsoleFactory, path: str) -> Non
     answer = client.get(path, params={"actor": "bob"} if "actors" in path else None)
     assert answer.status_code == 403, (path, answer.status_code)
     assert "job-c" not in answer.text
+
+
+def test_a_subject_lands_on_its_own_records(console: ConsoleFactory) -> None:
+    # The landing page after sign-in is the integrity home, which a subject may not read:
+    # it is sent to My records rather than to a 403 and an access.denied record.
+    client = console(**ALICE)
+    history(client)
+    answer = client.get("/console/", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/console/mine"
+    denied = client.get(
+        "/v1/events",
+        params={
+            "stream": services(client).servicelog.stream_for("acme"),
+            "action": "access.denied",
+        },
+        headers=bearer(),
+    )
+    assert denied.json()["events"] == []
 
 
 def test_only_narrowed_callers_see_mine(console: ConsoleFactory) -> None:
