@@ -67,6 +67,9 @@ from audit.streams.service import StreamService
 from audit.subjects.routes import router as subjects_router
 from audit.subjects.service import SubjectService
 from audit.subjects.vault import SqlSubjectVault
+from audit.tlog.checkpointer import Checkpointer, load_witnessing
+from audit.tlog.routes import router as tlog_router
+from audit.tlog.service import TlogService
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.routes import router as webhooks_router
 from audit.webhooks.service import WebhookService
@@ -160,6 +163,8 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 loops.append(asyncio.create_task(services.alert_scheduler.run()))
             if settings.reverify_enabled:
                 loops.append(asyncio.create_task(services.reverifier.run()))
+            if services.checkpointer is not None:
+                loops.append(asyncio.create_task(services.checkpointer.run()))
             sealed = await asyncio.to_thread(services.webhooks.seal_legacy_secrets)
             if sealed:
                 log.warning("encrypted %d webhook secret(s) that were stored in clear", sealed)
@@ -200,6 +205,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(producers_router)
     app.include_router(reverify_router)
+    app.include_router(tlog_router)
     if settings.console_enabled:
         mount_console(app)
     _document_deployment_limits(app, settings)
@@ -282,6 +288,7 @@ def _build_services(
     queries = QueryService(store, keyrings, streams, purged=retention.purged)
     secrets = SecretBox.load(settings.service_keys_dir)
     producers = ProducerService(sessions, secrets)
+    tlog = TlogService(settings, sessions, servicelog.keys.signer.key)
     return Services(
         settings=settings,
         sessions=sessions,
@@ -302,6 +309,12 @@ def _build_services(
         webhooks=WebhookService(sessions, secrets),
         webhook_delivery=(
             WebhookDeliverer(settings, sessions) if settings.webhook_delivery_enabled else None
+        ),
+        tlog=tlog,
+        checkpointer=(
+            Checkpointer(settings, sessions, tlog, load_witnessing(settings))
+            if settings.tlog_checkpointer_enabled
+            else None
         ),
         console_key=load_console_key(settings.service_keys_dir),
     )

@@ -28,6 +28,7 @@ from audit.services import Services
 from audit.settings import AuditSettings
 from audit.streams.service import StreamService
 from audit.subjects.service import SubjectService
+from audit.tlog.service import TlogService
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.service import WebhookService
 
@@ -90,6 +91,10 @@ async def service_log(request: Request) -> ServiceLog:
     return services(request).servicelog
 
 
+async def tlog_service(request: Request) -> TlogService:
+    return services(request).tlog
+
+
 AppServices = Annotated[Services, Depends(services_dep)]
 Settings = Annotated[AuditSettings, Depends(settings_dep)]
 Ingest = Annotated[IngestService, Depends(ingest_service)]
@@ -102,6 +107,7 @@ Alerts = Annotated[AlertService, Depends(alert_service)]
 Reverification = Annotated[Reverifier, Depends(reverifier)]
 Webhooks = Annotated[WebhookService, Depends(webhook_service)]
 Deliverer = Annotated[WebhookDeliverer | None, Depends(webhook_deliverer)]  # None: not enabled
+Tlog = Annotated[TlogService, Depends(tlog_service)]
 LogOfLogs = Annotated[ServiceLog, Depends(service_log)]  # the tenants' logs of the logs
 
 _bearer = HTTPBearer(auto_error=False)

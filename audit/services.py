@@ -26,6 +26,8 @@ from audit.settings import AuditSettings
 from audit.store.protocol import EventStore
 from audit.streams.service import StreamService
 from audit.subjects.service import SubjectService
+from audit.tlog.checkpointer import Checkpointer
+from audit.tlog.service import TlogService
 from audit.webhooks.delivery import WebhookDeliverer
 from audit.webhooks.service import WebhookService
 
@@ -52,4 +54,6 @@ class Services:
     webhooks: WebhookService
     forward: ForwardServer | None  # None unless `forward_enabled`
     webhook_delivery: WebhookDeliverer | None  # None unless `webhook_delivery_enabled`
+    tlog: TlogService  # transparency logs: proofs and checkpoints
+    checkpointer: Checkpointer | None  # None unless `tlog_checkpointer_enabled`
     console_key: bytes  # HMAC key of the console's CSRF tokens (dashboards.auth)

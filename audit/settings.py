@@ -208,6 +208,31 @@ class AuditSettings(BaseSettings):
     alert_rate_limit_window_s: int = Field(default=300, ge=5, description="drop summaries window")
     alert_admin_export_window_s: int = Field(default=60, ge=5, description="admin export window")
 
+    # -- transparency logs (issue 17: audit/tlog) ----------------------------------------------
+    tlog_enabled: bool = Field(
+        default=True, description="append accepted records to each stream's Merkle tree"
+    )
+    tlog_name: str = Field(
+        default="ffaudit",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-_:]{0,100}$",
+        description="first part of every log's origin: <name>/<tenant>/<stream>",
+    )
+    tlog_checkpoint_every: int = Field(
+        default=256, ge=1, description="sign a checkpoint once this many leaves are unsigned..."
+    )
+    tlog_checkpoint_interval_s: float = Field(
+        default=1.0, gt=0, description="...or once the oldest unsigned leaf is this old"
+    )
+    tlog_checkpointer_enabled: bool = Field(
+        default=True, description="run the checkpoint signer/witness loop in this replica"
+    )
+    tlog_policy_file: Path | None = Field(
+        default=None,
+        description="C2SP tlog-policy naming the witnesses (with URLs) and the quorum the "
+        "service collects cosignatures for; unset: checkpoints are published uncosigned",
+    )
+    tlog_witness_timeout_s: float = Field(default=5.0, gt=0, description="per witness request")
+
     # -- webhook delivery (issue 6: audit/webhooks) ---------------------------------------------
     webhook_delivery_enabled: bool = Field(
         default=True, description="run the delivery loop in this replica"

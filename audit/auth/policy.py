@@ -44,6 +44,8 @@ class Permission(StrEnum):
     READ_ERASURES = "read_erasures", _D, _A
     MANAGE_PRODUCERS = "manage_producers", _D
     MANAGE_WEBHOOKS = "manage_webhooks", _S, _D
+    READ_TLOG = "read_tlog", _A, _S, _D, _E
+    SIGN_CHECKPOINTS = "sign_checkpoints", _A, _D
     INGEST = "ingest", Role.INGEST
 
 

@@ -39,6 +39,9 @@ COMMANDS = {
     "webhooks": "audit.cli.webhooks:webhooks",
     "producers": "audit.cli.producers:producers",
     "dashboards": "audit.cli.dashboards:dashboards",
+    "witness": "audit.cli.witness:witness",
+    "verify-proof": "audit.cli.tlog:verify_proof_cmd",
+    "tlog": "audit.cli.tlog:tlog",
 }
 
 

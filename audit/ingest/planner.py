@@ -163,6 +163,9 @@ class Plan:
     # checkpoint must be walked back through records this batch does not carry.
     needs_region: bool = False
     names: dict[int, str] = field(default_factory=dict)  # Incoming.index -> its doc id
+    # (sequence, event.hash) of the records this plan placed in the chain as `ok`, in
+    # chain order: the stream's transparency log appends them (audit.tlog).
+    accepted: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -282,6 +285,8 @@ class Planner:
         outcome = BROKEN if failures else OK
         self._write(item, self._free_doc(item.sequence, item.event_hash), outcome, failures)
         self.plan.results.append(Result(item.index, item.sequence, outcome, failures))
+        if outcome == OK:
+            self.plan.accepted.append((item.sequence, item.event_hash))
         self._advance(item.sequence, item.event_hash, checkpoint=item if item.checkpoint else None)
 
     def _reject(self, item: Incoming, failures: Failures) -> None:
@@ -441,6 +446,8 @@ class Planner:
                 failures.append(AFTER_CLOSE)
             found = tuple(dict.fromkeys(failures))
             self._settle(chosen, BROKEN if found else OK, found)
+            if not found:
+                self.plan.accepted.append((chosen.sequence, chosen.event_hash))
             self._advance(
                 chosen.sequence,
                 chosen.event_hash,
@@ -612,9 +619,17 @@ class Planner:
             return False  # nothing competes: records still missing are awaited as usual
         for n in forged.values():
             self._restate(n, REJECTED, (FORGED,))
+        placed: list[tuple[int, str]] = []
         for n in branch.values():
             failure = GAP if not complete and n is lowest else self._placed_failure(n)
+            newly = n.early is not None or n.incoming is not None or n.verdict != OK
+            if failure is None and newly and (n.sequence, n.hash) not in self.plan.accepted:
+                placed.append((n.sequence, n.hash))
             self._restate(n, BROKEN if failure else OK, (failure,) if failure else ())
+        # Newly placed by the proof: transparency-log leaves too. The log is append-only,
+        # so a forgery accepted earlier stays a leaf beside them: two leaves at one
+        # sequence, which is how a monitor of the log sees the attack (spec §13).
+        self.plan.accepted.extend(sorted(placed))
         if not complete and forged:
             self._gap_alert(
                 first, first, f"record {first} of stream {self.stream}: only forgeries arrived"

@@ -51,6 +51,7 @@ from audit.settings import AuditSettings
 from audit.store.protocol import EventStore, StoredEvent, Verdict
 from audit.streams.repository import StreamRepository
 from audit.streams.service import StreamService
+from audit.tlog.service import append_accepted
 
 log = logging.getLogger("audit.ingest")
 _RESERVED_PREFIX = "ffaudit.ingest."
@@ -514,6 +515,10 @@ class IngestService:
                     raise_planned_alert(
                         session, self.settings, tenant_id=tenant, stream_id=stream, planned=alert
                     )
+                if self.settings.tlog_enabled and not append_accepted(
+                    session, self.settings, tenant, stream, plan.accepted
+                ):
+                    raise _LostRace
         except _LostRace:
             return False
         except IntegrityError:

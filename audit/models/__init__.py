@@ -25,6 +25,7 @@ from audit.models.streams import (
     Tenant,
 )
 from audit.models.subjects import SubjectErasure, SubjectKey
+from audit.models.tlog import TlogCheckpoint, TlogLeaf, TlogLog, TlogNode, WitnessLog
 from audit.models.webhooks import Webhook, WebhookDelivery
 
 __all__ = [
@@ -50,6 +51,11 @@ __all__ = [
     "SubjectErasure",
     "SubjectKey",
     "Tenant",
+    "TlogCheckpoint",
+    "TlogLeaf",
+    "TlogLog",
+    "TlogNode",
     "Webhook",
     "WebhookDelivery",
+    "WitnessLog",
 ]

@@ -44,6 +44,7 @@ from audit.servicelog import ServiceLog
 from audit.settings import AuditSettings
 from audit.store.archive import Archiver, DayArchive, StreamRun
 from audit.store.protocol import EventStore
+from audit.tlog.service import note_purged
 
 log = logging.getLogger("audit.retention")
 SYSTEM_ACTOR = "ffaudit-retention"  # who the log of the logs names for scheduled runs
@@ -263,6 +264,7 @@ class RetentionRunner:
             if archived.sha256 is not None:
                 ref["sha256"] = archived.sha256
             for run in archived.runs:
+                note_purged(session, tenant, run.stream, run.first, run.last)
                 existing = repo.same_checkpoint(tenant, run.stream, run.first, run.last)
                 if existing is not None:
                     _same_run(existing, tenant, run)

@@ -3,6 +3,7 @@ and verification of what remains across the signed retention checkpoints."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -11,11 +12,14 @@ from sqlalchemy import delete, text, update
 
 from audit.alerts.repository import AlertRepository
 from audit.db.base import utcnow
-from audit.errors import BusyError
+from audit.errors import BusyError, NotFoundError
+from audit.integrity.keys import Signer
+from audit.integrity.merkle import leaf_hash, verify_inclusion
 from audit.models import RetentionCheckpoint, RetentionLease
 from audit.retention.repository import RetentionRepository
 from audit.retention.schemas import HoldCreate
 from audit.store.protocol import StoredEvent
+from audit.tlog.service import TlogService
 from tests.retention.conftest import HELD_JOB, OLD, RECENT, EnvFactory, RetentionEnv
 
 
@@ -244,3 +248,42 @@ async def test_a_failed_run_is_recorded_and_alerts(make_env: EnvFactory) -> None
     assert [(a.severity, a.count) for a in alerts] == [("high", 1)]
     assert "retention.failed" in await env.actions()
     assert (await env.verify("cam-1")).failures == []
+
+
+async def test_purged_leaves_stop_being_served_and_kept_ones_still_prove(
+    make_env: EnvFactory,
+) -> None:
+    env = make_env()
+    await env.seed("cam-1", [*OLD, RECENT])
+    await env.seed("cam-2", [OLD[0], RECENT])
+    await env.retention.place_hold(
+        None, env.tenant, HoldCreate(scope="job", job=HELD_JOB, reason="case 7")
+    )
+    tlog = TlogService(env.settings, env.sessions, Signer.generate().key)
+    stored = {s: [e async for e in env.store.scan(env.tenant, s)] for s in ("cam-1", "cam-2")}
+    await env.retention.run(None, env.tenant, dry_run=False)
+    tlog.sign_now(env.tenant, "cam-1")
+    tlog.sign_now(env.tenant, "cam-2")
+    kept = {
+        s: {e.sequence for e in [x async for x in env.store.scan(env.tenant, s)]} for s in stored
+    }
+    for stream, events in stored.items():
+        first_kept = min(kept[stream])
+        for event in events:
+            if event.sequence < first_kept:
+                # Purged, and every record before it too: its proof is no longer served.
+                with pytest.raises(NotFoundError):
+                    tlog.inclusion(env.tenant, stream, sequence=event.sequence)
+                continue
+            # Kept records prove against the new checkpoint; so do the records of a purged
+            # day after a held one (cam-1's third day): only a prefix stops being served.
+            proof = tlog.inclusion(env.tenant, stream, sequence=event.sequence)
+            checkpoint = tlog.checkpoint(env.tenant, stream).split("\n")
+            root = base64.b64decode(checkpoint[2])
+            verify_inclusion(
+                leaf_hash(bytes.fromhex(event.event_hash)),
+                proof.index,
+                proof.size,
+                proof.hashes,
+                root,
+            )

@@ -1,0 +1,218 @@
+"""Every query of the transparency logs (control database)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from audit.db.base import utcnow
+from audit.integrity.merkle import EMPTY_ROOT, Frontier, NodeId, leaf_hash, root_nodes
+from audit.models.tlog import TlogCheckpoint, TlogLeaf, TlogLog, TlogNode
+
+# Node lookups per statement: a proof needs at most two per tree level (under 130).
+_NODE_CHUNK = 400
+
+
+class TlogRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def log(self, tenant: str, stream: str) -> TlogLog | None:
+        return self.session.scalar(
+            select(TlogLog).where(TlogLog.tenant_id == tenant, TlogLog.stream_id == stream)
+        )
+
+    def logs(self, tenant: str) -> list[TlogLog]:
+        return list(
+            self.session.scalars(
+                select(TlogLog).where(TlogLog.tenant_id == tenant).order_by(TlogLog.stream_id)
+            )
+        )
+
+    def all_logs(self) -> list[TlogLog]:
+        return list(self.session.scalars(select(TlogLog).order_by(TlogLog.id)))
+
+    def create_log(self, tenant: str, stream: str, origin: str) -> TlogLog:
+        log = TlogLog(
+            tenant_id=tenant,
+            stream_id=stream,
+            origin=origin,
+            size=0,
+            root_hash=EMPTY_ROOT,
+            min_index=0,
+        )
+        self.session.add(log)
+        self.session.flush()
+        return log
+
+    # -- the tree --------------------------------------------------------------------------
+
+    def nodes(self, log_id: int, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        wanted = sorted(set(ids))
+        found: dict[NodeId, bytes] = {}
+        for start in range(0, len(wanted), _NODE_CHUNK):
+            chunk = wanted[start : start + _NODE_CHUNK]
+            rows = self.session.execute(
+                select(TlogNode.level, TlogNode.index, TlogNode.hash).where(
+                    TlogNode.log_id == log_id,
+                    tuple_(TlogNode.level, TlogNode.index).in_([(n.level, n.index) for n in chunk]),
+                )
+            )
+            for level, index, digest in rows:
+                found[NodeId(level, index)] = bytes(digest)
+        return found
+
+    def frontier(self, log: TlogLog) -> Frontier:
+        ids = root_nodes(log.size)
+        held = self.nodes(log.id, ids)
+        missing = [n for n in ids if n not in held]
+        if missing:
+            raise LookupError(f"log {log.origin}: right-edge nodes missing: {missing[:3]}")
+        return Frontier(log.size, [held[n] for n in ids])
+
+    def append(self, log: TlogLog, leaves: Sequence[tuple[int, bytes]]) -> bool:
+        """Append (sequence, entry) leaves after the log's current size; False when another
+        writer moved the log first (nothing written then)."""
+        old = log.size
+        frontier = self.frontier(log)
+        now = utcnow()
+        leaf_rows = []
+        node_rows = []
+        for offset, (sequence, entry) in enumerate(leaves):
+            leaf_rows.append(
+                {
+                    "log_id": log.id,
+                    "index": old + offset,
+                    "sequence": sequence,
+                    "entry": entry,
+                    "added_at": now,
+                }
+            )
+            for node, digest in frontier.append(leaf_hash(entry)):
+                node_rows.append(
+                    {"log_id": log.id, "level": node.level, "index": node.index, "hash": digest}
+                )
+        moved = self.session.execute(
+            update(TlogLog)
+            .where(TlogLog.id == log.id, TlogLog.size == old)
+            .values(size=frontier.size, root_hash=frontier.root(), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        self.session.execute(insert(TlogLeaf), leaf_rows)
+        self.session.execute(insert(TlogNode), node_rows)
+        return True
+
+    def leaf_at_sequence(
+        self, log_id: int, sequence: int, entry: bytes | None = None
+    ) -> TlogLeaf | None:
+        """The leaf of the record at `sequence` (with `entry`, when given); of two, the
+        later one: the record a producer's checkpoint placed after a forgery."""
+        query = select(TlogLeaf).where(TlogLeaf.log_id == log_id, TlogLeaf.sequence == sequence)
+        if entry is not None:
+            query = query.where(TlogLeaf.entry == entry)
+        return self.session.scalar(query.order_by(TlogLeaf.index.desc()).limit(1))
+
+    def leaf(self, log_id: int, index: int) -> TlogLeaf | None:
+        return self.session.get(TlogLeaf, (log_id, index))
+
+    def entries(self, log_id: int, begin: int, end: int) -> list[bytes]:
+        rows = self.session.scalars(
+            select(TlogLeaf.entry)
+            .where(TlogLeaf.log_id == log_id, TlogLeaf.index >= begin, TlogLeaf.index < end)
+            .order_by(TlogLeaf.index)
+        )
+        return [bytes(r) for r in rows]
+
+    def last_leaf_before(self, log_id: int, sequence: int) -> int:
+        """How many leaves hold records below `sequence` (the index a purge starts from)."""
+        count = self.session.scalar(
+            select(func.count())
+            .select_from(TlogLeaf)
+            .where(TlogLeaf.log_id == log_id, TlogLeaf.sequence < sequence)
+        )
+        return int(count or 0)
+
+    def raise_min_index(self, log_id: int, index: int) -> None:
+        self.session.execute(
+            update(TlogLog)
+            .where(TlogLog.id == log_id, TlogLog.min_index < index)
+            .values(min_index=index)
+            .execution_options(synchronize_session=False)
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def latest_checkpoint(self, log_id: int, *, cosigned: bool = False) -> TlogCheckpoint | None:
+        query = select(TlogCheckpoint).where(TlogCheckpoint.log_id == log_id)
+        if cosigned:
+            query = query.where(TlogCheckpoint.cosigned_note.is_not(None))
+        return self.session.scalar(query.order_by(TlogCheckpoint.size.desc()).limit(1))
+
+    def checkpoint(self, log_id: int, size: int) -> TlogCheckpoint | None:
+        return self.session.get(TlogCheckpoint, (log_id, size))
+
+    def first_checkpoint_covering(
+        self, log_id: int, index: int, *, cosigned: bool
+    ) -> TlogCheckpoint | None:
+        query = select(TlogCheckpoint).where(
+            TlogCheckpoint.log_id == log_id, TlogCheckpoint.size > index
+        )
+        if cosigned:
+            query = query.where(TlogCheckpoint.cosigned_note.is_not(None))
+        return self.session.scalar(query.order_by(TlogCheckpoint.size).limit(1))
+
+    def add_checkpoint(self, log_id: int, size: int, root: bytes, note: str) -> TlogCheckpoint:
+        checkpoint = TlogCheckpoint(log_id=log_id, size=size, root_hash=root, note=note)
+        self.session.add(checkpoint)
+        self.session.flush()
+        return checkpoint
+
+    def set_cosigned(self, log_id: int, size: int, note: str, at: datetime) -> None:
+        self.session.execute(
+            update(TlogCheckpoint)
+            .where(TlogCheckpoint.log_id == log_id, TlogCheckpoint.size == size)
+            .values(cosigned_note=note, cosigned_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def uncosigned(self, log_id: int, limit: int = 1) -> list[TlogCheckpoint]:
+        """The newest checkpoints not cosigned yet (newest first): only the newest is worth
+        submitting; witnesses advance by consistency, not one by one."""
+        return list(
+            self.session.scalars(
+                select(TlogCheckpoint)
+                .where(TlogCheckpoint.log_id == log_id, TlogCheckpoint.cosigned_note.is_(None))
+                .order_by(TlogCheckpoint.size.desc())
+                .limit(limit)
+            )
+        )
+
+    def due(self) -> list[tuple[TlogLog, int, datetime | None]]:
+        """Logs with leaves no checkpoint covers: (log, last checkpointed size, when)."""
+        last = (
+            select(
+                TlogCheckpoint.log_id,
+                func.max(TlogCheckpoint.size).label("size"),
+                func.max(TlogCheckpoint.signed_at).label("at"),
+            )
+            .group_by(TlogCheckpoint.log_id)
+            .subquery()
+        )
+        rows = self.session.execute(
+            select(TlogLog, last.c.size, last.c.at)
+            .outerjoin(last, last.c.log_id == TlogLog.id)
+            .where(TlogLog.size > func.coalesce(last.c.size, 0))
+        )
+        return [(log, int(size or 0), at) for log, size, at in rows]
+
+    def oldest_unsigned_leaf(self, log_id: int, after: int) -> datetime | None:
+        return self.session.scalar(
+            select(TlogLeaf.added_at).where(TlogLeaf.log_id == log_id, TlogLeaf.index == after)
+        )
