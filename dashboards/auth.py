@@ -133,10 +133,24 @@ def clear_session(request: Request, response: Response) -> None:
 
 
 def check_origin(request: Request) -> None:
-    """A state-changing request from another site is refused even before the CSRF token."""
+    """A state-changing request from another site is refused even before the CSRF token.
+
+    The scheme is the one uvicorn says the request came with: behind a TLS-terminating
+    proxy, X-Forwarded-Proto is believed only from the addresses in FORWARDED_ALLOW_IPS
+    (uvicorn's forwarded_allow_ips, loopback by default), and the host is the Host header
+    the proxy passes on. X-Forwarded-Host is never read: anyone could send it."""
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise ForbiddenError("cross-site request refused")
+    if origin is None or origin == f"{request.url.scheme}://{request.url.netloc}":
+        return
+    if request.url.scheme == "http" and origin == f"https://{request.url.netloc}":
+        # The browser used https for this very host, the service saw http: a TLS proxy
+        # whose X-Forwarded-Proto is not trusted. Refused all the same, but said so.
+        raise ForbiddenError(
+            "cross-site request refused: the page was loaded over https but reached the "
+            "service as http. Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to "
+            "the proxy's address (see dashboards/README.md)"
+        )
+    raise ForbiddenError("cross-site request refused")
 
 
 def viewer(request: Request, svc: Annotated[Services, Depends(services)]) -> Viewer:

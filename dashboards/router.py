@@ -24,15 +24,21 @@ from dashboards.auth import (
     SignInRequired,
     check_origin,
     clear_session,
+    cookie_name,
     open_session,
     set_session,
     viewer,
 )
 from dashboards.pages import HERE, PREFIX, SECURITY_HEADERS, render
+from dashboards.state import ConsoleState, RateLimited, console_state
 from dashboards.views import ROUTERS
 
 Svc = Annotated[Services, Depends(services)]
 _LOGIN_TTL_S = 1800
+# Browsers keep a cookie only if its name, value and attributes fit in 4096 bytes (RFC 6265
+# asks for at least that; Chromium and Firefox drop a larger one without a word). Left for
+# the attributes: Max-Age, Path, Secure, HttpOnly, SameSite (about 90 bytes).
+MAX_SESSION_COOKIE = 4096 - 96
 
 
 class ConsoleStatic(StaticFiles):
@@ -110,6 +116,20 @@ async def sign_in(
             principal = svc.tokens.verify(token.strip())
         except AuthenticationError as exc:
             return sign_in_page(request, svc, message=exc.message, status_code=401)
+        size = len(cookie_name(request)) + 1 + len(token.strip().encode())
+        if size > MAX_SESSION_COOKIE:
+            # The browser would drop the session cookie and every page would send it back
+            # here, signed in by all appearances and never in: say why instead.
+            return sign_in_page(
+                request,
+                svc,
+                message=(
+                    f"this access token is too large for the console: {size} bytes as a "
+                    f"session cookie, and browsers keep at most {MAX_SESSION_COOKIE}. Ask for "
+                    "a token with fewer claims (roles, groups), or use the API with it"
+                ),
+                status_code=400,
+            )
         set_session(request, redirect, token.strip(), principal.expires_at)
     redirect.delete_cookie(LOGIN_COOKIE, path=PREFIX)
     return redirect
@@ -147,7 +167,7 @@ def error_page(request: Request, exc: FFAuditError, svc: Services) -> Response:
         who = viewer(request, svc)
     except FFAuditError:
         who = None
-    return render(
+    response = render(
         request,
         "error.html",
         who,
@@ -155,6 +175,9 @@ def error_page(request: Request, exc: FFAuditError, svc: Services) -> Response:
         status_code=exc.http_status,
         context={"status": exc.http_status, "heading": heading, "message": exc.message},
     )
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def http_error(request: Request, status: int, message: str) -> Response:
@@ -165,5 +188,8 @@ def http_error(request: Request, status: int, message: str) -> Response:
 
 
 def mount(app: FastAPI) -> None:
+    # Per app, as the services are: read by views through dashboards.state.Console.
+    state = ConsoleState()
+    app.dependency_overrides[console_state] = lambda: state
     app.include_router(router)
     app.mount(f"{PREFIX}/static", ConsoleStatic(directory=HERE / "static"), name="console-static")

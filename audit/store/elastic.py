@@ -76,6 +76,7 @@ from audit.store.protocol import (
     day_bounds,
 )
 from audit.store.query import (
+    ErrorTypeGroup,
     EventPage,
     EventQuery,
     GroupField,
@@ -86,6 +87,7 @@ from audit.store.query import (
     check_stats_by,
     decode_cursor,
     file_hashes_of,
+    from_micros,
     make_page,
     searchable_words,
     to_micros,
@@ -104,6 +106,10 @@ _TIME_US = TIME.key
 _WORDS = WORDS.key
 _FILE_HASHES = FILE_HASHES.key
 _QUERY_FIELDS = INGEST + "query_fields"
+_ACTION = VALUE_FILTERS["actions"].key
+# Grouped on by `error_types` (mapped below as free text: an oversized value unindexed).
+_ERROR_TYPE = "error.type"
+_TRACE_LONGEST = COPIED["trace.id"]
 # The version of the query fields `to_document` writes, the table's latest `release`: 1 was
 # time_us and search_words (documents from before have no version), 2 added file_hashes.
 # `backfill()` brings every document below it up to date.
@@ -199,10 +205,15 @@ QUERY_MAPPINGS: dict[str, Any] = _properties(
 
 
 def index_settings(replicas: int) -> dict[str, Any]:
+    """`replicas` 0 (the default) lets Elasticsearch keep one replica whenever a second data
+    node can hold it and none on a single node, which stays green (auto_expand_replicas
+    0-1); a positive count is fixed. Writes keep the default wait_for_active_shards (the
+    primary): an acknowledged write is on every in-sync copy (docs/capacity.md)."""
     return {
         "index": {
             "number_of_shards": 1,
             "number_of_replicas": replicas,
+            "auto_expand_replicas": "0-1" if replicas == 0 else "false",
             "refresh_interval": "1s",
             "translog": {"durability": "request"},
         }
@@ -618,19 +629,97 @@ class ElasticEventStore:
         if not _TENANT_RE.fullmatch(query.tenant):
             return {}
         await self._visible(query.tenant)
-        source: dict[str, Any]
-        if BY_STATS[by].kind is Kind.DATE:
-            source = {
-                "date_histogram": {
-                    "field": BY_STATS[by].key,
-                    "calendar_interval": "1d",
-                    "time_zone": "UTC",
-                    "format": "yyyy-MM-dd",
-                }
+        return await self._composite("stats", query, _stats_source(by))
+
+    async def facets(
+        self, query: EventQuery, *, by: Sequence[StatsBy]
+    ) -> dict[StatsBy, dict[str, int]]:
+        for name in by:
+            check_stats_by(name)
+        wanted = list(dict.fromkeys(by))
+        if not _TENANT_RE.fullmatch(query.tenant) or not wanted:
+            return {name: {} for name in wanted}
+        await self._visible(query.tenant)
+        counts = await self._composites(
+            "facets", query, {name: _stats_source(name) for name in wanted}
+        )
+        return {name: counts[name] for name in wanted}
+
+    async def time_span(self, query: EventQuery) -> tuple[datetime, datetime] | None:
+        if not _TENANT_RE.fullmatch(query.tenant):
+            return None
+        await self._visible(query.tenant)
+        # On time_us, not the millisecond date: the span's ends are records' own times.
+        response = await self._retrying(
+            "time span",
+            partial(
+                self.client.search,
+                index=self._pattern(query.tenant),
+                query=self._scope(query.tenant, *_filters(query)),
+                size=0,
+                aggs={"first": {"min": {"field": _TIME_US}}, "last": {"max": {"field": _TIME_US}}},
+                track_total_hits=False,
+                allow_partial_search_results=False,
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            ),
+        )
+        aggs: dict[str, Any] = response.body.get("aggregations", {})
+        first = aggs.get("first", {}).get("value")
+        last = aggs.get("last", {}).get("value")
+        if first is None or last is None:
+            return None
+        # Epoch microseconds stay below 2**53: exact as the double the aggregation answers.
+        return from_micros(int(first)), from_micros(int(last))
+
+    async def error_types(self, query: EventQuery) -> list[ErrorTypeGroup]:
+        if not _TENANT_RE.fullmatch(query.tenant):
+            return []
+        await self._visible(query.tenant)
+        order = "desc"
+        latest: dict[str, Any] = {
+            "top_hits": {
+                "size": 1,
+                "sort": [
+                    {_TIME_US: {"order": order, "missing": "_last", "unmapped_type": "long"}},
+                    {_STREAM: order},
+                    {_SEQUENCE: order},
+                    {_DOC_ID: order},
+                ],
+                "_source": {"includes": ["trace.id"]},
             }
-        else:
-            source = {"terms": {"field": _STATS_FIELDS[by], "missing_bucket": True}}
-        return await self._composite("stats", query, source)
+        }
+        per_day: dict[str, Any] = {
+            "date_histogram": {
+                "field": _TIMESTAMP,
+                "calendar_interval": "1d",
+                "time_zone": "UTC",
+                "format": "yyyy-MM-dd",
+                "min_doc_count": 1,
+            }
+        }
+        source = {"terms": {"field": _ERROR_TYPE, "missing_bucket": True}}
+        groups: list[ErrorTypeGroup] = []
+        async for bucket in self._buckets(
+            "error types", query, source, {"days": per_day, "latest": latest}
+        ):
+            key = bucket["key"]["key"]
+            hits = bucket["latest"]["hits"]["hits"]
+            job = hits[0]["_source"].get("trace.id") if hits else None
+            groups.append(
+                ErrorTypeGroup(
+                    error_type="" if key is None else str(key),
+                    count=int(bucket["doc_count"]),
+                    per_day={
+                        day["key_as_string"]: int(day["doc_count"])
+                        for day in bucket["days"]["buckets"]
+                        if day["doc_count"]
+                    },
+                    # As the SQL store's copy: a job id it would keep, or none.
+                    last_job=job if isinstance(job, str) and len(job) <= _TRACE_LONGEST else None,
+                )
+            )
+        return sorted(groups, key=lambda g: (-g.count, g.error_type))
 
     async def histogram(self, query: EventQuery, *, interval_s: int) -> list[tuple[datetime, int]]:
         check_interval(interval_s)
@@ -649,11 +738,71 @@ class ElasticEventStore:
     async def _composite(
         self, what: str, query: EventQuery, source: dict[str, Any]
     ) -> dict[str, int]:
+        return (await self._composites(what, query, {"key": source}))["key"]
+
+    async def _composites(
+        self, what: str, query: EventQuery, sources: Mapping[str, dict[str, Any]]
+    ) -> dict[str, dict[str, int]]:
+        """Exact counts per group of each named source, all in one search request (a
+        composite aggregation each): a source with more groups than a page is paged on in
+        further requests that carry only the sources not yet exhausted."""
         scope = self._scope(query.tenant, *_filters(query))
-        counts: dict[str, int] = {}
-        after: dict[str, Any] | None = None
+        counts: dict[str, dict[str, int]] = {name: {} for name in sources}
+        after: dict[str, dict[str, Any] | None] = {name: None for name in sources}
+        todo = list(sources)
         # A composite aggregation pages through every group with exact counts, where a
         # `terms` aggregation's counts are approximate once groups outnumber its size.
+        while todo:
+            aggs: dict[str, Any] = {}
+            for name in todo:
+                composite: dict[str, Any] = {
+                    "size": _STATS_PAGE,
+                    "sources": [{"key": sources[name]}],
+                }
+                if after[name] is not None:
+                    composite["after"] = after[name]
+                aggs[name] = {"composite": composite}
+            response = await self._retrying(
+                what,
+                partial(
+                    self.client.search,
+                    index=self._pattern(query.tenant),
+                    query=scope,
+                    size=0,
+                    aggs=aggs,
+                    track_total_hits=False,
+                    allow_partial_search_results=False,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                ),
+            )
+            # No aggregations at all when the tenant has no index yet.
+            found: dict[str, Any] = response.body.get("aggregations", {})
+            more = []
+            for name in todo:
+                groups: dict[str, Any] = found.get(name, {})
+                buckets: list[dict[str, Any]] = groups.get("buckets", [])
+                for bucket in buckets:
+                    key = bucket["key"]["key"]
+                    group = "" if key is None else str(key)
+                    counts[name][group] = counts[name].get(group, 0) + int(bucket["doc_count"])
+                after[name] = groups.get("after_key")
+                if len(buckets) >= _STATS_PAGE and after[name] is not None:
+                    more.append(name)
+            todo = more
+        return counts
+
+    async def _buckets(
+        self,
+        what: str,
+        query: EventQuery,
+        source: dict[str, Any],
+        sub: Mapping[str, Any],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every bucket of a composite aggregation on `source` with sub-aggregations
+        `sub`, page by page."""
+        scope = self._scope(query.tenant, *_filters(query))
+        after: dict[str, Any] | None = None
         while True:
             composite: dict[str, Any] = {"size": _STATS_PAGE, "sources": [{"key": source}]}
             if after is not None:
@@ -665,23 +814,20 @@ class ElasticEventStore:
                     index=self._pattern(query.tenant),
                     query=scope,
                     size=0,
-                    aggs={"groups": {"composite": composite}},
+                    aggs={"groups": {"composite": composite, "aggs": dict(sub)}},
                     track_total_hits=False,
                     allow_partial_search_results=False,
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 ),
             )
-            # No aggregations at all when the tenant has no index yet.
             groups: dict[str, Any] = response.body.get("aggregations", {}).get("groups", {})
             buckets: list[dict[str, Any]] = groups.get("buckets", [])
             for bucket in buckets:
-                key = bucket["key"]["key"]
-                name = "" if key is None else str(key)
-                counts[name] = counts.get(name, 0) + int(bucket["doc_count"])
+                yield bucket
             after = groups.get("after_key")
             if len(buckets) < _STATS_PAGE or after is None:
-                return counts
+                return
 
     async def by_job(self, tenant: str, job_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
         check_job(tenant, job_id)
@@ -910,6 +1056,20 @@ def _whole(response: Any, what: str) -> None:
         raise StoreUnavailableError(f"elasticsearch {what}: {failed} shard(s) unavailable")
 
 
+def _stats_source(by: StatsBy) -> dict[str, Any]:
+    """The composite source `stats` groups on: a term, or the UTC day of a date."""
+    if BY_STATS[by].kind is Kind.DATE:
+        return {
+            "date_histogram": {
+                "field": BY_STATS[by].key,
+                "calendar_interval": "1d",
+                "time_zone": "UTC",
+                "format": "yyyy-MM-dd",
+            }
+        }
+    return {"terms": {"field": _STATS_FIELDS[by], "missing_bucket": True}}
+
+
 def _term(field: str, value: str) -> dict[str, Any]:
     return {"term": {field: value}}
 
@@ -938,6 +1098,10 @@ def _filters(query: EventQuery) -> list[dict[str, Any]]:
         filters.append({"range": {_TIMESTAMP: {**dates, "format": "epoch_millis"}}})
     # The words were case-folded when stored: a plain prefix on the keyword is exact.
     filters += [{"prefix": {_WORDS: word}} for word in query.words()]
+    if query.excluded_actions:
+        # A bool filter may hold a must_not clause of its own: the exclusion stays in the
+        # non-scoring filter context, a few rare terms skipped over, not a scan.
+        filters.append({"bool": {"must_not": [{"terms": {_ACTION: list(query.excluded_actions)}}]}})
     return filters
 
 

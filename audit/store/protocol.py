@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from audit.errors import InvalidInputError
 from audit.store.archive import Archiver, ArchiveSettings
-from audit.store.query import EventPage, EventQuery, GroupField, StatsBy
+from audit.store.query import ErrorTypeGroup, EventPage, EventQuery, GroupField, StatsBy
 
 # (doc_id, timestamp, verdict, failure); the timestamp addresses the record's daily index.
 VerdictUpdate = tuple[str, datetime, str, str | None]
@@ -140,6 +140,28 @@ class EventStore(Protocol):
         """Exact record counts per group over the whole query (not a page): "action",
         "outcome", "actor" (user.hash), "verdict", or "day" (UTC date of @timestamp,
         YYYY-MM-DD). Records without the field count under ""; empty groups are absent."""
+        ...
+
+    async def facets(
+        self, query: EventQuery, *, by: Sequence[StatsBy]
+    ) -> dict[StatsBy, dict[str, int]]:
+        """`stats` of the query by each of `by` at once, as ONE request of the backend (the
+        filters are evaluated once, not once per grouping): each entry equals what
+        `stats(query, by=...)` returns."""
+        ...
+
+    async def time_span(self, query: EventQuery) -> tuple[datetime, datetime] | None:
+        """The earliest and latest @timestamp (UTC) of the query's records, in ONE
+        aggregation (min and max together); None when nothing matches."""
+        ...
+
+    async def error_types(self, query: EventQuery) -> list[ErrorTypeGroup]:
+        """The query's records grouped by error.type (a string of at most
+        ERROR_TYPE_LONGEST characters; others and records without one under ""), each with
+        its exact count per UTC day of @timestamp and the trace.id of its latest record
+        (by @timestamp, stream, sequence, doc_id; None when that record has no string
+        trace.id): store aggregations, never rows read back. Ordered by count descending,
+        then error type."""
         ...
 
     async def histogram(self, query: EventQuery, *, interval_s: int) -> list[tuple[datetime, int]]:

@@ -112,11 +112,15 @@ class EventQuery:
     until: datetime | None = None  # @timestamp < until
     text: str | None = None  # free text, module docstring
     order: Order = "desc"  # by (@timestamp, stream, sequence, doc_id)
+    # event.action values left out (records without an action stay in): the console hides
+    # the log of the logs' reads with it. A short exclusion, where listing every other
+    # action made each query match a disjunction of dozens of terms over most records.
+    excluded_actions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.tenant, str) or not self.tenant:
             raise InvalidInputError("a query needs its tenant")
-        for name in _VALUE_FIELDS:
+        for name in (*_VALUE_FIELDS, "excluded_actions"):
             values = getattr(self, name)
             # A bare string would silently become a tuple of its characters.
             if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
@@ -154,6 +158,8 @@ class EventQuery:
         for name in _LATER_FIELDS:
             if not values[name]:
                 del values[name]
+        if self.excluded_actions:  # left out when unused: earlier cursors still continue
+            values["excluded_actions"] = sorted(set(self.excluded_actions))
         canonical = {
             "v": 1,
             **values,
@@ -164,6 +170,22 @@ class EventQuery:
             "order": self.order,
         }
         return sha256_hex(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorTypeGroup:
+    """`EventStore.error_types`: the records of one error.type ("" for records without
+    one), per UTC day, and the job (trace.id) of the group's latest record."""
+
+    error_type: str
+    count: int
+    per_day: dict[str, int]  # YYYY-MM-DD -> records
+    last_job: str | None
+
+
+# error.type as the stores group on it: a string of at most this many characters (longer
+# or other values count as no error type; Elasticsearch leaves such a value unindexed).
+ERROR_TYPE_LONGEST = 1024
 
 
 @dataclass(frozen=True, slots=True)

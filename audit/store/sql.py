@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar, cast
 
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     literal,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -72,7 +75,9 @@ from audit.store.protocol import (
     day_bounds,
 )
 from audit.store.query import (
+    ERROR_TYPE_LONGEST,
     MAX_FILE_HASHES,
+    ErrorTypeGroup,
     EventPage,
     EventQuery,
     GroupField,
@@ -324,6 +329,100 @@ class SqlEventStore:
         # SQLite keeps UTC times as "YYYY-MM-DD HH:MM:SS.ffffff" text.
         return func.substr(when, 1, 10, type_=String)
 
+    async def facets(
+        self, query: EventQuery, *, by: Sequence[StatsBy]
+    ) -> dict[StatsBy, dict[str, int]]:
+        for name in by:
+            check_stats_by(name)
+        return await self._run(self._facets, query, list(dict.fromkeys(by)))
+
+    def _facets(self, query: EventQuery, by: list[StatsBy]) -> dict[StatsBy, dict[str, int]]:
+        if not by:
+            return {}
+        # One statement: a UNION ALL of the groupings, each over the same filters.
+        parts = []
+        for n, name in enumerate(by):
+            group = self._day() if BY_STATS[name].kind is Kind.DATE else _STATS_COLUMNS[name]
+            keyed = select(group.label("k")).where(*_where(query)).subquery()
+            parts.append(
+                select(literal(n).label("n"), keyed.c.k, func.count().label("c")).group_by(
+                    keyed.c.k
+                )
+            )
+        stmt = union_all(*parts)
+        counts: dict[StatsBy, dict[str, int]] = {name: {} for name in by}
+        with self._engine.connect() as conn:
+            for n, key, count in conn.execute(stmt):
+                found = counts[by[int(n)]]
+                value = "" if key is None else str(key)
+                found[value] = found.get(value, 0) + int(count)
+        return counts
+
+    async def time_span(self, query: EventQuery) -> tuple[datetime, datetime] | None:
+        return await self._run(self._time_span, query)
+
+    def _time_span(self, query: EventQuery) -> tuple[datetime, datetime] | None:
+        when = _COLUMNS[TIME.key]
+        stmt = select(func.min(when), func.max(when)).where(*_where(query))
+        with self._engine.connect() as conn:
+            first, last = conn.execute(stmt).one()
+        if first is None or last is None:
+            return None
+        return _utc(first), _utc(last)
+
+    async def error_types(self, query: EventQuery) -> list[ErrorTypeGroup]:
+        return await self._run(self._error_types, query)
+
+    def _error_types(self, query: EventQuery) -> list[ErrorTypeGroup]:
+        kind = self._error_type()
+        # Grouped in subqueries: PostgreSQL refuses GROUP BY on expressions with bound
+        # literals (as in _stats).
+        keyed = select(kind.label("k"), self._day().label("d")).where(*_where(query)).subquery()
+        per_day = select(keyed.c.k, keyed.c.d, func.count()).group_by(keyed.c.k, keyed.c.d)
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=kind,
+                order_by=tuple(c.desc() for c in _PAGE_ORDER),
+            )
+            .label("r")
+        )
+        ranked = select(kind.label("k"), Event.trace_id, rank).where(*_where(query)).subquery()
+        latest = select(ranked.c.k, ranked.c.trace_id).where(ranked.c.r == 1)
+        groups: dict[str, ErrorTypeGroup] = {}
+        with self._engine.connect() as conn:
+            for key, day, n in conn.execute(per_day):
+                name = "" if key is None else str(key)
+                group = groups.setdefault(name, ErrorTypeGroup(name, 0, {}, None))
+                days = group.per_day
+                days[str(day)] = days.get(str(day), 0) + int(n)
+            last = {("" if key is None else str(key)): job for key, job in conn.execute(latest)}
+        return sorted(
+            (
+                replace(g, count=sum(g.per_day.values()), last_job=last.get(g.error_type))
+                for g in groups.values()
+            ),
+            key=lambda g: (-g.count, g.error_type),
+        )
+
+    def _error_type(self) -> ColumnElement[Any]:
+        """error.type read from the record text (no column copies it): a string of at most
+        ERROR_TYPE_LONGEST characters, else "" (as Elasticsearch's index keeps it)."""
+        record = _TABLE.c.record
+        value: ColumnElement[str]
+        if self._engine.dialect.name == "postgresql":
+            doc = sql_cast(record, postgresql.JSONB)
+            value = doc.op("->>", return_type=String)(literal("error.type"))
+            is_text = func.jsonb_typeof(doc.op("->")(literal("error.type"))) == "string"
+        else:
+            path = '$."error.type"'
+            value = func.json_extract(record, path, type_=String)
+            is_text = func.json_type(record, path) == "text"
+        return case(
+            (and_(is_text, func.length(value) <= ERROR_TYPE_LONGEST), value),
+            else_=literal(""),
+        )
+
     async def histogram(self, query: EventQuery, *, interval_s: int) -> list[tuple[datetime, int]]:
         check_interval(interval_s)
         return await self._run(self._histogram, query, interval_s)
@@ -508,7 +607,15 @@ def _where(query: EventQuery) -> list[ColumnElement[bool]]:
     if query.file_hashes:
         digests = sorted(set(query.file_hashes))
         conditions.append(or_(*(slot.in_(digests) for slot in _FILE_SLOTS)))
+    if query.excluded_actions:
+        action = _COLUMNS[VALUE_FILTERS["actions"].key]
+        # NOT IN alone would drop the records without an action (NULL): they stay.
+        conditions.append(or_(action.is_(None), action.not_in(sorted(set(query.excluded_actions)))))
     return conditions
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _event(row: Event) -> StoredEvent:

@@ -28,6 +28,7 @@ from audit.services import Services
 from audit.streams.schemas import StreamRead
 from dashboards.auth import ConsoleViewer
 from dashboards.pages import View, render, visible
+from dashboards.state import BadgeVerdict, Console
 from dashboards.views.common import Svc, admit, allowed, log_view
 
 router = APIRouter()
@@ -213,12 +214,22 @@ async def home(request: Request, who: ConsoleViewer, svc: Svc) -> Response:
     )
 
 
-@router.get("/integrity/badge", response_class=HTMLResponse)
-async def badge(request: Request, who: ConsoleViewer, svc: Svc) -> HTMLResponse:
-    """The strip on every page: the worst stream's colour and its first reason. Callers who
-    may not read streams (a subject) see the colour alone."""
-    streams = await overview(svc, who.tenant)
+async def badge_verdict(svc: Services, tenant: str) -> BadgeVerdict:
+    """The worst stream's colour and first reason, from a fresh overview."""
+    streams = await overview(svc, tenant)
     worst = max(streams, key=lambda s: s.health, default=None)
+    if worst is None:
+        return BadgeVerdict("unknown", None, "", 0)
+    return BadgeVerdict(worst.health.label, worst.stream, worst.reasons[0], len(streams))
+
+
+@router.get("/integrity/badge", response_class=HTMLResponse)
+async def badge(request: Request, who: ConsoleViewer, svc: Svc, console: Console) -> HTMLResponse:
+    """The strip on every page: the worst stream's colour and its first reason. Callers who
+    may not read streams (a subject) see the colour alone. Polled every 30 s by every open
+    page: served from the tenant's cached verdict (BADGE_TTL_S), one overview per tenant
+    however many pages are open."""
+    verdict = await console.badges.get(who.tenant, lambda: badge_verdict(svc, who.tenant))
     detailed = allowed(who, svc, Permission.READ_STREAMS)
     # Not logged: a colour and a count, polled every 30 s by every open page, would bury
     # the reads in the log of the logs; opening the integrity page is logged.
@@ -227,5 +238,5 @@ async def badge(request: Request, who: ConsoleViewer, svc: Svc) -> HTMLResponse:
         "integrity_badge.html",
         who,
         svc.settings,
-        context={"worst": worst, "count": len(streams), "detailed": detailed},
+        context={"verdict": verdict, "detailed": detailed},
     )

@@ -3,12 +3,12 @@ steps.
 
 The list is GET /v1/jobs (QueryService.build over job.completed / job.failed, no own-only:
 READ_JOBS has no `subject` scope, and engineers read it; records carry pseudonyms only).
-Failures per day are ONE `EventStore.stats` by day; the store has no aggregation on
-error.type, so the grouping by error type reads the latest FAILED_SCAN job.failed records
-and says so when there are more. A job's page is GET /v1/jobs/{job_id}
-(`EventStore.by_job`): inputs (file hashes), models with their hashes and providers (from
-job.submitted and model.loaded), every step with the time since the previous one, failed
-frames with their errors, and the outcome.
+Failures per day are ONE `EventStore.stats` by day, and the grouping by error type is ONE
+`EventStore.error_types` aggregation (terms on error.type, a day histogram and the latest
+job per type) over every failed job, however many: no records are read back to count. A
+job's page is GET /v1/jobs/{job_id} (`EventStore.by_job`): inputs (file hashes), models
+with their hashes and providers (from job.submitted and model.loaded), every step with the
+time since the previous one, failed frames with their errors, and the outcome.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from audit.integrity.events import EventAction
 from audit.query.service import Filters, describe
 from audit.services import Services
 from audit.store.protocol import StoredEvent
-from audit.store.query import FILE_HASH_KEYS
+from audit.store.query import FILE_HASH_KEYS, ErrorTypeGroup
 from dashboards.auth import ConsoleViewer
 from dashboards.pages import PREFIX, View, render
 from dashboards.views.common import Svc, admit, log_view
@@ -38,8 +38,6 @@ from dashboards.views.events import event_url, parse_time
 router = APIRouter()
 
 PAGE_SIZE = 50
-FAILED_SCAN = 2000  # job.failed records read to group by error type
-_SCAN_PAGE = 500
 # As GET /v1/jobs: a job is listed by the record that finished it.
 FINISHED = {"success": EventAction.JOB_COMPLETED.value, "failure": EventAction.JOB_FAILED.value}
 NO_ERROR_TYPE = "(no error type)"
@@ -90,19 +88,14 @@ def job_row(event: StoredEvent) -> JobRow:
     )
 
 
-def group_failures(events: Sequence[StoredEvent]) -> list[ErrorGroup]:
-    """job.failed records by error type, most frequent first, with counts per UTC day (the
-    newest record first in `events`: `last_job` is the latest job of the group)."""
-    groups: dict[str, ErrorGroup] = {}
-    for e in events:
-        kind = _str(e.record.get("error.type")) or NO_ERROR_TYPE
-        group = groups.setdefault(kind, ErrorGroup(kind, 0))
-        group.count += 1
-        day = e.timestamp.strftime("%Y-%m-%d")
-        group.per_day[day] = group.per_day.get(day, 0) + 1
-        if group.last_job is None:
-            group.last_job = _str(e.record.get("trace.id"))
-    return sorted(groups.values(), key=lambda g: (-g.count, g.error_type))
+def error_groups(groups: Sequence[ErrorTypeGroup]) -> list[ErrorGroup]:
+    """The store's groups as the page shows them: records without an error type under
+    NO_ERROR_TYPE, most frequent first."""
+    shown = [
+        ErrorGroup(g.error_type or NO_ERROR_TYPE, g.count, dict(g.per_day), g.last_job)
+        for g in groups
+    ]
+    return sorted(shown, key=lambda g: (-g.count, g.error_type))
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -132,21 +125,12 @@ async def jobs_page(
         asyncio.to_thread(svc.queries.build, who.tenant, None, filters),
         asyncio.to_thread(svc.queries.build, who.tenant, None, failed),
     )
-    page, per_day, by_outcome = await asyncio.gather(
+    page, per_day, by_outcome, by_type = await asyncio.gather(
         svc.queries.search(query, PAGE_SIZE, cursor or None),
         svc.store.stats(failed_q, by="day"),
         svc.store.stats(query, by="action"),
+        svc.store.error_types(failed_q),
     )
-    scanned: list[StoredEvent] = []
-    after: str | None = None
-    while len(scanned) < FAILED_SCAN:
-        batch = await svc.queries.search(
-            failed_q, min(_SCAN_PAGE, svc.settings.max_page_size), after
-        )
-        scanned += batch.events
-        after = batch.next_cursor
-        if after is None:
-            break
     failed_total = sum(per_day.values())
     await log_view(
         request,
@@ -165,8 +149,7 @@ async def jobs_page(
         view=View.JOBS,
         context={
             "jobs": [job_row(e) for e in page.events],
-            "groups": group_failures(scanned),
-            "grouped": len(scanned),
+            "groups": error_groups(by_type),
             "failed_total": failed_total,
             "per_day": sorted(per_day.items()),
             "completed": by_outcome.get(FINISHED["success"], 0),

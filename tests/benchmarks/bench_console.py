@@ -1,9 +1,12 @@
 """The console at scale: server and browser time to a usable events explorer, page weight.
 
     .venv/bin/python -m tests.benchmarks.bench_console [--events N] [--browser-loads K]
+        [--no-reuse] [--no-keep]
 
 A script, not a test: nothing asserts on time. It loads N sealed records (default 1M) into
-Elasticsearch under an index prefix of its own (removed at the end) with bench_query's
+Elasticsearch under an index prefix of its own (`--prefix`), kept with the keys and control
+database in `--state-dir` so that a later run with the same N reuses them (bench_query's
+`prepared`; `--no-reuse` reloads, `--no-keep` removes them at the end), with bench_query's
 loader (three tenants, 31 engine streams, thousands of actors, 30 days of record time;
 sealed by the Sealer and written with `ElasticEventStore.write` in big batches: setup, not
 measured), registers the streams in a control database and runs the real service on it
@@ -16,8 +19,8 @@ Measured:
   action, failures, a time range, an actor, free text, combinations), each timed end to end
   with httpx (the whole HTML: page of records, histogram aggregation, facets). Baseline of
   the same run: the raw store calls the explorer makes for the same filter (one search page,
-  the facet stats, the time span, the histogram; same concurrency), so the ratio says what
-  the console adds on top of the store. The shard request cache is emptied before every
+  the facets in one request, the time span, the histogram; same concurrency), so the ratio
+  says what the console adds on top of the store. The shard request cache is emptied before every
   timed call: no aggregation answer comes from a cache of an earlier one.
 * browser time: Debian's chromium through Playwright signs in through the form, then loads
   the explorer with `--browser-loads` of those filters; timed from navigation until the
@@ -37,11 +40,8 @@ import gzip
 import os
 import platform
 import re
-import secrets
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,17 +51,17 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 from audit.db.session import make_engine, session_factory
-from audit.integrity.events import EventAction
 from audit.query.keyrings import TenantKeyrings
 from audit.query.service import Filters, QueryService
-from audit.store.elastic import ElasticEventStore
+from audit.settings import AuditSettings
+from audit.store.elastic import INGEST, ElasticEventStore
 from audit.store.query import EventQuery
 from audit.streams.service import StreamService
-from dashboards.views.events import FACETS, PAGE_SIZE, TRAIL_READS, parse_time, pick_interval
+from dashboards.views.events import FACETS, PAGE_SIZE, hide_trail, parse_time, pick_interval
 from dashboards.views.jobs import job_url
 from tests.apptools import app_settings, jwt_token, serving
 from tests.benchmarks.bench_ingest import elasticsearch_url
-from tests.benchmarks.bench_query import DAYS, T0, State, drop_indices, job_number, load, pct
+from tests.benchmarks.bench_query import DAYS, T0, State, drop_indices, job_number, pct, prepared
 
 TARGET_SERVER_P95_MS = 300.0
 TARGET_BROWSER_P95_S = 1.0
@@ -158,54 +158,45 @@ def explorer_url(base: str, params: Params) -> str:
     return f"{base}/console/events" + (f"?{urlencode(params)}" if params else "")
 
 
-def to_filters(params: Params) -> tuple[Filters, Filters]:
-    """The explorer's Filters of `params`, and the ones it queries (trail reads hidden)."""
+def to_filters(params: Params) -> Filters:
+    """The explorer's Filters of `params`."""
     one = {k: v for k, v in params}
-    actions = tuple(v for k, v in params if k == "action")
-    filters = Filters(
+    return Filters(
         actor=one.get("actor"),
-        actions=actions,
+        actions=tuple(v for k, v in params if k == "action"),
         outcomes=tuple(v for k, v in params if k == "outcome"),
         streams=(one["stream"],) if "stream" in one else (),
         since=parse_time("since", one.get("since")),
         until=parse_time("until", one.get("until")),
         text=one.get("q"),
     )
-    shown = filters
-    if not actions:
-        shown = replace(
-            filters, actions=tuple(a.value for a in EventAction if a not in TRAIL_READS)
-        )
-    return filters, shown
+
+
+def explorer_query(service: QueryService, filters: Filters) -> EventQuery:
+    """The store query the explorer runs for `filters` (trail reads hidden)."""
+    return hide_trail(service.build(TENANT, None, filters), filters, include_trail=False)
 
 
 # -- baseline: the raw store calls of one explorer load ------------------------------------
 
 
 async def store_calls(store: ElasticEventStore, query: EventQuery, filters: Filters) -> None:
-    """What `dashboards.views.events.explorer` asks the store: a page, the facets and the
-    time span together, then the histogram."""
+    """What `dashboards.views.events.explorer` asks the store, with the same concurrency:
+    a page, the facets (one request) and the chart (its time span first when the filters
+    leave it open), all at once."""
 
-    async def span() -> tuple[datetime, datetime] | None:
-        if filters.since is not None and filters.until is not None:
-            return None
-        first, last = await asyncio.gather(
-            store.search(replace(query, order="asc"), limit=1),
-            store.search(replace(query, order="desc"), limit=1),
-        )
-        if not first.events or not last.events:
-            return None
-        return first.events[0].timestamp, last.events[0].timestamp
+    async def chart() -> None:
+        start, end = filters.since, filters.until
+        if start is None or end is None:
+            span = await store.time_span(query)
+            start = start or (span[0] if span else None)
+            end = end or (span[1] if span else None)
+        interval = pick_interval(start, end) if start and end else 3600
+        await store.histogram(query, interval_s=interval)
 
-    _page, _facets, bounds = await asyncio.gather(
-        store.search(query, limit=PAGE_SIZE),
-        asyncio.gather(*(store.stats(query, by=by) for by in FACETS)),
-        span(),
+    await asyncio.gather(
+        store.search(query, limit=PAGE_SIZE), store.facets(query, by=FACETS), chart()
     )
-    start = filters.since or (bounds[0] if bounds else None)
-    end = filters.until or (bounds[1] if bounds else None)
-    interval = pick_interval(start, end) if start and end else 3600
-    await store.histogram(query, interval_s=interval)
 
 
 # -- server --------------------------------------------------------------------------------
@@ -245,13 +236,13 @@ async def server_phase(
 
         for params in filters[:3]:  # warm-up: templates, connections, first queries
             await load_page(params)
-            _f, shown = to_filters(params)
-            await store_calls(store, service.build(TENANT, None, shown), _f)
+            warm = to_filters(params)
+            await store_calls(store, explorer_query(service, warm), warm)
         console: list[float] = []
         raw: list[float] = []
         for n, params in enumerate(filters):
-            filters_, shown = to_filters(params)
-            query = service.build(TENANT, None, shown)  # what the route builds off the loop
+            filters_ = to_filters(params)
+            query = explorer_query(service, filters_)  # what the route builds off the loop
 
             async def http(p: Params = params) -> None:
                 await load_page(p)
@@ -360,14 +351,12 @@ async def page_weight(base: str, token: str) -> list[dict[str, Any]]:
 # -- main ----------------------------------------------------------------------------------
 
 
-async def load_data(
-    url: str, prefix: str, args: argparse.Namespace, directory: Path
-) -> tuple[State, float]:
-    loader = ElasticEventStore(url, prefix=prefix, bulk_chunk=2500, request_timeout_s=120)
+async def load_data(url: str, args: argparse.Namespace) -> tuple[State, float | None]:
+    """The kept records of an earlier run with the same N and seed, or freshly loaded ones
+    (then the seconds loading took)."""
+    loader = ElasticEventStore(url, prefix=args.prefix, bulk_chunk=2500, request_timeout_s=120)
     try:
-        started = time.perf_counter()
-        state = await load(loader, args.events, args.seed, directory, args.batch)
-        return state, time.perf_counter() - started
+        return await prepared(loader, args)
     finally:
         await loader.close()
 
@@ -392,48 +381,69 @@ async def cleanup(url: str, prefix: str) -> None:
         await store.close()
 
 
+async def forget_page_views(url: str, prefix: str) -> None:
+    """Remove the log of the logs the measured page views wrote, so that the kept records
+    match their manifest and the next run reuses them."""
+    store = ElasticEventStore(url, prefix=prefix)
+    try:
+        # By id: this distribution has no _delete_by_query (no reindex module). A run
+        # writes one record per page view: a few hundred at most.
+        await store.refresh()
+        found = await store.client.search(
+            index=f"{prefix}-*",
+            query={"prefix": {f"{INGEST}stream": f"{AuditSettings().service_stream}."}},
+            size=10_000,
+            source=False,
+        )
+        hits = found["hits"]["hits"]
+        if hits:
+            await store.client.bulk(
+                operations=[{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits],
+                refresh=True,
+            )
+    finally:
+        await store.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     url = elasticsearch_url()
-    prefix = f"ffaudit-cbench-{secrets.token_hex(4)}"
+    prefix: str = args.prefix
     filters = filter_set(args.loads)
     result: dict[str, Any] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
-            directory = Path(tmp)
-            state, load_s = asyncio.run(load_data(url, prefix, args, directory))
-            result["records"] = state.manifest["records"]
-            result["load_s"] = load_s
+        state, load_s = asyncio.run(load_data(url, args))
+        result["records"] = state.manifest["records"]
+        result["load_s"] = load_s
+        if load_s is not None:
             print(
                 f"loaded {state.manifest['records']:,} sealed records in {load_s:.0f} s "
                 f"({state.manifest['records'] / load_s:,.0f}/s)",
                 flush=True,
             )
-            settings = app_settings(
-                directory,
-                database_url=state.control_db,
-                elasticsearch_url=url,
-                elasticsearch_index_prefix=prefix,
-            )
-            # An administrator with a second factor: every view, retention included.
-            token = jwt_token(
-                sub="root",
-                tenant=TENANT,
-                roles=["admin"],
-                amr=["pwd", "otp"],
-                exp=int(time.time()) + 4 * 3600,
-            )
-            with serving(settings) as base:
-                result["server"] = asyncio.run(
-                    measure_server(url, prefix, state, base, token, filters)
+        settings = app_settings(
+            state.directory,  # the keyrings the records were sealed under are there
+            database_url=state.control_db,
+            elasticsearch_url=url,
+            elasticsearch_index_prefix=prefix,
+        )
+        # An administrator with a second factor: every view, retention included.
+        token = jwt_token(
+            sub="root",
+            tenant=TENANT,
+            roles=["admin"],
+            amr=["pwd", "otp"],
+            exp=int(time.time()) + 4 * 3600,
+        )
+        with serving(settings) as base:
+            result["server"] = asyncio.run(measure_server(url, prefix, state, base, token, filters))
+            if args.browser_loads:
+                picked = filters[:: max(1, len(filters) // args.browser_loads)]
+                result["browser"] = browser_phase(
+                    base, token, picked[: args.browser_loads], prefix, url
                 )
-                if args.browser_loads:
-                    picked = filters[:: max(1, len(filters) // args.browser_loads)]
-                    result["browser"] = browser_phase(
-                        base, token, picked[: args.browser_loads], prefix, url
-                    )
-                result["weight"] = asyncio.run(page_weight(base, token))
+            result["weight"] = asyncio.run(page_weight(base, token))
     finally:
-        asyncio.run(cleanup(url, prefix))
+        asyncio.run(cleanup(url, prefix) if not args.keep else forget_page_views(url, prefix))
     return result
 
 
@@ -487,6 +497,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="records to load")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--prefix", default="ffaudit-consolebench", help="index prefix of the data")
+    parser.add_argument("--state-dir", type=Path, default=Path("var/bench-console"))
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--keep", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch", type=int, default=5000, help="records per store.write")
     parser.add_argument("--loads", type=int, default=50, help="explorer filters timed")
     parser.add_argument("--browser-loads", type=int, default=15, help="0: no browser")
@@ -495,8 +509,9 @@ def main() -> None:
     print(
         f"CPython {platform.python_version()} on {platform.platform()} ({os.cpu_count()} CPUs, "
         f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())})\n"
-        f"{r['records']:,} records in Elasticsearch, loaded in {r['load_s']:.0f} s "
-        f"(setup, not measured)"
+        f"{r['records']:,} records in Elasticsearch, "
+        + (f"loaded in {r['load_s']:.0f} s" if r["load_s"] is not None else "reused")
+        + " (setup, not measured)"
     )
     report(r)
 

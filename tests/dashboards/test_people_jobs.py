@@ -21,7 +21,7 @@ from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import AuditEvent, Sealer
 from audit.query.service import Filters
 from audit.services import Services
-from dashboards.views.jobs import group_failures, human, timeline
+from dashboards.views.jobs import error_groups, human, timeline
 from tests.apptools import bearer
 from tests.dashboards.conftest import (
     ConsoleFactory,
@@ -431,7 +431,7 @@ def test_timeline_and_groups_are_pure() -> None:
     assert human(timedelta(milliseconds=250)) == "250 ms"
     assert human(timedelta(seconds=90)) == "90.0 s"
     assert human(None) == ""
-    assert group_failures([]) == []
+    assert error_groups([]) == []
     assert timeline([]).outcome is None
 
 

@@ -213,6 +213,8 @@ def matches(query: EventQuery, event: StoredEvent) -> bool:
     ):
         if values and value not in values:
             return False
+    if query.excluded_actions and record.get("event.action") in query.excluded_actions:
+        return False
     if query.since is not None and event.timestamp < query.since:
         return False
     if query.until is not None and event.timestamp >= query.until:
@@ -315,6 +317,15 @@ def queries(tenant: str) -> list[EventQuery]:
             text="inswapper",
         ),
         EventQuery(tenant, actions=("job.failed",), verdicts=("pending",), streams=("cam-9",)),
+        # The console's hidden reads of the trail: an exclusion, alone and with filters.
+        EventQuery(tenant, excluded_actions=("job.failed", "frame.failed")),
+        EventQuery(tenant, excluded_actions=("face.anonymized",), streams=("cam-1",)),
+        EventQuery(
+            tenant,
+            actions=("job.failed", "face.swapped"),
+            excluded_actions=("job.failed",),
+            since=START + timedelta(hours=10),
+        ),
     ]
 
 
