@@ -144,6 +144,19 @@ def stop_process_group(pgid: int, timeout_s: float = 60.0) -> None:
         return
 
 
+def kill_process_group(pgid: int, timeout_s: float = 30.0) -> None:
+    """SIGKILL the whole group (a crash, for fault tests) and wait until none of it is left."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            raise ProvisioningError(f"process group {pgid} outlived SIGKILL for {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
