@@ -24,6 +24,7 @@ from audit.exports.bundle import DATA_FILES, MANIFEST, MANIFEST_SIG
 from audit.exports.verify import ExportReport
 from audit.exports.verify import verify_export as check_bundle
 from audit.integrity.keys import Verifier
+from audit.integrity.notes import NoteError, Policy, parse_policy
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _BUNDLE_FILES = frozenset((*DATA_FILES, MANIFEST, MANIFEST_SIG))
@@ -49,12 +50,27 @@ _BUNDLE_FILES = frozenset((*DATA_FILES, MANIFEST, MANIFEST_SIG))
     help="Accept a --pubkey file inside the bundle (it proves only that the bundle is "
     "consistent with itself, not who made it).",
 )
+@click.option(
+    "--policy",
+    type=_FILE,
+    help="C2SP tlog-policy: also require each stream's log checkpoint to carry its "
+    "witnesses' quorum (its log lines are not needed: the log key is --pubkey under each "
+    "origin).",
+)
+@click.option(
+    "--require-log",
+    is_flag=True,
+    help="Require every selected record to be proven by the transparency log (a record "
+    "the service states is not in the log, or a bundle older than v3, fails).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def verify_export(
     pubkey: Path,
     stream_pubkeys: tuple[str, ...],
     trust_bundled_key: bool,
+    policy: Path | None,
+    require_log: bool,
     as_json: bool,
     directory: Path,
 ) -> int:
@@ -76,12 +92,24 @@ def verify_export(
         if not sep or not stream or not path:
             raise UsageError(f"--stream-pubkey takes STREAM=FILE, not {item!r}")
         pinned[stream] = Verifier.load(Path(path))
-    report = check_bundle(directory, service_key, stream_keys=pinned)
+    witnesses = load_policy(policy) if policy is not None else None
+    report = check_bundle(
+        directory, service_key, stream_keys=pinned, policy=witnesses, require_log=require_log
+    )
     if as_json:
         echo_json(report.as_dict())
     else:
         _print(report)
     return exit_status(report)
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        return parse_policy(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except NoteError as exc:
+        raise UsageError(f"{path}: not a C2SP tlog-policy: {exc.detail}") from None
 
 
 def exit_status(report: ExportReport) -> int:
@@ -107,6 +135,22 @@ def _print(report: ExportReport) -> None:
         )
         for seq, why in r.unproven:
             click.echo(f"  not proven by the stream's key: seq {seq}: {why}")
+        if r.log is not None:
+            log = r.log
+            if not log.size:
+                said = "no checkpoint"
+            elif log.witnesses:
+                said = f"size {log.size}, cosigned by {', '.join(log.witnesses)}"
+            elif log.cosigned:
+                said = f"size {log.size}, cosigned; give --policy to check the witnesses"
+            else:
+                said = f"size {log.size}, not cosigned"
+            click.echo(
+                f"  transparency log {log.origin} ({said}): {len(log.proven)} of "
+                f"{r.records} records proven by the log"
+            )
+            for seq, why in log.unproven:
+                click.echo(f"  not proven by the log: seq {seq}: {why}")
     total = sum(r.records for r in report.ranges)
     counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.counts.items()))
     if not report.authentic:
@@ -143,6 +187,11 @@ def _print(report: ExportReport) -> None:
     type=_FILE,
     help="Verify the downloaded bundle with the service's public key (obtained separately).",
 )
+@click.option(
+    "--policy",
+    type=_FILE,
+    help="With --pubkey: also require the witnesses' quorum of this C2SP tlog-policy.",
+)
 @service_option
 @token_option()
 @tenant_option("Open mode only (no tokens): the tenant to export.")
@@ -158,6 +207,7 @@ def export(
     q: str | None,
     out: Path,
     pubkey: Path | None,
+    policy: Path | None,
     service: str,
     token: str | None,
     tenant: str | None,
@@ -165,6 +215,9 @@ def export(
     """Create an export bundle of the selected records (POST /v1/exports), download its
     files, and with --pubkey verify it. Exit 0 done (and intact), 1 verification failed,
     4 authentic but the service declares the exported chain damaged."""
+    if policy is not None and pubkey is None:
+        raise UsageError("--policy checks the downloaded bundle: give --pubkey too")
+    witnesses = load_policy(policy) if policy is not None else None
     body = {
         "actor": actor,
         "action": list(action),
@@ -200,7 +253,7 @@ def export(
     click.echo(f"export {export_id}: {made['records']} records in {directory}", err=True)
     if pubkey is None:
         return 0
-    report = check_bundle(directory, Verifier.load(pubkey))
+    report = check_bundle(directory, Verifier.load(pubkey), policy=witnesses)
     _print(report)
     return exit_status(report)
 

@@ -13,6 +13,13 @@ stub is vouched for by the service's signature alone; the producer's checkpoint 
 prove only records joined to a checkpoint through full records. The spec says so, and the
 verifier reports which selected records are producer-signed in that sense.
 
+From format v3 on, a bundle also carries the transparency log's evidence (tlog.ndjson,
+audit.exports.tlog): per stream one checkpoint of the stream's log and, per full record the
+log holds, its inclusion proof against it, the leaf recomputed from the record's content.
+That proves a selected record unaltered since it was logged wherever the chain's own
+signatures cannot reach it (across a stub), as far as the checkpoint is trusted: signed by
+the service key, so trusted beyond the manifest once witnesses have cosigned it.
+
 A bundle is evidence either way. The writer walks the range it is about to write with the
 verifier's own walk (audit.exports.chain) and states every failure it finds (a modified
 record, a hole, a broken link, a record after a closing checkpoint, a checkpoint whose
@@ -53,14 +60,28 @@ from audit.exports.chain import (
     verified_checkpoints,
     walk,
 )
+from audit.exports.tlog import (
+    TLOG,
+    CheckpointLine,
+    Leaf,
+    LogDeclaration,
+    ProofLine,
+    StreamLog,
+    check_log,
+    is_cosigned,
+    log_verifier,
+)
 from audit.integrity import contexts
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Signer, Verifier
+from audit.integrity.merkle import EMPTY_ROOT, HASH_SIZE
+from audit.integrity.notes import MAX_PROOF_HASHES, NoteError, parse_checkpoint, parse_note
 
 FORMATS: Final = contexts.EXPORT_FORMATS
 FORMAT_V1: Final = FORMATS[0]  # no failures, findings or verdict column
+FORMAT_V2: Final = FORMATS[1]  # no transparency log
 FORMAT: Final = FORMATS[-1]
 
 RECORDS: Final = "records.ndjson"
@@ -71,8 +92,9 @@ SERVICE_PUB: Final = "service.pub"
 MANIFEST: Final = "manifest.json"
 MANIFEST_SIG: Final = "manifest.sig"
 # Every file the manifest lists (and hashes); manifest.json and manifest.sig are the two
-# files outside it.
-DATA_FILES: Final = (RECORDS, RECORDS_CSV, LINKS, CHECKPOINTS, SERVICE_PUB)
+# files outside it. tlog.ndjson from v3 on.
+DATA_FILES_V2: Final = (RECORDS, RECORDS_CSV, LINKS, CHECKPOINTS, SERVICE_PUB)
+DATA_FILES: Final = (*DATA_FILES_V2, TLOG)
 
 STUB_STREAM: Final = "stream"
 STUB_SEQUENCE: Final = "sequence"
@@ -109,6 +131,11 @@ VERDICT: Final = "verdict"  # records.csv's last column from v2 on (chain.record
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection); OWASP
 # adds tab and carriage return, which some of them strip before looking.
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def data_files(fmt: str) -> tuple[str, ...]:
+    """The files a manifest of format `fmt` lists."""
+    return DATA_FILES if fmt == FORMAT else DATA_FILES_V2
 
 
 def manifest_context(fmt: str) -> bytes:
@@ -178,6 +205,15 @@ class ExportResult:
 
 
 @dataclass(slots=True)
+class _Logs:
+    """The log evidence of a v3 bundle as it will be written."""
+
+    declarations: list[LogDeclaration]
+    lines: list[CheckpointLine | ProofLine]  # tlog.ndjson, in order
+    failures: list[ExportFailure]
+
+
+@dataclass(slots=True)
 class _Range:
     stream: str
     key: Verifier
@@ -210,6 +246,7 @@ def write_export(
     tenant: str,
     findings: Iterable[Finding] = (),
     created_at: datetime | None = None,
+    tlog: Mapping[str, StreamLog] | None = None,
 ) -> ExportResult:
     """Write a bundle into `directory`, which must not exist yet.
 
@@ -220,7 +257,10 @@ def write_export(
     `public_keys`: each stream's registered Ed25519 public key (PEM). `query`: what the
     auditor asked for, as a JSON object. `signer`: the service key that signs the manifest.
     `findings`: what the service knows of the ranges beyond the records (records rejected
-    at ingest), stated in the manifest beside what the writer finds itself.
+    at ingest), stated in the manifest beside what the writer finds itself. `tlog`: each
+    stream's transparency-log evidence (a checkpoint and the proofs against it); given, the
+    bundle is v3 and every full record without a proof is listed as not in the log with the
+    reason given; None writes a v2 bundle (no log).
 
     A damaged chain is exported with its failures stated (module docstring). Raises
     UsageError when `directory` exists, InvalidInputError for input that is not a set of
@@ -242,9 +282,13 @@ def write_export(
             f"e.g. stream {stream!r} sequence {seq}"
         )
     failures = _failures(ranges)
+    fmt = FORMAT_V2 if tlog is None else FORMAT
+    logs = None if tlog is None else _logs(ranges, tlog, signer, tenant)
+    if logs is not None:
+        failures = sorted([*failures, *logs.failures], key=_failure_order)
     noted.sort(key=lambda x: (x.stream, x.sequence, x.kind.value, x.detail))
     manifest: dict[str, Any] = {
-        "format": FORMAT,
+        "format": fmt,
         "created_at": f.format_timestamp(created_at or datetime.now(UTC)),
         "tenant": tenant,
         "query": dict(query),
@@ -261,7 +305,7 @@ def write_export(
     # either complete or absent; mkdtemp makes it 0700, which the rename keeps.
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
     try:
-        counts, files = _write_files(tmp, ranges, wanted, signer, failures, noted)
+        counts, files = _write_files(tmp, ranges, wanted, signer, failures, noted, fmt, logs)
         manifest["counts"] = counts
         manifest["files"] = files
         manifest["ranges"] = [
@@ -277,8 +321,10 @@ def write_export(
             }
             for r in ranges
         ]
+        if logs is not None:
+            manifest["tlog"] = [d.as_dict() for d in logs.declarations]
         body = canonicalize(manifest)
-        signature = signer.sign(manifest_context(FORMAT) + body)
+        signature = signer.sign(manifest_context(fmt) + body)
         _write(tmp / MANIFEST, body + b"\n")
         _write(tmp / MANIFEST_SIG, base64.b64encode(signature) + b"\n")
         fsync_dir(tmp)
@@ -392,8 +438,100 @@ def _failures(ranges: list[_Range]) -> list[ExportFailure]:
                     el.seq,
                 )
         walk(r.spec(), r.elements, fail)
-    failures.sort(key=lambda x: (x.stream or "", x.sequence or 0, x.kind.value, x.file or ""))
+    failures.sort(key=_failure_order)
     return failures
+
+
+def _failure_order(x: ExportFailure) -> tuple[str, int, str, str]:
+    return (x.stream or "", x.sequence or 0, x.kind.value, x.file or "")
+
+
+def _logs(
+    ranges: list[_Range], tlog: Mapping[str, StreamLog], signer: Signer, tenant: str
+) -> _Logs:
+    """tlog.ndjson's lines and the manifest's tlog section; what the verifier's own check
+    finds in them (a stored record that is not the leaf the log holds) is declared."""
+    out = _Logs([], [], [])
+
+    def fail(
+        kind: ExportFailureKind,
+        detail: str,
+        file: str | None,
+        line: int | None,
+        stream: str | None,
+        seq: int | None,
+    ) -> None:
+        # Every line is built from the evidence here, so the check can only find what the
+        # store and the log disagree on; anything else is a bug of this writer.
+        if not kind.declarable:
+            raise AssertionError(f"the writer made a {kind.value} failure: {detail}")
+        out.failures.append(ExportFailure(kind, file, line, stream, seq, detail, declared=True))
+
+    for r in ranges:
+        log = tlog.get(r.stream)
+        if log is None:
+            raise InvalidInputError(f"no transparency-log evidence given for stream {r.stream!r}")
+        leaves = {
+            el.seq: Leaf(record_hash(r.chain[el.seq]), el.selected, el.intact)
+            for el in r.elements
+            if el.full
+        }
+        checkpoint, root, cosigned = _checkpoint_line(r.stream, log, signer, len(out.lines) + 1)
+        if checkpoint is not None:
+            out.lines.append(checkpoint)
+        proofs: list[ProofLine] = []
+        absent: list[tuple[int, str]] = []
+        for seq in sorted(leaves):
+            proof = log.proofs.get(seq) if checkpoint is not None else None
+            if proof is None:
+                why = log.absent.get(seq) or "the service holds no inclusion proof for it"
+                absent.append((seq, why))
+                continue
+            hashes = tuple(proof.hashes)
+            if (
+                proof.index < 0
+                or len(hashes) > MAX_PROOF_HASHES
+                or any(len(h) != HASH_SIZE for h in hashes)
+            ):
+                raise InvalidInputError(
+                    f"stream {r.stream!r} sequence {seq}: not an inclusion proof (index "
+                    f"{proof.index}, {len(hashes)} hashes)"
+                )
+            line = ProofLine(len(out.lines) + 1, r.stream, seq, proof.index, hashes)
+            out.lines.append(line)
+            proofs.append(line)
+        decl = LogDeclaration(
+            r.stream,
+            log.origin,
+            checkpoint.size if checkpoint is not None else 0,
+            root,
+            cosigned,
+            tuple(absent),
+        )
+        out.declarations.append(decl)
+        check_log(decl, tenant, checkpoint, proofs, leaves, signer.verifier.key, fail)
+    return out
+
+
+def _checkpoint_line(
+    stream: str, log: StreamLog, signer: Signer, line: int
+) -> tuple[CheckpointLine | None, bytes, bool]:
+    """The stream's checkpoint line (None without a checkpoint), its root, and whether the
+    note carries cosignatures."""
+    if log.note is None:
+        return None, EMPTY_ROOT, False
+    try:
+        note = parse_note(log.note)
+        body = parse_checkpoint(note.text)
+    except NoteError as exc:
+        raise InvalidInputError(
+            f"stream {stream!r}: the log's checkpoint is not a checkpoint note ({exc.detail})"
+        ) from None
+    if body.size == 0:
+        return None, EMPTY_ROOT, False  # the empty tree proves nothing
+    verifier = log_verifier(log.origin, signer.verifier.key)
+    cosigned = verifier is not None and is_cosigned(note, verifier)
+    return CheckpointLine(line, stream, log.origin, body.size, log.note), body.root_hash, cosigned
 
 
 class _HashingWriter:
@@ -421,13 +559,15 @@ def _write_files(
     signer: Signer,
     failures: list[ExportFailure],
     findings: list[Finding],
+    fmt: str,
+    logs: _Logs | None,
 ) -> tuple[dict[str, int], dict[str, str]]:
-    out = {name: _HashingWriter(tmp / name) for name in DATA_FILES}
+    out = {name: _HashingWriter(tmp / name) for name in data_files(fmt)}
     counts = {"records": 0, "links": 0, "checkpoints": 0}
     text = io.StringIO()
     # RFC 4180 line ends; every cell is quoted only when it needs to be.
     rows = csv.writer(text, lineterminator="\r\n")
-    rows.writerow(csv_header())
+    rows.writerow(csv_header(fmt))
     try:
         for r in ranges:  # sorted by stream: the files are in (stream, sequence) order
             for seq in sorted(r.chain):
@@ -449,6 +589,11 @@ def _write_files(
                     text.truncate()
         out[RECORDS_CSV].write(text.getvalue().encode("utf-8"))
         out[SERVICE_PUB].write(signer.verifier.pem())
+        if logs is not None:
+            for item in logs.lines:
+                out[TLOG].write(canonicalize(item.as_dict()) + b"\n")
+            counts["proofs"] = sum(isinstance(item, ProofLine) for item in logs.lines)
+            counts["not_in_log"] = sum(len(d.not_in_log) for d in logs.declarations)
     finally:
         files = {name: writer.close() for name, writer in out.items()}
     return counts, files

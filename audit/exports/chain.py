@@ -34,6 +34,20 @@ class ExportFailureKind(StrEnum):
     BAD_CHECKPOINT = "bad_checkpoint"
     CSV_MISMATCH = "csv_mismatch"
     MALFORMED = "malformed"
+    # The transparency log (v3 bundles, audit.exports.tlog):
+    # a full record with no inclusion proof that the manifest does not list as not logged
+    # (or, asked to require the log, any selected record the log does not prove);
+    NOT_IN_LOG = "not_in_log"
+    # a proof that does not lead from the record's recomputed leaf to the checkpoint's
+    # root, proves nothing of the bundle, or is out of the chain's order;
+    INCLUSION = "inclusion"
+    # a checkpoint missing, malformed, not signed by the service key under its origin,
+    # or not what the manifest states;
+    LOG_CHECKPOINT = "log_checkpoint"
+    # a checkpoint of another log than <name>/<tenant>/<stream> of the range;
+    LOG_ORIGIN = "log_origin"
+    # the verifier's witness policy: quorum not met, or a cosignature that does not verify.
+    LOG_QUORUM = "log_quorum"
 
     @property
     def declarable(self) -> bool:
@@ -50,6 +64,14 @@ _CHAIN_KINDS: Final = frozenset(
         ExportFailureKind.BROKEN_LINK,
         ExportFailureKind.RANGE_MISMATCH,
         ExportFailureKind.BAD_CHECKPOINT,
+        # The log against the store: a stored record that is not the leaf the log holds
+        # is evidence of tampering the writer finds, as is a stored checkpoint that does
+        # not verify. A record missing from the log is stated in the manifest's tlog
+        # section instead, and a witness quorum is the verifier's requirement, not the
+        # writer's: neither is declarable.
+        ExportFailureKind.INCLUSION,
+        ExportFailureKind.LOG_CHECKPOINT,
+        ExportFailureKind.LOG_ORIGIN,
     }
 )
 
@@ -137,6 +159,32 @@ class ExportFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class LogReport:
+    """What a range's transparency log proves (v3 bundles)."""
+
+    origin: str
+    size: int  # the checkpoint's tree size; 0 when the stream has none in the bundle
+    cosigned: bool  # the manifest's statement, checked against the note
+    # Witnesses whose cosignature verified under the verifier's policy; () without one.
+    witnesses: tuple[str, ...]
+    # Selected records whose inclusion proof verifies against a checkpoint that verifies
+    # (and meets the policy's quorum, when one is given).
+    proven: tuple[int, ...]
+    # Every other selected record, with why the log does not prove it.
+    unproven: tuple[tuple[int, str], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "cosigned": self.cosigned,
+            "witnesses": list(self.witnesses),
+            "proven": list(self.proven),
+            "unproven": [{"sequence": s, "reason": why} for s, why in self.unproven],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RangeReport:
     stream: str
     first_sequence: int
@@ -150,9 +198,11 @@ class RangeReport:
     producer_signed: tuple[int, ...]
     # Every other selected record, with why the producer's key does not reach it.
     unproven: tuple[tuple[int, str], ...] = ()
+    # The range's transparency log; None for v1 and v2 bundles, which carry none.
+    log: LogReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "stream": self.stream,
             "first_sequence": self.first_sequence,
             "last_sequence": self.last_sequence,
@@ -163,6 +213,10 @@ class RangeReport:
             "producer_signed": list(self.producer_signed),
             "unproven": [{"sequence": s, "reason": why} for s, why in self.unproven],
         }
+        if self.log is not None:
+            # Only v3 reports have it: the report of an older bundle keeps its shape.
+            out["log"] = self.log.as_dict()
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from audit.auth.policy import Permission
-from audit.deps import Caller, LogOfLogs, Queries, Settings, allow, tenant_scope
+from audit.deps import Caller, LogOfLogs, Queries, Settings, Tlog, allow, tenant_scope
 from audit.exports import service as exports
 from audit.exports.service import ExportFile, ExportOut
 from audit.exports.service import ExportRequest as ExportRequest  # re-exported
@@ -29,11 +29,13 @@ async def create_export(
     service: Queries,
     settings: Settings,
     servicelog: LogOfLogs,
+    tlog: Tlog,
     body: ExportRequest,
     tenant: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ExportOut:
-    """A bundle that anyone can check offline with `ffaudit verify-export`. Every export is
-    recorded in the log of the logs."""
+    """A bundle that anyone can check offline with `ffaudit verify-export`, with every
+    exported record's transparency-log inclusion proof. Every export is recorded in the log
+    of the logs."""
     allow(request, who, Permission.EXPORT)
     return await exports.create_export(
         service,
@@ -42,6 +44,7 @@ async def create_export(
         who,
         tenant_scope(who, tenant),
         body,
+        tlog=tlog,
         client_ip=request.client.host if request.client else None,
     )
 

@@ -8,6 +8,7 @@ import os
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Mapping
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -19,6 +20,8 @@ from audit.auth.tokens import Principal
 from audit.errors import NotFoundError, UsageError
 from audit.exports.bundle import write_export
 from audit.exports.chain import Finding, FindingKind
+from audit.exports.logproofs import Placed, stream_log
+from audit.exports.tlog import StreamLog
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.record import format_timestamp
 from audit.query.service import Filters, QueryService
@@ -27,6 +30,7 @@ from audit.settings import AuditSettings
 from audit.store.protocol import Verdict
 from audit.store.query import SHA256_PATTERN, TEXT_SCHEMA
 from audit.timestamps import Timestamp
+from audit.tlog.service import TlogService
 
 ExportFile = Literal[
     "manifest.json",
@@ -35,6 +39,7 @@ ExportFile = Literal[
     "records.csv",
     "links.ndjson",
     "checkpoints.ndjson",
+    "tlog.ndjson",
     "service.pub",
 ]
 _FILES: tuple[str, ...] = get_args(ExportFile)
@@ -98,10 +103,12 @@ async def create_export(
     scope: str,
     body: ExportRequest,
     *,
+    tlog: TlogService,
     client_ip: str | None,
 ) -> ExportOut:
-    """Select the records of `body` in tenant `scope`, write the signed bundle and record the
-    export in the log of the logs (the caller has checked Permission.EXPORT)."""
+    """Select the records of `body` in tenant `scope`, write the signed bundle with the
+    transparency log's proofs (`tlog`) and record the export in the log of the logs (the
+    caller has checked Permission.EXPORT)."""
     filters = Filters(
         actor=body.actor,
         actions=tuple(a.value for a in body.action),
@@ -131,6 +138,7 @@ async def create_export(
     records: list[dict[str, Any]] = []
     findings: list[Finding] = []
     keys: dict[str, str] = {}
+    placed: dict[str, dict[int, Placed]] = {}
     for stream in sorted({s for s, _ in selected}):
         wanted = sorted(seq for s, seq in selected if s == stream)
         service.streams.read(stream, tenant_id=scope)  # 404 unless the caller's tenant's
@@ -152,10 +160,24 @@ async def create_export(
             # A fork's second record follows its sequence's plain name in the scan: the
             # writer keeps the first and states the other as a finding.
             records.append(event.record)
+            checkpoint = event.record["event.action"] == "audit.checkpoint"
+            # How ingest placed each record, for the log's proofs (first per sequence,
+            # as the writer keeps it).
+            placed.setdefault(stream, {}).setdefault(
+                event.sequence,
+                Placed(
+                    event.sequence,
+                    event.event_hash,
+                    event.verdict,
+                    event.failure,
+                    full=checkpoint or (stream, event.sequence) in selected,
+                ),
+            )
             # The range ends at the first checkpoint at or after the last selected record,
             # so that a producer signature covers it.
-            if event.sequence >= wanted[-1] and event.record["event.action"] == "audit.checkpoint":
+            if event.sequence >= wanted[-1] and checkpoint:
                 break
+    logs = await asyncio.to_thread(_logs, tlog, settings, scope, placed)
     export_id = uuid.uuid4().hex
     directory = Path(settings.exports_dir) / scope / export_id
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,6 +191,7 @@ async def create_export(
         servicelog.keys.signer,
         tenant=scope,
         findings=findings,
+        tlog=logs,
     )
     await servicelog.record(
         who,
@@ -193,6 +216,18 @@ async def create_export(
         manifest=result.manifest,
         files=[f for f in _FILES if (directory / f).exists()],
     )
+
+
+def _logs(
+    tlog: TlogService,
+    settings: AuditSettings,
+    tenant: str,
+    ranges: Mapping[str, Mapping[int, Placed]],
+) -> dict[str, StreamLog]:
+    return {
+        stream: stream_log(tlog, settings, tenant, stream, list(placed.values()))
+        for stream, placed in ranges.items()
+    }
 
 
 def export_file(settings: AuditSettings, scope: str, export_id: str, name: str) -> Path:

@@ -23,6 +23,15 @@ How evidence becomes a failure kind:
 * records.csv that does not say what records.ndjson says: **csv_mismatch**;
 * anything unreadable as the format (bad JSON, out of order, missing manifest fields):
   **malformed**.
+
+And from v3 on, the transparency log (audit.exports.tlog):
+* a full record with no inclusion proof that the manifest does not list as not in the log
+  (or, with require_log, any selected record the log does not prove): **not_in_log**;
+* a proof that does not lead from the record's recomputed leaf to the checkpoint's root,
+  proves no full record of the bundle, or puts the chain out of order: **inclusion**;
+* a stream's checkpoint missing, not signed by the service key as the log's key, or not
+  what the manifest states: **log_checkpoint**; of another log: **log_origin**;
+* with a witness policy: its quorum not met: **log_quorum**.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from cryptography.hazmat.primitives import hashes
 from audit.errors import CanonicalizationError, KeyMaterialError, UsageError
 from audit.exports.bundle import (
     CHECKPOINTS,
-    DATA_FILES,
+    FORMAT,
     FORMAT_V1,
     FORMATS,
     LINKS,
@@ -58,6 +67,7 @@ from audit.exports.bundle import (
     STUB_STREAM,
     csv_header,
     csv_row,
+    data_files,
     is_checkpoint,
     load_public_key,
     manifest_message,
@@ -74,13 +84,25 @@ from audit.exports.chain import (
     record_verdict,
     walk,
 )
+from audit.exports.tlog import (
+    TLOG,
+    CheckpointLine,
+    Leaf,
+    LogDeclaration,
+    ProofLine,
+    check_log,
+    parse_declaration,
+    parse_line,
+)
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
+from audit.integrity.notes import Policy
 
 _HEX = frozenset("0123456789abcdef")
 _COUNTED = {RECORDS: "records", LINKS: "links", CHECKPOINTS: "checkpoints"}
+_LOG_COUNTED = ("proofs", "not_in_log")  # v3
 
 
 @dataclass(slots=True)
@@ -140,11 +162,17 @@ def verify_export(
     service_key: Verifier,
     *,
     stream_keys: Mapping[str, Verifier] | None = None,
+    policy: Policy | None = None,
+    require_log: bool = False,
 ) -> ExportReport:
     """Check the bundle in `directory` against the trusted service key.
 
     `stream_keys` optionally pins streams' keys independently of the manifest (which
-    carries each stream's key under the service's signature). Raises UsageError only when
+    carries each stream's key under the service's signature). `policy` (a C2SP
+    tlog-policy) also requires every stream's log checkpoint to carry its witnesses'
+    quorum; its log lines are not used, the log key being the service key under each
+    origin. `require_log`: every selected record must be proven by the log. A bundle
+    without a log (v1, v2) fails either requirement. Raises UsageError only when
     `directory` cannot be read at all; everything wrong with its content is a failure.
     """
     try:
@@ -153,16 +181,29 @@ def verify_export(
         raise UsageError(f"cannot read {directory}: {exc.strerror}") from None
     if not is_dir:
         raise UsageError(f"{directory}: not a directory")
-    return _Checker(directory, service_key, stream_keys or {}).run()
+    return _Checker(directory, service_key, stream_keys or {}, policy, require_log).run()
 
 
 class _Checker:
     def __init__(
-        self, directory: Path, service_key: Verifier, stream_keys: Mapping[str, Verifier]
+        self,
+        directory: Path,
+        service_key: Verifier,
+        stream_keys: Mapping[str, Verifier],
+        policy: Policy | None = None,
+        require_log: bool = False,
     ) -> None:
         self.dir = directory
         self.service_key = service_key
         self.stream_keys = stream_keys
+        self.policy = policy
+        self.require_log = require_log
+        # v3: the manifest's tlog section, the full records' recomputed leaves and the
+        # tlog.ndjson lines, per stream.
+        self.log_declarations: list[LogDeclaration] = []
+        self.leaves: dict[str, dict[int, Leaf]] = {}
+        self.log_checkpoints: dict[str, CheckpointLine] = {}
+        self.log_proofs: dict[str, list[ProofLine]] = {}
         self.report = ExportReport(directory)
         self.ranges: dict[str, RangeSpec] = {}
         self.elements: dict[str, list[Element]] = {}
@@ -194,6 +235,8 @@ class _Checker:
         self._full_records(RECORDS, selected=True)
         self._full_records(CHECKPOINTS, selected=False)
         self._stubs()
+        if self.format == FORMAT:
+            self._log_lines()
         self._counts(manifest["counts"])
         for stream in sorted(set(self.elements) - set(self.ranges)):
             for el in self.elements[stream]:
@@ -207,6 +250,15 @@ class _Checker:
                 )
         for r in self.ranges.values():
             self._walk(r, self.elements.get(r.stream, []))
+        if self.format == FORMAT:
+            self._logs()
+        elif self.policy is not None or self.require_log:
+            self.fail(
+                ExportFailureKind.LOG_QUORUM if self.policy else ExportFailureKind.NOT_IN_LOG,
+                f"a {self.format} bundle carries no transparency log: nothing in it is proven "
+                "by the log, as was required",
+                MANIFEST,
+            )
         self._compare_declared()
         return self.report
 
@@ -309,18 +361,23 @@ class _Checker:
             self.format = self.report.format = fmt
             if fmt != FORMAT_V1:
                 problems += self._declarations(manifest)
+            if fmt == FORMAT:
+                problems += self._log_declarations(manifest)
         if not isinstance(manifest.get("tenant"), str):
             problems.append("tenant is not a string")
         files = manifest.get("files")
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             problems.append("files is not an object of SHA-256 hex digests")
         else:
-            problems += [f"files does not list {name}" for name in DATA_FILES if name not in files]
+            problems += [
+                f"files does not list {name}"
+                for name in data_files(self.format)
+                if name not in files
+            ]
         counts = manifest.get("counts")
-        if not isinstance(counts, dict) or not all(
-            _is_int(counts.get(name)) for name in _COUNTED.values()
-        ):
-            problems.append("counts is not an object of records, links and checkpoints")
+        counted = [*_COUNTED.values(), *(_LOG_COUNTED if self.format == FORMAT else ())]
+        if not isinstance(counts, dict) or not all(_is_int(counts.get(n)) for n in counted):
+            problems.append(f"counts is not an object of {', '.join(counted)}")
         ranges = manifest.get("ranges")
         if not isinstance(ranges, list):
             problems.append("ranges is not a list")
@@ -348,11 +405,27 @@ class _Checker:
                 self.report.findings.append(finding)
         return problems
 
+    def _log_declarations(self, manifest: dict[str, Any]) -> list[str]:
+        """Read the manifest's `tlog` section (v3); what is wrong with it."""
+        items = manifest.get("tlog")
+        if not isinstance(items, list):
+            return ["tlog is not a list"]
+        problems: list[str] = []
+        for index, item in enumerate(items):
+            decl = parse_declaration(item)
+            if isinstance(decl, str):
+                problems.append(f"tlog[{index}]: {decl}")
+            elif any(d.stream == decl.stream for d in self.log_declarations):
+                problems.append(f"tlog[{index}]: a second entry for stream {decl.stream!r}")
+            else:
+                self.log_declarations.append(decl)
+        return problems
+
     # -- files --------------------------------------------------------------------------
 
     def _files(self, files: dict[str, str]) -> None:
         for name, expected in sorted(files.items()):
-            if name not in DATA_FILES:
+            if name not in data_files(self.format):
                 # Never open a path the manifest names: it could point anywhere.
                 self.fail(ExportFailureKind.MALFORMED, f"unknown file {name!r} listed", MANIFEST)
                 continue
@@ -471,6 +544,24 @@ class _Checker:
                     f"the manifest counts {claimed} {key}, the file has {have}",
                     name,
                 )
+        if self.format != FORMAT:
+            return
+        have = sum(len(p) for p in self.log_proofs.values())
+        if have != counts["proofs"]:
+            self.fail(
+                ExportFailureKind.NOT_IN_LOG
+                if have < counts["proofs"]
+                else ExportFailureKind.INCLUSION,
+                f"the manifest counts {counts['proofs']} proofs, the file has {have}",
+                TLOG,
+            )
+        listed = sum(len(d.not_in_log) for d in self.log_declarations)
+        if listed != counts["not_in_log"]:
+            self.fail(
+                ExportFailureKind.MALFORMED,
+                f"counts.not_in_log is {counts['not_in_log']}, the tlog section lists {listed}",
+                MANIFEST,
+            )
 
     # -- records, checkpoints, stubs ----------------------------------------------------
 
@@ -512,7 +603,8 @@ class _Checker:
             if rows is not None:
                 self._csv_compare(row, rec, number)
             last = self._order(name, number, stream, seq, last)
-            intact = self._content(name, number, rec, line)
+            computed = self._content(name, number, rec, line)
+            intact = computed == stored
             if rec[f.TENANT] != self.report.tenant:
                 self.fail(
                     ExportFailureKind.EXTRA_RECORD,
@@ -546,6 +638,9 @@ class _Checker:
                     record=rec if is_checkpoint(rec) else None,
                 )
             )
+            # The log proves the first full record read for a sequence; any other one is
+            # already an extra_record of the walk.
+            self.leaves.setdefault(stream, {}).setdefault(seq, Leaf(computed, selected, intact))
         if rows is not None:
             for _ in rows:
                 self.fail(
@@ -555,14 +650,16 @@ class _Checker:
                     self._csv_line,
                 )
 
-    def _content(self, name: str, number: int, rec: dict[str, Any], line: bytes) -> bool:
+    def _content(self, name: str, number: int, rec: dict[str, Any], line: bytes) -> str | None:
+        """The hash of the record's content (None when it has none); a failure when it is
+        not the record's event.hash or the line is not canonical."""
         stream, seq = rec[f.STREAM], rec[f.EVENT_SEQUENCE]
         try:
             computed = record_hash(rec)
             canonical = canonicalize(rec)
         except CanonicalizationError as exc:
             self.fail(ExportFailureKind.MALFORMED, exc.message, name, number, stream, seq)
-            return False
+            return None
         if computed != rec[f.EVENT_HASH]:
             self.fail(
                 ExportFailureKind.MODIFIED_RECORD,
@@ -572,7 +669,7 @@ class _Checker:
                 stream,
                 seq,
             )
-            return False
+            return computed
         if canonical != line.rstrip(b"\r\n"):
             # The writer emits JCS lines; anything else leaves room for JSON parsers to
             # disagree (duplicate members, 1 vs 1.0) about what was verified.
@@ -584,7 +681,7 @@ class _Checker:
                 stream,
                 seq,
             )
-        return True
+        return computed
 
     def _stubs(self) -> None:
         last: tuple[str, int] | None = None
@@ -727,6 +824,111 @@ class _Checker:
     def _walk(self, r: RangeSpec, elements: list[Element]) -> None:
         self.report.ranges.append(walk(r, elements, self.fail))
 
+    # -- the transparency log (v3) --------------------------------------------------------
+
+    def _log_lines(self) -> None:
+        """Read tlog.ndjson: per stream (in stream order) its checkpoint line, then its
+        inclusion lines in sequence order."""
+        last: tuple[str, int] | None = None  # (stream, sequence); 0: the checkpoint line
+        for number, line in self._lines(TLOG):
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self.fail(ExportFailureKind.MALFORMED, f"not JSON: {exc}", TLOG, number)
+                continue
+            item = parse_line(doc, number)
+            if isinstance(item, str):
+                stream = doc.get("stream") if type(doc) is dict else None
+                self.fail(
+                    ExportFailureKind.MALFORMED,
+                    f"not a tlog line: {item}",
+                    TLOG,
+                    number,
+                    stream if isinstance(stream, str) else None,
+                )
+                continue
+            seq = item.sequence if isinstance(item, ProofLine) else None
+            if canonicalize(doc) != line.rstrip(b"\r\n"):
+                self.fail(
+                    ExportFailureKind.MALFORMED,
+                    "line is not the canonical (RFC 8785) form of its object",
+                    TLOG,
+                    number,
+                    item.stream,
+                    seq,
+                )
+            here = (item.stream, seq or 0)
+            if last is not None and here <= last:
+                self.fail(
+                    ExportFailureKind.MALFORMED,
+                    "out of order: each stream's checkpoint line, then its proofs by "
+                    "sequence, streams in order",
+                    TLOG,
+                    number,
+                    item.stream,
+                    seq,
+                )
+            else:
+                last = here
+            if isinstance(item, CheckpointLine):
+                if item.stream in self.log_checkpoints:
+                    continue  # out of order, reported above
+                self.log_checkpoints[item.stream] = item
+            else:
+                self.log_proofs.setdefault(item.stream, []).append(item)
+
+    def _logs(self) -> None:
+        declared = {d.stream: d for d in self.log_declarations}
+        tenant = self.report.tenant or ""
+        for index, report in enumerate(self.report.ranges):
+            decl = declared.pop(report.stream, None)
+            if decl is None:
+                self.fail(
+                    ExportFailureKind.MALFORMED,
+                    "the manifest's tlog section has no entry for the range",
+                    MANIFEST,
+                    stream=report.stream,
+                )
+                continue
+            log = check_log(
+                decl,
+                tenant,
+                self.log_checkpoints.pop(decl.stream, None),
+                self.log_proofs.pop(decl.stream, []),
+                self.leaves.get(decl.stream, {}),
+                self.service_key.key,
+                self.fail,
+                policy=self.policy,
+                require_log=self.require_log,
+            )
+            self.report.ranges[index] = replace(report, log=log)
+        for stream in sorted(declared):
+            self.fail(
+                ExportFailureKind.MALFORMED,
+                "the manifest's tlog section names a stream with no range",
+                MANIFEST,
+                stream=stream,
+            )
+        # Lines of streams the manifest's tlog section does not name prove nothing.
+        for cp in self.log_checkpoints.values():
+            self.fail(
+                ExportFailureKind.LOG_CHECKPOINT,
+                "a checkpoint of a stream the manifest's tlog section does not name",
+                TLOG,
+                cp.line,
+                cp.stream,
+            )
+        for proofs in self.log_proofs.values():
+            for p in proofs:
+                self.fail(
+                    ExportFailureKind.INCLUSION,
+                    "a proof for a stream the manifest's tlog section does not name",
+                    TLOG,
+                    p.line,
+                    p.stream,
+                    p.sequence,
+                )
+
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return type(value) is int
@@ -796,7 +998,7 @@ def _declared_failure(item: Any) -> ExportFailure | None:
     file, line, stream, seq = item["file"], item["line"], item["stream"], item["sequence"]
     if not (
         kind.declarable
-        and (file is None or file in (RECORDS, LINKS, CHECKPOINTS, MANIFEST))
+        and (file is None or file in (RECORDS, LINKS, CHECKPOINTS, MANIFEST, TLOG))
         and (line is None or (_is_int(line) and line >= 1))
         and (stream is None or isinstance(stream, str))
         and (seq is None or _is_int(seq))

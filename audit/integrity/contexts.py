@@ -18,8 +18,9 @@ CHECKPOINT: Final = b"ffaudit.checkpoint.v1:"
 RETENTION: Final = b"ffaudit.retention.v1:"
 # Service key: an archive's manifest.
 ARCHIVE: Final = b"ffaudit.retention-archive.v1:"
-# Service key: an export bundle's manifest, prefixed with its format (§10.2).
-EXPORT_FORMATS: Final = ("ffaudit.export.v1", "ffaudit.export.v2")
+# Service key: an export bundle's manifest, prefixed with its format (§10.2). v3 adds the
+# transparency-log proofs; a verifier still checks v1 and v2 bundles under their own prefix.
+EXPORT_FORMATS: Final = ("ffaudit.export.v1", "ffaudit.export.v2", "ffaudit.export.v3")
 
 
 def checkpoint_message(event_hash: str) -> bytes:

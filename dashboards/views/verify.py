@@ -210,6 +210,7 @@ async def create_export(
         who.principal,
         who.tenant,
         body,
+        tlog=svc.tlog,
         client_ip=_ip(request),
     )
     return RedirectResponse(f"{PREFIX}/exports/{made.export_id}", status_code=303)
