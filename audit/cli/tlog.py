@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -14,24 +15,50 @@ from audit.cli.client import call, echo_json, service_option, tenant_option, tok
 from audit.errors import InvalidInputError, UsageError
 from audit.integrity.chain import record_hash
 from audit.integrity.keys import Verifier
-from audit.integrity.notes import SIG_ED25519, Policy, TlogProof, parse_policy, vkey_for
+from audit.integrity.notes import (
+    SIG_ED25519,
+    NoteError,
+    Policy,
+    TlogProof,
+    parse_checkpoint,
+    parse_note,
+    parse_policy,
+    parse_tlog_proof,
+    parse_vkey,
+    vkey_for,
+)
 from audit.integrity.transparency import State, TransparencyError, observe, verify_proof
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-def load_policy(policy: Path | None, log_keys: tuple[str, ...]) -> Policy:
-    """A C2SP tlog-policy file, or one made of --log-key vkeys without witnesses."""
-    if policy is not None and log_keys:
-        raise UsageError("give --policy or --log-key, not both")
-    if policy is not None:
-        try:
-            return parse_policy(policy.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"{policy}: {exc}") from None
-    if not log_keys:
-        raise UsageError("give --policy FILE (logs, witnesses, quorum) or --log-key VKEY")
-    return parse_policy("".join(f"log {key}\n" for key in log_keys) + "quorum none\n")
+def load_policy(
+    policy: Path | None, log_keys: tuple[str, ...], pubkey: Path | None, data: bytes
+) -> Policy:
+    """What the proof must satisfy: a C2SP tlog-policy file (logs, witnesses, quorum),
+    --log-key vkeys, and/or --pubkey, the service key as the log key of the proof's own
+    origin (every log of a service is signed by its one key under the log's origin, so one
+    policy file cannot list them all: the file then gives witnesses and quorum only)."""
+    logs = [parse_vkey(key) for key in log_keys]
+    if pubkey is not None:
+        logs.append(vkey_for(_origin(data), Verifier.load(pubkey).key, SIG_ED25519))
+    if policy is None:
+        if not logs:
+            raise UsageError("give --policy FILE, --log-key VKEY or --pubkey SERVICE_PUB")
+        return parse_policy("".join(f"log {key.vkey()}\n" for key in logs) + "quorum none\n")
+    try:
+        trusted = parse_policy(policy.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{policy}: {exc}") from None
+    return replace(trusted, logs=(*trusted.logs, *logs)) if logs else trusted
+
+
+def _origin(data: bytes) -> str:
+    """The origin the proof's checkpoint claims (its signature is checked afterwards)."""
+    try:
+        return parse_checkpoint(parse_note(parse_tlog_proof(data).checkpoint).text).origin
+    except NoteError as exc:
+        raise InvalidInputError(f"not a tlog-proof with a checkpoint: {exc.detail}") from None
 
 
 def _entry(record: Path | None, event_hash: str | None) -> bytes:
@@ -73,8 +100,11 @@ def _consistency(files: tuple[Path, ...]) -> dict[tuple[int, int], list[bytes]]:
 @click.option("--record", type=_FILE, help="The record (JSON) the proof is for.")
 @click.option("--event-hash", help="Or its event.hash (hex), when the record is not at hand.")
 @click.option("--policy", type=_FILE, help="C2SP tlog-policy: the logs, witnesses and quorum.")
+@click.option("--log-key", "log_keys", multiple=True, metavar="VKEY", help="A log's vkey.")
 @click.option(
-    "--log-key", "log_keys", multiple=True, metavar="VKEY", help="A log's vkey (no witnesses)."
+    "--pubkey",
+    type=_FILE,
+    help="The service's public key (PEM), obtained separately: the log key of the proof's origin.",
 )
 @click.option("--origin", help="Require this log origin (<service>/<tenant>/<stream>).")
 @click.option(
@@ -98,6 +128,7 @@ def verify_proof_cmd(
     event_hash: str | None,
     policy: Path | None,
     log_keys: tuple[str, ...],
+    pubkey: Path | None,
     origin: str | None,
     state: Path | None,
     consistency_files: tuple[Path, ...],
@@ -106,12 +137,12 @@ def verify_proof_cmd(
     """Verify a C2SP tlog-proof offline: the checkpoint's log signature and witness quorum,
     the record's inclusion, and (with --state) consistency with every checkpoint seen
     before. Exit 0 proven; 1 not proven (the reason is printed); 2 usage."""
-    trusted = load_policy(policy, log_keys)
     entry = _entry(record, event_hash)
     try:
         data = proof.read_bytes()
     except OSError as exc:
         raise UsageError(f"{proof}: {exc}") from None
+    trusted = load_policy(policy, log_keys, pubkey, data)
     seen = State.load(state) if state is not None else None
     try:
         parsed, checkpoint = verify_proof(data, entry, trusted, origin=origin)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,8 +114,14 @@ class Checkpointer:
                 sub.cosignatures[name] = signature
         cosigned = Note(sub.note.text, (*sub.note.signatures, *sub.cosignatures.values()))
         data = cosigned.encode()
+        # Every log is signed by the one service key under its own origin, and a policy may
+        # not list one key twice: the policy gives the witnesses and quorum, the log key is
+        # this log's.
+        policy = replace(
+            witnessing.policy, logs=(self._tlog.signer(sub.origin).verifier,), log_urls={}
+        )
         try:
-            verify_checkpoint(data, witnessing.policy)
+            verify_checkpoint(data, policy)
         except FFAuditError as exc:
             log.info("%s size %d: not cosigned yet (%s)", sub.origin, sub.size, exc)
             return False

@@ -12,7 +12,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 
 from audit.auth.policy import Permission
 from audit.auth.tokens import Principal
@@ -30,6 +30,24 @@ StreamName = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-
 TenantParam = Annotated[str | None, Query(include_in_schema=False)]
 _NOTE = "text/plain; charset=utf-8"
 _RESPONSES: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}}
+# The 200 answer's own media type; errors stay the app's JSON bodies (a response_class
+# would document every status as text).
+_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+_BYTES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    }
+}
+TilePath = Annotated[
+    str,
+    Path(
+        max_length=200,
+        pattern=r"^(?:0|[1-9][0-9]{0,1}|entries)/(?:x[0-9]{3}/)*[0-9]{3}(?:\.p/[1-9][0-9]{0,2})?$",
+        description="C2SP tlog-tiles: <L>/<N>[.p/<W>] or entries/<N>[.p/<W>]",
+    ),
+]
 
 
 async def _log(
@@ -67,11 +85,7 @@ async def list_logs(
     ]
 
 
-@router.get(
-    "/{stream}/checkpoint",
-    response_class=PlainTextResponse,
-    responses={**_RESPONSES, 200: {"content": {"text/plain": {}}}},
-)
+@router.get("/{stream}/checkpoint", response_class=Response, responses={**_RESPONSES, **_TEXT})
 async def checkpoint(
     request: Request,
     stream: StreamName,
@@ -89,7 +103,7 @@ async def checkpoint(
     return Response(note, media_type=_NOTE, headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/{stream}/checkpoint", response_class=PlainTextResponse, responses=_RESPONSES)
+@router.post("/{stream}/checkpoint", response_class=Response, responses={**_RESPONSES, **_TEXT})
 async def sign_checkpoint(
     request: Request,
     stream: StreamName,
@@ -106,11 +120,13 @@ async def sign_checkpoint(
     return Response(row.note, media_type=_NOTE)
 
 
-@router.get("/{stream}/tile/{path:path}", responses={**_RESPONSES, 400: {}})
+@router.get(
+    "/{stream}/tile/{path:path}", response_class=Response, responses={**_RESPONSES, **_BYTES}
+)
 async def tile(
     request: Request,
     stream: StreamName,
-    path: str,
+    path: TilePath,
     who: Caller,
     tlog: Tlog,
     servicelog: LogOfLogs,
@@ -123,7 +139,7 @@ async def tile(
     try:
         level, index, width = parse_tile_path("tile/" + path)
     except ValueError as exc:
-        raise InvalidInputError(f"not a tlog-tiles path: {exc}") from None
+        raise InvalidInputError(str(exc)) from None
     if level is None:
         data = await asyncio.to_thread(tlog.entries, scope, stream, index, width)
     else:
@@ -170,8 +186,8 @@ async def inclusion(
 
 @router.get(
     "/{stream}/proof/{sequence}",
-    response_class=PlainTextResponse,
-    responses={**_RESPONSES, 409: {}},
+    response_class=Response,
+    responses={**_RESPONSES, 409: {}, **_TEXT},
 )
 async def tlog_proof(
     request: Request,

@@ -188,9 +188,9 @@ class TlogService:
             for row in repo.logs(tenant):
                 signed = repo.latest_checkpoint(row.id)
                 cosigned = repo.latest_checkpoint(row.id, cosigned=True)
-                for obj in (row, signed, cosigned):
-                    if obj is not None:
-                        session.expunge(obj)
+                # The newest checkpoint may be the newest cosigned one too: one object.
+                for obj in {id(o): o for o in (row, signed, cosigned) if o is not None}.values():
+                    session.expunge(obj)
                 out.append((row, signed, cosigned))
             return out
 

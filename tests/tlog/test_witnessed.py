@@ -28,12 +28,12 @@ from tests.witness.conftest import free_port
 ORIGIN = "ffaudit/acme/cam-1"
 
 
-def witness(tmp_path: Path, name: str, log_vkey: str) -> tuple[WitnessSettings, str]:
+def witness(tmp_path: Path, name: str, *log_vkeys: str) -> tuple[WitnessSettings, str]:
     directory = tmp_path / name
     directory.mkdir()
     signer = Signer.generate()
     (directory / "key").write_bytes(signer.pem())
-    (directory / "logs").write_text(f"log {log_vkey}\n")
+    (directory / "logs").write_text("".join(f"log {vkey}\n" for vkey in log_vkeys))
     url = f"sqlite:///{directory}/state.db"
     upgrade(url)
     settings = WitnessSettings(
@@ -92,12 +92,13 @@ def test_checkpoints_are_cosigned_by_the_quorum_and_a_down_witness_delays_only_t
 ) -> None:
     keys = keygen(tmp_path / "service-keys")
     log_vkey = vkey_for(ORIGIN, keys.signer.verifier.key).vkey()
-    w1, w1_vkey = witness(tmp_path, "w1", log_vkey)
-    w2, w2_vkey = witness(tmp_path, "w2", log_vkey)
+    other_vkey = vkey_for("ffaudit/acme/cam-2", keys.signer.verifier.key).vkey()
+    w1, w1_vkey = witness(tmp_path, "w1", log_vkey, other_vkey)
+    w2, w2_vkey = witness(tmp_path, "w2", log_vkey, other_vkey)
     p1, p2 = free_port(), free_port()
     policy = tmp_path / "policy"
+    # Witnesses and quorum only: each log's key is the service key under its origin.
     policy.write_text(
-        f"log {log_vkey}\n"
         f"witness w1 {w1_vkey} http://127.0.0.1:{p1}\n"
         f"witness w2 {w2_vkey} http://127.0.0.1:{p2}\n"
         "group both all w1 w2\n"
@@ -136,8 +137,42 @@ def test_checkpoints_are_cosigned_by_the_quorum_and_a_down_witness_delays_only_t
             ok = ffaudit(
                 "verify-proof", str(proof), "--record", str(record), "--policy", str(policy)
             )
+            assert ok.returncode == 1, ok.stdout + ok.stderr  # no log key given
+            pub = tmp_path / "service.pub"
+            pub.write_bytes(keys.signer.verifier.pem())
+            ok = ffaudit(
+                "verify-proof", str(proof), "--record", str(record), "--policy", str(policy),
+                "--pubkey", str(pub), "--origin", ORIGIN,
+            )  # fmt: skip
             assert ok.returncode == 0, ok.stdout + ok.stderr
             assert "cosigned by: w1, w2" in ok.stdout
+            # A second stream's log is cosigned under the same policy.
+            other = Signer.generate()
+            httpx.post(
+                f"{url}/v1/streams",
+                json={
+                    "stream": "cam-2",
+                    "tenant": "acme",
+                    "public_key_pem": other.verifier.pem().decode(),
+                },
+                headers=bearer(sub="root", roles=["admin"]),
+            ).raise_for_status()
+            httpx.post(
+                f"{url}/v1/streams/cam-2/records",
+                content=orjson.dumps(make_records(other, 5, stream="cam-2")),
+                headers={**bearer(roles=["ingest"]), "content-type": "application/json"},
+            ).raise_for_status()
+            wait(
+                lambda: (
+                    httpx.get(
+                        f"{url}/v1/tlog/cam-2/checkpoint",
+                        params={"cosigned": True},
+                        headers=bearer(),
+                    ).status_code
+                    == 200
+                ),
+                "the second stream cosigned",
+            )
 
             # A policy that also wants a third witness is not met by this proof.
             w3 = CosignatureSigner("witness.example/w3", Signer.generate().key).verifier.vkey()
@@ -148,8 +183,9 @@ def test_checkpoints_are_cosigned_by_the_quorum_and_a_down_witness_delays_only_t
                 )
             )
             refused = ffaudit(
-                "verify-proof", str(proof), "--record", str(record), "--policy", str(stricter)
-            )
+                "verify-proof", str(proof), "--record", str(record), "--policy", str(stricter),
+                "--pubkey", str(pub),
+            )  # fmt: skip
             assert refused.returncode == 1
             assert "quorum_not_met" in refused.stdout
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from audit.errors import UsageError
-from audit.integrity.notes import CosignatureSigner
+from audit.integrity.notes import CosignatureSigner, vkey_for
 from audit.witness.service import load_logs
 from audit.witness.settings import DEFAULT_MAX_BODY_BYTES, WitnessSettings
 from tests.witness.conftest import Log
@@ -40,7 +40,7 @@ def test_logs_file_of_a_whole_policy(tmp_path: Path) -> None:
         ("log a+b+c\n", "policy:1"),
         ("logs {log}\n", "expected"),
         ("log {log} url extra\n", "expected"),
-        ("log {log}\nlog {log}\n", "policy:2: the same key"),
+        ("log {log}\nlog {log}\n", "policy:2: origin"),
         ("log {cosigner}\n", "Ed25519 note key"),
         ("log {log}\x0b\n", "control character"),
     ],
@@ -80,3 +80,16 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_body_limit_is_bounded(size: int) -> None:
     with pytest.raises(ValidationError):
         WitnessSettings(max_body_bytes=size)
+
+
+def test_one_key_may_sign_many_logs(tmp_path: Path) -> None:
+    """An audit service signs every stream's log with its one key, under each origin."""
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "policy"
+    path.write_text(
+        "".join(
+            f"log {vkey_for(f'ffaudit/acme/cam-{n}', key.public_key()).vkey()}\n" for n in (1, 2)
+        )
+    )
+    logs = load_logs(path)
+    assert [log.name for log in logs] == ["ffaudit/acme/cam-1", "ffaudit/acme/cam-2"]
