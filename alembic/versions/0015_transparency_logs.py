@@ -68,7 +68,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('log_id', 'idx', name=op.f('pk_tlog_leaves'))
     )
     with op.batch_alter_table('tlog_leaves', schema=None) as batch_op:
-        batch_op.create_index('ix_tlog_leaves_log_sequence', ['log_id', 'sequence'], unique=False)
+        batch_op.create_index('ix_tlog_leaves_log_sequence', ['log_id', 'sequence', 'idx'], unique=False)
 
     op.create_table('tlog_nodes',
     sa.Column('log_id', sa.Integer(), nullable=False),

@@ -51,7 +51,8 @@ class TlogLeaf(Base):
     __tablename__ = "tlog_leaves"
     # Not unique: a forgery accepted before the producer's checkpoint exposed it stays a
     # leaf, and the genuine record placed afterwards is a second leaf at its sequence.
-    __table_args__ = (Index("ix_tlog_leaves_log_sequence", "log_id", "sequence"),)
+    # With idx: the newest leaf at a sequence is one index search (covering).
+    __table_args__ = (Index("ix_tlog_leaves_log_sequence", "log_id", "sequence", "idx"),)
 
     log_id: Mapped[int] = mapped_column(ForeignKey("tlog_logs.id"), primary_key=True)
     index: Mapped[int] = mapped_column("idx", BigInteger, primary_key=True)

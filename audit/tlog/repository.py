@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from audit.db.base import utcnow
@@ -14,6 +15,8 @@ from audit.models.tlog import TlogCheckpoint, TlogLeaf, TlogLog, TlogNode
 
 # Node lookups per statement: a proof needs at most two per tree level (under 130).
 _NODE_CHUNK = 400
+# Rows per INSERT (5 columns each: far below SQLite's and PostgreSQL's parameter limits).
+_INSERT_CHUNK = 1000
 
 
 class TlogRepository:
@@ -56,11 +59,21 @@ class TlogRepository:
         wanted = sorted(set(ids))
         found: dict[NodeId, bytes] = {}
         for start in range(0, len(wanted), _NODE_CHUNK):
-            chunk = wanted[start : start + _NODE_CHUNK]
+            by_level: dict[int, list[int]] = {}
+            for node in wanted[start : start + _NODE_CHUNK]:
+                by_level.setdefault(node.level, []).append(node.index)
+            # `level = ? AND idx IN (...)` per level: both SQLite and PostgreSQL search the
+            # whole primary key with it, where a row-value IN made SQLite scan every node
+            # of the log (measured: 190 ms per append at 1M leaves).
             rows = self.session.execute(
                 select(TlogNode.level, TlogNode.index, TlogNode.hash).where(
                     TlogNode.log_id == log_id,
-                    tuple_(TlogNode.level, TlogNode.index).in_([(n.level, n.index) for n in chunk]),
+                    or_(
+                        *(
+                            and_(TlogNode.level == level, TlogNode.index.in_(indexes))
+                            for level, indexes in by_level.items()
+                        )
+                    ),
                 )
             )
             for level, index, digest in rows:
@@ -81,13 +94,13 @@ class TlogRepository:
         old = log.size
         frontier = self.frontier(log)
         now = utcnow()
-        leaf_rows = []
-        node_rows = []
+        leaf_rows: list[dict[str, object]] = []
+        node_rows: list[dict[str, object]] = []
         for offset, (sequence, entry) in enumerate(leaves):
             leaf_rows.append(
                 {
                     "log_id": log.id,
-                    "index": old + offset,
+                    "idx": old + offset,
                     "sequence": sequence,
                     "entry": entry,
                     "added_at": now,
@@ -95,7 +108,7 @@ class TlogRepository:
             )
             for node, digest in frontier.append(leaf_hash(entry)):
                 node_rows.append(
-                    {"log_id": log.id, "level": node.level, "index": node.index, "hash": digest}
+                    {"log_id": log.id, "level": node.level, "idx": node.index, "hash": digest}
                 )
         moved = self.session.execute(
             update(TlogLog)
@@ -105,8 +118,15 @@ class TlogRepository:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        self.session.execute(insert(TlogLeaf), leaf_rows)
-        self.session.execute(insert(TlogNode), node_rows)
+        # Multi-row VALUES statements: one round trip per chunk, where an executemany sent
+        # (and PostgreSQL prepared) one row at a time.
+        batches: tuple[tuple[Table, list[dict[str, object]]], ...] = (
+            (cast(Table, TlogLeaf.__table__), leaf_rows),
+            (cast(Table, TlogNode.__table__), node_rows),
+        )
+        for table, rows in batches:
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                self.session.execute(insert(table).values(rows[start : start + _INSERT_CHUNK]))
         return True
 
     def leaf_at_sequence(
