@@ -198,30 +198,14 @@ class ChainVerifier:
     def _check(self, line_no: int, rec: Any, line: bytes | str | None) -> list[Failure]:
         """The checks of `feed` on its parsed record `rec` (which they modify); `line` is
         the line it was parsed from, for strict mode."""
-        if type(rec) is not dict or not rec.keys() >= _REQUIRED:
+        placed = _placement(rec)
+        if placed is None:
             self._malformed(rec, line_no)
             return self._out
-        seq, stored, prev, stream = (
-            rec[f.EVENT_SEQUENCE],
-            rec.pop(f.EVENT_HASH),
-            rec[f.PREV],
-            rec[f.STREAM],
-        )
-        if (
-            type(seq) is not int
-            or seq < 1
-            or type(stored) is not str
-            or len(stored) != 64
-            or type(prev) is not str
-            or len(prev) != 64
-            or type(stream) is not str
-        ):
-            rec[f.EVENT_HASH] = stored
-            self._malformed(rec, line_no)
-            return self._out
+        key, seq, stored, prev, cp = placed
+        stream = key[1]
+        del rec[f.EVENT_HASH]
         signature = rec.pop(f.SIGNATURE, None)
-        tenant = rec[f.TENANT]
-        key = (tenant if type(tenant) is str else repr(tenant), stream)
         state = self.streams.get(key)
         if state is None:
             state = self.streams[key] = StreamReport(stream, key[0], recent=[None] * self.window)
@@ -252,11 +236,23 @@ class ChainVerifier:
                 seq,
                 "line is not the canonical (RFC 8785) form of its record",
             )
-        if rec[f.EVENT_ACTION] == _CHECKPOINT:
-            cp = (signature, rec.get(f.CP_SIGNER), rec.get(f.CP_CLOSING) is True)
-            self._place(state, _Entry(line_no, seq, stored, prev, cp))
-        elif (
-            seq == state.expected
+        self._sequence(state, line_no, seq, stored, prev, cp)
+        return self._out
+
+    def _sequence(
+        self,
+        state: StreamReport,
+        line_no: int,
+        seq: int,
+        stored: str,
+        prev: str,
+        cp: tuple[str | None, str | None, bool] | None,
+    ) -> None:
+        """Place a record whose content was checked (steps 3-5): it depends on the stream's
+        state alone, so a parallel verifier can replay it from `locate`'s entries."""
+        if (
+            cp is None
+            and seq == state.expected
             and prev == state.head_hash
             and state.linked
             and not state.pending
@@ -268,8 +264,7 @@ class ChainVerifier:
             state.head_hash, state.head_line = stored, line_no
             state.recent[seq % self.window] = (seq, stored, line_no)
         else:
-            self._place(state, _Entry(line_no, seq, stored, prev, None))
-        return self._out
+            self._place(state, _Entry(line_no, seq, stored, prev, cp))
 
     def skip_purged(self, tenant: str, stream: str, ranges: list[PurgedRange]) -> None:
         """Before feeding: the stream's records in `ranges` were purged, so the chain jumps
@@ -358,17 +353,25 @@ class ChainVerifier:
             if len(state.pending) > self.window:
                 self._skip_gap(state)
         else:
-            seen = state.recent[seq % self.window]
-            if seen is None or seen[0] != seq:
-                self._fail(
-                    FailureKind.REORDERED,
-                    state.stream,
-                    entry.line,
-                    seq,
-                    f"arrived after sequence {state.expected - 1}, too late to place",
-                )
-            else:
-                self._repeat(state, entry, seen[1], seen[2])
+            self._late(state, entry)
+
+    def _late(self, state: StreamReport, entry: _Entry) -> None:
+        """A sequence below `expected`: judged by what the window holds for it."""
+        self._judge_late(state, entry, state.recent[entry.seq % self.window])
+
+    def _judge_late(
+        self, state: StreamReport, entry: _Entry, seen: tuple[int, str, int] | None
+    ) -> None:
+        if seen is None or seen[0] != entry.seq:
+            self._fail(
+                FailureKind.REORDERED,
+                state.stream,
+                entry.line,
+                entry.seq,
+                f"arrived after sequence {state.expected - 1}, too late to place",
+            )
+        else:
+            self._repeat(state, entry, seen[1], seen[2])
 
     def _jump_purged(self, state: StreamReport, before: int | None) -> bool:
         """Jump over the purged ranges that start where the chain stands and end before
@@ -544,24 +547,36 @@ class ChainVerifier:
             state.unredeemed.append(entry)  # a later verified checkpoint may prove it
             return
         if problem is not None:
-            if problem.kind is SignatureFailure.WRONG_KEY:
-                if state.wrong_key_reported:
-                    return
-                state.wrong_key_reported = True
+            if problem.kind is SignatureFailure.WRONG_KEY and not self._first_wrong_key(state):
+                return
             kind = FailureKind(problem.kind.value)
             self._fail(kind, state.stream, entry.line, entry.seq, problem.detail)
             return
-        for bad in state.unredeemed:
+        self._redeem(state, entry)
+        state.signed_through = entry.seq
+
+    def _first_wrong_key(self, state: StreamReport) -> bool:
+        """Whether a wrong-key checkpoint is reported: only a stream's first one is."""
+        if state.wrong_key_reported:
+            return False
+        state.wrong_key_reported = True
+        return True
+
+    def _redeem(self, state: StreamReport, proof: _Entry) -> None:
+        """Checkpoint `proof` verified: every failing signature before it was damaged."""
+        self._bad_signatures(state, proof, state.unredeemed)
+        state.unredeemed.clear()
+
+    def _bad_signatures(self, state: StreamReport, proof: _Entry, bad: list[_Entry]) -> None:
+        for cp in bad:
             self._fail(
                 FailureKind.BAD_SIGNATURE,
                 state.stream,
-                bad.line,
-                bad.seq,
+                cp.line,
+                cp.seq,
                 f"signature does not verify; the chain through it is proven by the "
-                f"checkpoint at line {entry.line}",
+                f"checkpoint at line {proof.line}",
             )
-        state.unredeemed.clear()
-        state.signed_through = entry.seq
 
     def _malformed(self, rec: Any, line_no: int) -> None:
         stream = rec.get(f.STREAM) if type(rec) is dict else None
@@ -579,6 +594,47 @@ class ChainVerifier:
     ) -> None:
         self.counts[kind] += 1
         self._out.append(Failure(kind, stream, line, seq, detail))
+
+
+def _placement(
+    rec: Any,
+) -> tuple[tuple[str, str], int, str, str, tuple[str | None, str | None, bool] | None] | None:
+    """Where step 1 (§7) lets a record into the chain: (stream key, sequence, stored hash,
+    prev, checkpoint fields); None for a record it rejects as malformed."""
+    if type(rec) is not dict or not rec.keys() >= _REQUIRED:
+        return None
+    seq, stored, prev, stream = rec[f.EVENT_SEQUENCE], rec[f.EVENT_HASH], rec[f.PREV], rec[f.STREAM]
+    if (
+        type(seq) is not int
+        or seq < 1
+        or type(stored) is not str
+        or len(stored) != 64
+        or type(prev) is not str
+        or len(prev) != 64
+        or type(stream) is not str
+    ):
+        return None
+    tenant = rec[f.TENANT]
+    key = (tenant if type(tenant) is str else repr(tenant), stream)
+    if rec[f.EVENT_ACTION] != _CHECKPOINT:
+        return key, seq, stored, prev, None
+    cp = (rec.get(f.SIGNATURE), rec.get(f.CP_SIGNER), rec.get(f.CP_CLOSING) is True)
+    return key, seq, stored, prev, cp
+
+
+def locate(line_no: int, line: bytes) -> tuple[tuple[str, str], _Entry] | None:
+    """Where a line goes in the chain, without checking its content: the stream key and the
+    entry `_check` would place (None for a line it would not place). For re-sequencing a
+    region whose content checks were already done elsewhere."""
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    placed = _placement(rec)
+    if placed is None:
+        return None
+    key, seq, stored, prev, cp = placed
+    return key, _Entry(line_no, seq, stored, prev, cp)
 
 
 def _is_canonical_line(
