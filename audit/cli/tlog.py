@@ -1,5 +1,5 @@
 """verify-proof and tlog: fetch a record's transparency-log proof, and check one offline
-with only the log's key (and the witnesses' keys and quorum) — docs/record-spec.md §13."""
+with only the log's key (and the witnesses' keys and quorum) — docs/record-spec.md §14."""
 
 from __future__ import annotations
 

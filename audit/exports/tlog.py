@@ -300,6 +300,17 @@ def check_log(
                 stream,
                 None,
             )
+        for p in proofs:
+            # A proof against no checkpoint proves nothing: a bundle claiming size 0 while
+            # carrying proofs would otherwise pass --require-log with nothing proven.
+            fail(
+                K.INCLUSION,
+                "an inclusion proof in a range whose manifest entry has no checkpoint",
+                TLOG,
+                p.line,
+                stream,
+                p.sequence,
+            )
         if policy is not None:
             fail(
                 K.LOG_QUORUM,
@@ -339,6 +350,15 @@ def check_log(
                     K.NOT_IN_LOG,
                     f"the log does not hold it (the service states: {absent[seq]}), and the "
                     "log was required",
+                    TLOG,
+                    None,
+                    stream,
+                    seq,
+                )
+            elif decl.size == 0:
+                fail(
+                    K.NOT_IN_LOG,
+                    "no checkpoint of the stream's log proves it, and the log was required",
                     TLOG,
                     None,
                     stream,

@@ -2,7 +2,7 @@
 and the consistency of every checkpoint a verifier has seen (its state file).
 
 One implementation for `ffaudit verify-proof`, `ffaudit verify-export` and the tests. The
-leaf of a record is its event.hash (32 raw bytes, docs/record-spec.md §13): the verifier
+leaf of a record is its event.hash (32 raw bytes, docs/record-spec.md §14): the verifier
 recomputes it from the record's content, so a proof for an edited record fails.
 
 The state file is what makes a log that rewrites history visible: it keeps, per origin,

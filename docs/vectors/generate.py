@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.exports import write_export
+from audit.exports.bundle import manifest_message
 from audit.exports.chain import Finding, FindingKind
+from audit.exports.tlog import LogProof, StreamLog
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import (
@@ -40,17 +43,20 @@ from audit.integrity.chain import (
 )
 from audit.integrity.events import EventAction, Outcome
 from audit.integrity.keys import Keyring, PseudonymKey, Signer
+from audit.integrity.notes import Checkpoint, NoteSigner, TlogProof, sign_checkpoint
 from audit.integrity.pseudonym import PiiKind, Pseudonymizer, normalize
 from audit.integrity.ratelimit import SessionRateLimiter
 from audit.integrity.seal import AuditEvent, Sealer
 
 HERE = Path(__file__).resolve().parent
-GENERATED = ("keys", "chains", "exports", "pseudonyms.json")  # what a run replaces
+GENERATED = ("keys", "chains", "exports", "tlog", "pseudonyms.json")  # what a run replaces
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TENANT = "acme"
 STREAM = "cam-1"
 EXPORT_CREATED_AT = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+# The stream's transparency log (§14.2): <service name>/<tenant>/<stream>.
+ORIGIN = f"ffaudit/{TENANT}/{STREAM}"
 
 # -- keys -------------------------------------------------------------------------------
 
@@ -77,6 +83,8 @@ def signer(seed: bytes) -> Signer:
 PRODUCER = signer(PRODUCER_SEED)
 ATTACKER = signer(ATTACKER_SEED)
 SERVICE = signer(SERVICE_SEED)
+# The log key of ORIGIN: the service key under the origin's name (§14.2).
+LOG = NoteSigner(ORIGIN, SERVICE.key)
 
 # -- sealing ----------------------------------------------------------------------------
 
@@ -543,6 +551,219 @@ def pseudonym_vectors() -> dict[str, Any]:
     }
 
 
+# -- transparency logs (§14) ------------------------------------------------------------
+#
+# The trees, proofs and roots are computed here from RFC 9162's recursive definitions
+# (§2.1.1 MTH, §2.1.3.1 PATH, §2.1.4.1 SUBPROOF) with plain SHA-256, not with ffaudit's Merkle code
+# (audit/integrity/merkle.py), which the tests check against them.
+
+
+def sha256(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def leaf(entry: bytes) -> bytes:
+    return sha256(b"\x00" + entry)
+
+
+def split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """MTH(D[n]) over the leaf hashes."""
+    if not leaves:
+        return sha256(b"")
+    if len(leaves) == 1:
+        return leaves[0]
+    k = split(len(leaves))
+    return sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:]))
+
+
+def inclusion_path(m: int, leaves: list[bytes]) -> list[bytes]:
+    """PATH(m, D[n]): the inclusion proof of leaf m, leaf side first."""
+    if len(leaves) == 1:
+        return []
+    k = split(len(leaves))
+    if m < k:
+        return [*inclusion_path(m, leaves[:k]), mth(leaves[k:])]
+    return [*inclusion_path(m - k, leaves[k:]), mth(leaves[:k])]
+
+
+def subproof(m: int, leaves: list[bytes], complete: bool) -> list[bytes]:
+    """SUBPROOF(m, D[n], b)."""
+    n = len(leaves)
+    if m == n:
+        return [] if complete else [mth(leaves)]
+    k = split(n)
+    if m <= k:
+        return [*subproof(m, leaves[:k], complete), mth(leaves[k:])]
+    return [*subproof(m - k, leaves[k:], False), mth(leaves[:k])]
+
+
+def entries(records: list[Record]) -> list[bytes]:
+    """The log's entries of a chain (§14.1): each record's event.hash, 32 raw bytes."""
+    return [bytes.fromhex(r[f.EVENT_HASH]) for r in records]
+
+
+def checkpoint_note(records: list[Record]) -> str:
+    """The service's checkpoint of the log of `records` (a C2SP signed note, §14.3)."""
+    leaves = [leaf(e) for e in entries(records)]
+    return sign_checkpoint(Checkpoint(ORIGIN, len(leaves), mth(leaves)), LOG).encode().decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def write_tlog(out: Path) -> None:
+    """tlog/: the log of chains/intact.ndjson (7 records): checkpoints at sizes 3 and 7, the
+    tlog-proof of sequence 3, the consistency proof 3 -> 7, and a second, forked checkpoint
+    of size 7 (the log of chains/forged-chain.ndjson, whose records 5..7 differ)."""
+    records = base_chain()
+    leaves = [leaf(e) for e in entries(records)]
+    forged = relink(
+        [*records[:4], dict(records[4], **{f.EVENT_OUTCOME: "failure"}), *records[5:]], 4
+    )
+    vkey = LOG.verifier.vkey()
+    write(out / "log.vkey", f"{vkey}\n".encode())
+    write(out / "log.policy", f"log {vkey}\nquorum none\n".encode())
+    write(out / "checkpoint-3.note", checkpoint_note(records[:3]).encode())
+    note7 = checkpoint_note(records)
+    write(out / "checkpoint-7.note", note7.encode())
+    write(out / "checkpoint-7-forked.note", checkpoint_note(forged).encode())
+    proof = TlogProof(2, tuple(inclusion_path(2, leaves)), note7.encode())
+    write(out / "cam-1-3.tlog-proof", proof.encode())
+    consistency = {
+        "stream": STREAM,
+        "old_size": 3,
+        "new_size": 7,
+        "hashes": [b64(h) for h in subproof(3, leaves, True)],
+        "checkpoint": note7,
+    }
+    write(out / "consistency-3-7.json", dump(consistency))
+    seq3, seq4 = records[2][f.EVENT_HASH], records[3][f.EVENT_HASH]
+    root3, root7 = b64(mth(leaves[:3])), b64(mth(leaves))
+    after = {"origin": ORIGIN, "size": 7, "root": root7}
+    write(
+        out / "expected.json",
+        dump(
+            {
+                "description": "The transparency log (§14) of chains/intact.ndjson, stream "
+                f"cam-1 of tenant acme: origin {ORIGIN}, one leaf per record (entry: the "
+                "record's event.hash, 32 raw bytes; leaf hash SHA-256(0x00 || entry)), "
+                "checkpoints signed by keys/service.pub as the log key (key name = origin). "
+                "Each case starts from an empty state, folds in the `state` checkpoints, "
+                "verifies `proof` for `event_hash` under log.policy and requires the origin, "
+                "then folds the proof's checkpoint into the state with `consistency` "
+                "(§14.6 steps 1-4).",
+                "records": "../chains/intact.ndjson",
+                "service_pubkey": "../keys/service.pub",
+                "origin": ORIGIN,
+                "vkey": vkey,
+                "key_id": LOG.verifier.key_id.hex(),
+                "leaves": [
+                    {
+                        "index": i,
+                        "sequence": r[f.EVENT_SEQUENCE],
+                        "entry": r[f.EVENT_HASH],
+                        "leaf_hash": leaf(e).hex(),
+                    }
+                    for i, (r, e) in enumerate(zip(records, entries(records), strict=True))
+                ],
+                "checkpoints": [
+                    {"note": "checkpoint-3.note", "size": 3, "root": root3},
+                    {"note": "checkpoint-7.note", "size": 7, "root": root7},
+                    {
+                        "note": "checkpoint-7-forked.note",
+                        "size": 7,
+                        "root": b64(mth([leaf(e) for e in entries(forged)])),
+                    },
+                ],
+                "inclusion": {
+                    "proof": "cam-1-3.tlog-proof",
+                    "sequence": 3,
+                    "index": 2,
+                    "size": 7,
+                    "hashes": [b64(h) for h in inclusion_path(2, leaves)],
+                },
+                "consistency": {
+                    "file": "consistency-3-7.json",
+                    "old_size": 3,
+                    "new_size": 7,
+                    "hashes": consistency["hashes"],
+                },
+                "cases": [
+                    {
+                        "description": "the record at sequence 3 is leaf 2 of the checkpoint "
+                        "of size 7",
+                        "proof": "cam-1-3.tlog-proof",
+                        "event_hash": seq3,
+                        "state": [],
+                        "consistency": [],
+                        "ok": True,
+                        "state_after": after,
+                    },
+                    {
+                        "description": "sequence 4's hash with sequence 3's proof: not the "
+                        "leaf the log holds at index 2",
+                        "proof": "cam-1-3.tlog-proof",
+                        "event_hash": seq4,
+                        "state": [],
+                        "consistency": [],
+                        "ok": False,
+                        "kind": "not_included",
+                    },
+                    {
+                        "description": "the checkpoint of size 3 seen before: the proof's "
+                        "checkpoint (size 7) is consistent with it",
+                        "proof": "cam-1-3.tlog-proof",
+                        "event_hash": seq3,
+                        "state": ["checkpoint-3.note"],
+                        "consistency": ["consistency-3-7.json"],
+                        "ok": True,
+                        "state_after": after,
+                    },
+                    {
+                        "description": "the checkpoint of size 3 seen before, no consistency "
+                        "proof given",
+                        "proof": "cam-1-3.tlog-proof",
+                        "event_hash": seq3,
+                        "state": ["checkpoint-3.note"],
+                        "consistency": [],
+                        "ok": False,
+                        "kind": "consistency_unproven",
+                    },
+                    {
+                        "description": "another checkpoint of size 7 seen before (the "
+                        "service signed two histories): the log forked",
+                        "proof": "cam-1-3.tlog-proof",
+                        "event_hash": seq3,
+                        "state": ["checkpoint-7-forked.note"],
+                        "consistency": [],
+                        "ok": False,
+                        "kind": "forked",
+                    },
+                ],
+            }
+        ),
+    )
+
+
+def export_log(records: list[Record]) -> StreamLog:
+    """The stream's log as the service hands it to the writer: every record a leaf, in
+    sequence order; one checkpoint at the log's size and each record's proof against it."""
+    leaves = [leaf(e) for e in entries(records)]
+    proofs = {
+        r[f.EVENT_SEQUENCE]: LogProof(i, tuple(inclusion_path(i, leaves)))
+        for i, r in enumerate(records)
+    }
+    return StreamLog(ORIGIN, checkpoint_note(records), proofs)
+
+
 # -- exports ----------------------------------------------------------------------------
 
 EXPORT_EVENTS = 10  # carol is the actor of events 2, 5, 8: sequences 3, 7, 11
@@ -576,7 +797,8 @@ def export_selection(records: list[Record]) -> tuple[list[Record], set[tuple[str
 
 
 def write_exports(out: Path) -> None:
-    """exports/intact, exports/damaged (both by write_export) and exports/tampered."""
+    """exports/intact, exports/damaged, exports/tlog (by write_export), exports/tampered
+    and exports/tlog-tampered."""
     records = export_chain()
     fetched, selected = export_selection(records)
     keys = {STREAM: PRODUCER.verifier.pem()}
@@ -624,6 +846,34 @@ def write_exports(out: Path) -> None:
     rows = path.read_bytes().splitlines()
     rows[1] = line(dict(orjson.loads(rows[1]), **{f.EVENT_OUTCOME: "failure"}))
     path.write_bytes(b"".join(row + b"\n" for row in rows))
+    # v3: the intact export with the stream's transparency log (every record of the
+    # stream is a leaf; one checkpoint at size 14).
+    write_export(
+        out / "tlog",
+        fetched,
+        selected,
+        keys,
+        export_query(),
+        SERVICE,
+        tenant=TENANT,
+        created_at=EXPORT_CREATED_AT,
+        tlog={STREAM: export_log(records)},
+    )
+    # ... and with one hash of sequence 7's inclusion proof (tlog.ndjson line 4) altered,
+    # then the files re-hashed and the manifest re-signed, as the service key's holder can.
+    shutil.copytree(out / "tlog", out / "tlog-tampered")
+    tampered = out / "tlog-tampered"
+    lines = [orjson.loads(row) for row in (tampered / "tlog.ndjson").read_bytes().splitlines()]
+    assert lines[3]["sequence"] == 7
+    raw = bytearray(base64.b64decode(lines[3]["hashes"][0]))
+    raw[0] ^= 1
+    lines[3]["hashes"][0] = b64(bytes(raw))
+    (tampered / "tlog.ndjson").write_bytes(b"".join(canonicalize(x) + b"\n" for x in lines))
+    manifest = orjson.loads((tampered / "manifest.json").read_bytes())
+    manifest["files"]["tlog.ndjson"] = sha256((tampered / "tlog.ndjson").read_bytes()).hex()
+    (tampered / "manifest.json").write_bytes(canonicalize(manifest) + b"\n")
+    signature = SERVICE.sign(manifest_message(manifest))
+    (tampered / "manifest.sig").write_bytes(base64.b64encode(signature) + b"\n")
 
 
 def export_failure(
@@ -639,8 +889,10 @@ def export_failure(
     }
 
 
-def export_range(links: int, producer_signed: list[int], unproven: list[int]) -> dict[str, Any]:
-    return {
+def export_range(
+    links: int, producer_signed: list[int], unproven: list[int], log: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out = {
         "stream": STREAM,
         "first_sequence": 3,
         "last_sequence": 12,
@@ -649,6 +901,22 @@ def export_range(links: int, producer_signed: list[int], unproven: list[int]) ->
         "checkpoints": 3,
         "signed_through": 12,
         "producer_signed": producer_signed,
+        "unproven": unproven,
+    }
+    if log is not None:
+        out["log"] = log
+    return out
+
+
+def export_log_report(proven: list[int], unproven: list[int]) -> dict[str, Any]:
+    """A v3 range's log report (§10.3 step 9); `unproven` lists sequences (the reasons'
+    wording is not normative)."""
+    return {
+        "origin": ORIGIN,
+        "size": 14,
+        "cosigned": False,
+        "witnesses": [],
+        "proven": proven,
         "unproven": unproven,
     }
 
@@ -705,6 +973,35 @@ EXPORTS: dict[str, dict[str, Any]] = {
         ],
         "findings": [],
         "ranges": [export_range(4, [3, 11], [7])],
+    },
+    "tlog": {
+        "description": "The intact export as format v3, with the stream's transparency log "
+        f"({ORIGIN}): every record of the stream (sequences 1..14) is a leaf, in sequence "
+        "order (leaf index = sequence - 1); tlog.ndjson holds the checkpoint of size 14 "
+        "signed by keys/service.pub as the log key (no witness: cosigned false), then the "
+        "inclusion proofs of the full records 3, 4, 7, 8, 11, 12 (lines 2..7); not_in_log "
+        "is empty. Every selected record is producer-signed and proven by the log. "
+        "verify-export exits 0, with --require-log too.",
+        "ok": True,
+        "authentic": True,
+        "damaged": False,
+        "failures": [],
+        "findings": [],
+        "ranges": [export_range(4, [3, 7, 11], [], export_log_report([3, 7, 11], []))],
+    },
+    "tlog-tampered": {
+        "description": "The tlog bundle with the first hash of sequence 7's inclusion proof "
+        "(tlog.ndjson line 4) altered by one bit, the files re-hashed and the manifest "
+        "re-signed with the service key (keys/test-only-service-signing.key), as its holder "
+        "can: every file hash, the chain and the producer's checkpoints verify, the proof "
+        "does not reach the checkpoint's root -> inclusion (not declared). Not authentic "
+        "(verify-export exits 1); sequence 7 is not proven by the log.",
+        "ok": False,
+        "authentic": False,
+        "damaged": True,
+        "failures": [export_failure("inclusion", "tlog.ndjson", 4, STREAM, 7, False)],
+        "findings": [],
+        "ranges": [export_range(4, [3, 7, 11], [], export_log_report([3, 11], [7]))],
     },
 }
 
@@ -775,6 +1072,7 @@ def generate(out: Path) -> None:
             **{k: v for k, v in expected.items() if k != "description"},
         }
         write(exports / f"{name}.expected.json", dump(doc))
+    write_tlog(out / "tlog")
 
 
 def main() -> None:

@@ -977,14 +977,13 @@ def test_export_command_checks_a_policy_only_with_the_service_key(made: Made) ->
     assert "give --pubkey too" in result.stderr
 
 
-def test_the_specs_own_checker_accepts_a_v3_bundle(
-    made: Made, bundle: Path, tmp_path: Path
-) -> None:
+def test_the_specs_own_checker_accepts_a_v3_bundle(made: Made, tmp_path: Path) -> None:
     """Spec §10.5's stand-alone checker, run as written, accepts the bundle made through the
-    API; where it checks the log too (once the spec says how), an altered proof stops it."""
+    API and checks its log: an altered proof (index or hash) or a dropped one stops it."""
     spec = (Path(__file__).parents[2] / "docs" / "record-spec.md").read_text(encoding="utf-8")
     section = spec[spec.index("### 10.5") : spec.index("### 10.6")]
     code = section[section.index("```python\n") + 10 : section.rindex("```")]
+    assert TLOG in code, "the spec's checker does not read the log"
     script = tmp_path / "check.py"
     script.write_text(code, encoding="utf-8")
     run = [sys.executable, str(script)]
@@ -993,9 +992,51 @@ def test_the_specs_own_checker_accepts_a_v3_bundle(
     )
     assert intact.returncode == 0, intact.stderr
     assert intact.stdout.strip() == f"OK: {len(selected(made.cosigned))} records"
-    if TLOG not in code:
-        return
-    alter_proof(bundle, made, lambda doc: doc.update(index=doc["index"] + 1))
-    altered = subprocess.run([*run, str(bundle), str(made.pubkey)], capture_output=True, text=True)
-    assert altered.returncode != 0
-    assert "inclusion" in altered.stderr
+
+    def flip(doc: Doc) -> None:
+        raw = bytearray(base64.b64decode(doc["hashes"][0]))
+        raw[0] ^= 1
+        doc["hashes"][0] = base64.b64encode(bytes(raw)).decode()
+
+    changes: dict[str, Callable[[Doc], None]] = {
+        "index": lambda doc: doc.update(index=doc["index"] + 1),
+        "hash": flip,
+    }
+    for name, change in changes.items():
+        altered = tmp_path / name
+        shutil.copytree(made.cosigned, altered)
+        alter_proof(altered, made, change)
+        got = subprocess.run([*run, str(altered), str(made.pubkey)], capture_output=True, text=True)
+        assert got.returncode != 0, name
+        assert "inclusion" in got.stderr, (name, got.stderr)
+    dropped = tmp_path / "dropped"
+    shutil.copytree(made.cosigned, dropped)
+    seq = selected(dropped)[1]
+    line, _ = proof_at(dropped, seq)
+    lines = ndjson(dropped, TLOG)
+    del lines[line - 1]
+    write_ndjson(dropped, TLOG, lines)
+    resign(dropped, made.service)
+    got = subprocess.run([*run, str(dropped), str(made.pubkey)], capture_output=True, text=True)
+    assert got.returncode != 0
+    assert "KeyError" in got.stderr  # the spec's marker for not_in_log
+
+
+def test_a_bundle_claiming_no_checkpoint_proves_nothing(made: Made, bundle: Path) -> None:
+    """The service key's holder drops the checkpoint and says size 0 but keeps the proof
+    lines: no proof counts, and a verifier that requires the log refuses every record."""
+    docs = [d for d in ndjson(bundle, "tlog.ndjson") if d["type"] != "checkpoint"]
+    write_ndjson(bundle, "tlog.ndjson", docs)
+
+    def no_checkpoint(doc: Doc) -> None:
+        for entry in doc["tlog"]:
+            entry.update(size=0, root=base64.b64encode(EMPTY_ROOT).decode(), cosigned=False)
+
+    resign(bundle, made.service, no_checkpoint)
+    report = check(bundle, made)
+    assert {x.sequence for x in report.of_kind(K.INCLUSION)} == {d["sequence"] for d in docs}
+    required = check(bundle, made, require_log=True)
+    refused = {x.sequence for x in required.of_kind(K.NOT_IN_LOG)}
+    assert refused >= set(selected(bundle))
+    assert refused == {seq for seq, _ in log_of(required).unproven}
+    assert log_of(required).proven == ()

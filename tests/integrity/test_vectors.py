@@ -5,9 +5,12 @@ drift from the code; (b) the offline verifier, in process and as `python -m audi
 --json`, reports exactly each vector's expected failures and stream summaries; (c) ingest
 (IngestService over the embedded SQL store, no server) judges each chain vector as the
 offline verifier does, fed the whole file in one call and record by record; (d)
-verify_export and `verify-export` report what the export vectors expect. The records and
-pseudonyms are also checked against the spec's formulas with rfc8785 and cryptography
-alone, as a third-party implementation would.
+verify_export and `verify-export` report what the export vectors expect, and so does the
+spec's own stand-alone checker (§10.5); (e) the transparency-log vectors (tlog/: a checkpoint,
+a tlog-proof, a consistency proof) verify with audit.integrity.notes / merkle /
+transparency and `ffaudit verify-proof` as expected. The records, pseudonyms and log are
+also checked against the spec's formulas with rfc8785 and cryptography alone, as a
+third-party implementation would.
 
 Where ingest and the offline verifier disagree today, the case is marked xfail(strict=True)
 with the divergence (issue 15): fixing the code turns it into an XPASS failure, and the
@@ -38,6 +41,21 @@ from audit.db.session import make_engine, session_factory, upgrade
 from audit.exports import verify_export
 from audit.ingest.service import IngestService
 from audit.integrity.keys import Verifier
+from audit.integrity.merkle import (
+    MemoryTree,
+    leaf_hash,
+    root_from_inclusion,
+    verify_consistency,
+    verify_inclusion,
+)
+from audit.integrity.notes import (
+    parse_policy,
+    parse_tlog_proof,
+    parse_vkey,
+    verify_checkpoint,
+    vkey_for,
+)
+from audit.integrity.transparency import State, TransparencyError, observe, verify_proof
 from audit.integrity.verify import ChainVerifier, Failure
 from audit.settings import AuditSettings
 from audit.store.sql import SqlEventStore
@@ -48,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "docs" / "vectors"
 CHAINS = VECTORS / "chains"
 EXPORTS = VECTORS / "exports"
+TLOG = VECTORS / "tlog"
 HANDWRITTEN = {"README.md", "generate.py"}  # in docs/vectors, not generated
 
 CHAIN_NAMES = sorted(p.name.removesuffix(".expected.json") for p in CHAINS.glob("*.expected.json"))
@@ -92,7 +111,8 @@ def verify_offline(name: str, *, strict: bool) -> tuple[ChainVerifier, list[Fail
 
 def test_there_are_vectors() -> None:
     assert len(CHAIN_NAMES) >= 20
-    assert EXPORT_NAMES == ["damaged", "intact", "tampered"]
+    assert EXPORT_NAMES == ["damaged", "intact", "tampered", "tlog", "tlog-tampered"]
+    assert (TLOG / "expected.json").is_file()
 
 
 # -- (a) the committed files are what the generator writes ------------------------------
@@ -450,9 +470,16 @@ def test_verify_export_reports_the_expected_results(name: str) -> None:
     ranges = []
     for r in report.ranges:
         doc = r.as_dict()
+        # The reasons' wording is not normative: which sequences are unproven is.
         doc["unproven"] = [u["sequence"] for u in doc["unproven"]]
+        if "log" in doc:
+            doc["log"]["unproven"] = [u["sequence"] for u in doc["log"]["unproven"]]
         ranges.append(doc)
     assert ranges == want["ranges"]
+    assert (
+        report.format
+        == json.loads((EXPORTS / want["bundle"] / "manifest.json").read_bytes())["format"]
+    )
 
 
 @pytest.mark.parametrize("name", EXPORT_NAMES)
@@ -466,3 +493,264 @@ def test_verify_export_cli_exits_by_outcome(name: str) -> None:
     )
     status = 0 if want["ok"] else 4 if want["authentic"] else 1
     assert result.returncode == status, result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.parametrize("name", EXPORT_NAMES)
+def test_verify_export_cli_requiring_the_log(name: str) -> None:
+    """--require-log: only a v3 bundle whose every selected record the log proves passes."""
+    want = export_expected(name)
+    pub = (EXPORTS / want["service_pubkey"]).resolve()
+    args = [str(EXPORTS / name), "--pubkey", str(pub), "--require-log", "--json"]
+    result = subprocess.run(
+        [sys.executable, "-m", "audit", "verify-export", *args], capture_output=True, check=False
+    )
+    report = json.loads(result.stdout)
+    logged = report["format"] == "ffaudit.export.v3"
+    assert result.returncode == (0 if want["ok"] and logged else 1), result.stdout.decode()
+    if not logged:
+        assert {"kind": "not_in_log", "file": "manifest.json"}.items() <= report["failures"][
+            -1
+        ].items()
+
+
+@pytest.mark.parametrize("name", EXPORT_NAMES)
+def test_the_specs_own_checker_agrees_with_the_export_vectors(name: str, tmp_path: Path) -> None:
+    """Spec §10.5's stand-alone checker, run as written, accepts exactly the ok bundles."""
+    spec = (ROOT / "docs" / "record-spec.md").read_text(encoding="utf-8")
+    section = spec[spec.index("### 10.5") : spec.index("### 10.6")]
+    script = tmp_path / "check.py"
+    script.write_text(section[section.index("```python\n") + 10 : section.rindex("```")])
+    want = export_expected(name)
+    pub = (EXPORTS / want["service_pubkey"]).resolve()
+    result = subprocess.run(
+        [sys.executable, str(script), str(EXPORTS / name), str(pub)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if want["ok"]:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"OK: {want['ranges'][0]['records']} records"
+    else:
+        assert result.returncode != 0
+        first = want["failures"][0]["kind"]
+        assert first in result.stderr or "KeyError" in result.stderr, result.stderr
+
+
+# -- (e) the transparency-log vectors ----------------------------------------------------
+
+
+def tlog_expected() -> Json:
+    doc: Json = json.loads((TLOG / "expected.json").read_bytes())
+    return doc
+
+
+def b64d(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def test_tlog_vectors_follow_section_14_with_cryptography_alone() -> None:
+    """The log key, the leaves, every checkpoint and the proofs, from §14's formulas and
+    RFC 9162 §2.1 with nothing but cryptography: what another implementation would do."""
+    want = tlog_expected()
+    origin = want["origin"]
+    pub = load_pub((TLOG / want["service_pubkey"]).resolve())
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = digest(origin.encode() + b"\n" + b"\x01" + raw)[:4]
+    assert key_id.hex() == want["key_id"]
+    encoded_key = base64.b64encode(b"\x01" + raw).decode()
+    vkey = f"{origin}+{key_id.hex()}+{encoded_key}"
+    assert vkey == want["vkey"] == (TLOG / "log.vkey").read_text().strip()
+    records = (TLOG / want["records"]).resolve().read_bytes().splitlines()
+    assert [leaf["entry"] for leaf in want["leaves"]] == [
+        json.loads(line)["event.hash"] for line in records
+    ]
+    leaves = [digest(b"\x00" + bytes.fromhex(x["entry"])) for x in want["leaves"]]
+    assert [x.hex() for x in leaves] == [x["leaf_hash"] for x in want["leaves"]]
+    for cp in want["checkpoints"]:
+        note = (TLOG / cp["note"]).read_text(encoding="utf-8")
+        text, _, signatures = note.rpartition("\n\n")
+        assert text.split("\n") == [origin, str(cp["size"]), cp["root"]]
+        [line] = signatures.splitlines()
+        dash, name, encoded = line.split(" ")
+        assert (dash, name) == ("\u2014", origin)
+        signed = b64d(encoded)
+        assert signed[:4] == key_id
+        pub.verify(signed[4:], (text + "\n").encode())  # raises
+    by_file = {cp["note"]: cp for cp in want["checkpoints"]}
+    for size in (3, 7):
+        assert (
+            by_file[f"checkpoint-{size}.note"]["root"]
+            == base64.b64encode(rfc9162_root(leaves[:size])).decode()
+        )
+    inc = want["inclusion"]
+    root7 = b64d(by_file["checkpoint-7.note"]["root"])
+    fn, sn, r = inc["index"], inc["size"] - 1, leaves[inc["index"]]
+    for p in map(b64d, inc["hashes"]):  # RFC 9162 §2.1.3.2
+        if fn & 1 or fn == sn:
+            r = digest(b"\x01" + p + r)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = digest(b"\x01" + r + p)
+        fn, sn = fn >> 1, sn >> 1
+    assert sn == 0
+    assert r == root7
+
+
+def digest(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def rfc9162_root(leaves: list[bytes]) -> bytes:
+    """MTH(D[n]) over leaf hashes (RFC 9162 §2.1.1)."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return digest(b"\x01" + rfc9162_root(leaves[:k]) + rfc9162_root(leaves[k:]))
+
+
+def test_tlog_vectors_with_ffaudits_merkle_and_notes() -> None:
+    want = tlog_expected()
+    origin = want["origin"]
+    service = Verifier.load((TLOG / want["service_pubkey"]).resolve())
+    log = vkey_for(origin, service.key)
+    assert log == parse_vkey(want["vkey"])
+    policy = parse_policy((TLOG / "log.policy").read_bytes())
+    assert policy.logs == (log,)
+    tree = MemoryTree()
+    for leaf in want["leaves"]:
+        assert tree.append_entry(bytes.fromhex(leaf["entry"])) == leaf["index"]
+        assert leaf_hash(bytes.fromhex(leaf["entry"])).hex() == leaf["leaf_hash"]
+    for cp in want["checkpoints"]:
+        verified = verify_checkpoint((TLOG / cp["note"]).read_bytes(), policy)
+        assert verified.checkpoint.origin == origin
+        assert (verified.checkpoint.size, verified.checkpoint.root_hash) == (
+            cp["size"],
+            b64d(cp["root"]),
+        )
+        if not cp["note"].endswith("forked.note"):
+            assert tree.root(cp["size"]) == b64d(cp["root"])
+    inc = want["inclusion"]
+    proof = parse_tlog_proof((TLOG / inc["proof"]).read_bytes())
+    assert (proof.index, [base64.b64encode(h).decode() for h in proof.hashes]) == (
+        inc["index"],
+        inc["hashes"],
+    )
+    assert proof.checkpoint == (TLOG / "checkpoint-7.note").read_bytes()
+    assert list(proof.hashes) == tree.inclusion_proof(inc["index"], inc["size"])
+    entry = bytes.fromhex(want["leaves"][inc["index"]]["entry"])
+    verify_inclusion(leaf_hash(entry), inc["index"], inc["size"], proof.hashes, tree.root(7))
+    assert root_from_inclusion(leaf_hash(entry), inc["index"], 7, proof.hashes) == tree.root(7)
+    con = want["consistency"]
+    doc = json.loads((TLOG / con["file"]).read_bytes())
+    assert (doc["old_size"], doc["new_size"], doc["hashes"]) == (
+        con["old_size"],
+        con["new_size"],
+        con["hashes"],
+    )
+    assert doc["checkpoint"] == (TLOG / "checkpoint-7.note").read_text(encoding="utf-8")
+    hashes_ = [b64d(h) for h in doc["hashes"]]
+    assert hashes_ == tree.consistency_proof(con["old_size"], con["new_size"])
+    verify_consistency(
+        con["old_size"],
+        con["new_size"],
+        hashes_,
+        tree.root(con["old_size"]),
+        tree.root(con["new_size"]),
+    )
+
+
+@pytest.mark.parametrize("case", range(len(tlog_expected()["cases"])))
+def test_tlog_vector_cases_with_ffaudits_transparency(case: int) -> None:
+    """Each case as §14.6 says: earlier checkpoints into the state, the proof under the
+    policy (origin required), then the proof's checkpoint into the state."""
+    want = tlog_expected()
+    c = want["cases"][case]
+    policy = parse_policy((TLOG / "log.policy").read_bytes())
+    state = State.empty()
+    consistency = {}
+    for name in c["consistency"]:
+        doc = json.loads((TLOG / name).read_bytes())
+        consistency[doc["old_size"], doc["new_size"]] = [b64d(h) for h in doc["hashes"]]
+
+    def run() -> None:
+        for name in c["state"]:
+            observe(state, verify_checkpoint((TLOG / name).read_bytes(), policy))
+        _, checkpoint = verify_proof(
+            (TLOG / c["proof"]).read_bytes(),
+            bytes.fromhex(c["event_hash"]),
+            policy,
+            origin=want["origin"],
+        )
+        observe(state, checkpoint, consistency)
+
+    if not c["ok"]:
+        with pytest.raises(TransparencyError) as raised:
+            run()
+        assert raised.value.kind.value == c["kind"], c["description"]
+        return
+    run()
+    assert c["ok"], c["description"]
+    after = c["state_after"]
+    seen = state.logs[after["origin"]]
+    assert (seen.size, base64.b64encode(seen.root).decode()) == (after["size"], after["root"])
+
+
+def test_tlog_vectors_with_verify_proof(tmp_path: Path) -> None:
+    """`ffaudit verify-proof` on the proof file, with the log's key, policy or the service's
+    public key, and with a state that saw the checkpoint of size 3."""
+    want = tlog_expected()
+    proof = str(TLOG / want["inclusion"]["proof"])
+    entry = want["leaves"][want["inclusion"]["index"]]["entry"]
+    pub = str((TLOG / want["service_pubkey"]).resolve())
+
+    def verify(*args: str, event_hash: str = entry) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "audit",
+                "verify-proof",
+                proof,
+                "--event-hash",
+                event_hash,
+                *args,
+            ],
+            capture_output=True,
+            check=False,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+
+    origin = ["--origin", want["origin"]]
+    for trust in (
+        ["--log-key", want["vkey"]],
+        ["--policy", str(TLOG / "log.policy")],
+        ["--pubkey", pub],
+    ):
+        result = verify(*trust, *origin)
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+        assert b"OK: leaf 2 of ffaudit/acme/cam-1 (tree size 7)" in result.stdout
+    other = verify("--log-key", want["vkey"], "--json", event_hash=want["leaves"][3]["entry"])
+    assert other.returncode == 1
+    assert json.loads(other.stdout)["kind"] == "not_included"
+    state = tmp_path / "state.json"
+    seen = State.empty()
+    policy = parse_policy((TLOG / "log.policy").read_bytes())
+    observe(seen, verify_checkpoint((TLOG / "checkpoint-3.note").read_bytes(), policy))
+    seen.save(state)
+    unproven = verify("--log-key", want["vkey"], "--state", str(state), "--json")
+    assert unproven.returncode == 1
+    assert json.loads(unproven.stdout)["kind"] == "consistency_unproven"
+    consistent = verify(
+        "--log-key",
+        want["vkey"],
+        "--state",
+        str(state),
+        "--consistency",
+        str(TLOG / want["consistency"]["file"]),
+    )
+    assert consistent.returncode == 0, consistent.stdout.decode()
+    assert State.load(state).logs[want["origin"]].size == 7

@@ -1,0 +1,1 @@
+uTgPpaF8y8o3Sxb0YSdetv6/qTWgmP7JcqWOu2e68qd9Npvf6i9CpER15o+EC+66HI1pj4XSZiAey8DIUOutDQ==

@@ -1,0 +1,1 @@
+8GZogVpbgPxvp7PFqfmgbP2l25Ia+8PkDR8P3WQO9oSPa+EiTwsUhbD3JU/zwgjYAnCjj+5gvQuvvJ42PKDkDQ==
