@@ -15,6 +15,7 @@ from typing import Any
 
 import jwt
 import uvicorn
+from starlette.types import ASGIApp
 
 from audit.app import create_app
 from audit.db.session import upgrade
@@ -68,27 +69,35 @@ def app_settings(tmp_path: Path, database_url: str | None = None, **extra: Any) 
 
 
 @contextlib.contextmanager
-def serving(settings: AuditSettings, *, log_level: str = "warning") -> Iterator[str]:
-    """The real app on a free loopback port (for the CLI and other HTTP clients); yields
-    its base URL and stops it on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level=log_level)
-    )
+def running(app: ASGIApp, *, port: int | None = None, **config: Any) -> Iterator[str]:
+    """`app` under uvicorn on loopback (a free port unless given), in a thread; yields its
+    base URL and stops it on exit. `config`: more uvicorn.Config options."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    config.setdefault("log_level", "warning")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive(), "the service did not start"
-        assert time.monotonic() < deadline, "the service did not start in 30 s"
-        time.sleep(0.05)
+        assert thread.is_alive(), "the server did not start"
+        assert time.monotonic() < deadline, "the server did not start in 30 s"
+        time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(settings: AuditSettings, *, log_level: str = "warning") -> Iterator[str]:
+    """The real app on a free loopback port (for the CLI and other HTTP clients); yields
+    its base URL and stops it on exit."""
+    with running(create_app(settings), log_level=log_level) as url:
+        yield url
 
 
 def schemathesis(schema_url: str, config: Path, *headers: str) -> subprocess.CompletedProcess[str]:

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from audit.app import create_app
@@ -28,7 +24,7 @@ from dashboards.state import (
     TtlCache,
     console_state,
 )
-from tests.apptools import app_settings, jwt_token
+from tests.apptools import app_settings, jwt_token, running
 from tests.dashboards.conftest import ConsoleFactory, seed, sign_in
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -169,31 +165,10 @@ def test_a_token_too_large_for_a_cookie_is_refused_at_sign_in(tmp_path: Path) ->
 def served(settings: AuditSettings, forwarded_allow_ips: str) -> Iterator[str]:
     """The app under uvicorn as `ffaudit serve` runs it (proxy headers on), trusting
     X-Forwarded-* from `forwarded_allow_ips` only."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            proxy_headers=True,
-            forwarded_allow_ips=forwarded_allow_ips,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the service did not start"
-        assert time.monotonic() < deadline, "the service did not start in 30 s"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running(
+        create_app(settings), proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips
+    ) as url:
+        yield url
 
 
 def sign_in_through(base: str, headers: dict[str, str]) -> httpx.Response:

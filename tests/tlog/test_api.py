@@ -4,9 +4,6 @@ tenant-scoped and role-checked like every read."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +18,7 @@ from audit.integrity.merkle import leaf_hash
 from audit.settings import AuditSettings
 from tests.apptools import app_settings, bearer, jwt_token, serving
 from tests.ingest.conftest import make_records
-
-
-def ffaudit(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FFAUDIT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "audit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**clean, **env},
-    )
+from tests.query.test_verify_cli import ffaudit
 
 
 def ingest(url: str, stream: str, n: int, tenant: str = "acme") -> list[dict[str, Any]]:

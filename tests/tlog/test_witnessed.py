@@ -5,7 +5,6 @@ witness that is down delays cosigning but never ingest."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,16 +12,15 @@ from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 
 from audit.db.session import upgrade
 from audit.integrity.keys import Signer, keygen
 from audit.integrity.notes import CosignatureSigner, parse_note, vkey_for
 from audit.witness.app import create_app as create_witness
 from audit.witness.settings import WitnessSettings
-from tests.apptools import app_settings, bearer, jwt_token, serving
+from tests.apptools import app_settings, bearer, jwt_token, running, serving
 from tests.ingest.conftest import make_records
-from tests.tlog.test_api import ffaudit
+from tests.query.test_verify_cli import ffaudit
 from tests.witness.conftest import free_port
 
 ORIGIN = "ffaudit/acme/cam-1"
@@ -47,22 +45,9 @@ def witness(tmp_path: Path, name: str, *log_vkeys: str) -> tuple[WitnessSettings
 
 @contextlib.contextmanager
 def witness_on(settings: WitnessSettings, port: int) -> Iterator[str]:
-    """The witness app under uvicorn on `port` (fixed: the policy names its URL)."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_witness(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the witness did not start"
-        assert time.monotonic() < deadline, "the witness did not start in 30 s"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    """The witness app on `port` (fixed: the policy names its URL)."""
+    with running(create_witness(settings), port=port) as url:
+        yield url
 
 
 def signed_size(url: str, *, cosigned: bool) -> int:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.types import ASGIApp
 
@@ -31,6 +28,7 @@ from audit.integrity.notes import (
 from audit.witness.app import create_app
 from audit.witness.schemas import encode_add_checkpoint
 from audit.witness.settings import WitnessSettings
+from tests.apptools import running
 
 ORIGIN = "log.example/audit/acme/cam-1"
 WITNESS_NAME = "witness.example/w1"
@@ -112,22 +110,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(app: ASGIApp) -> Iterator[str]:
     """`app` under uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        assert time.monotonic() < deadline, "the server did not start in 30 s"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running(app, access_log=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
