@@ -40,12 +40,13 @@ _BYTES: dict[int | str, dict[str, Any]] = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     }
 }
+# No pattern in the schema: a path parameter holding "/" defeats schema-driven generators
+# (Schemathesis filtered every example), and parse_tile_path gives the clearer 422.
 TilePath = Annotated[
     str,
     Path(
         max_length=200,
-        pattern=r"^(?:0|[1-9][0-9]{0,1}|entries)/(?:x[0-9]{3}/)*[0-9]{3}(?:\.p/[1-9][0-9]{0,2})?$",
-        description="C2SP tlog-tiles: <L>/<N>[.p/<W>] or entries/<N>[.p/<W>]",
+        description="C2SP tlog-tiles: <L>/<N>[.p/<W>] or entries/<N>[.p/<W>], N as x001/x234/067",
     ),
 ]
 
