@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, func, insert, or_, select, text, update
+from sqlalchemy import Table, func, insert, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from audit.db.base import utcnow
@@ -60,19 +60,20 @@ class TlogRepository:
             by_level: dict[int, list[int]] = {}
             for node in wanted[start : start + _NODE_CHUNK]:
                 by_level.setdefault(node.level, []).append(node.index)
-            # `level = ? AND idx IN (...)` per level: both SQLite and PostgreSQL search the
-            # whole primary key with it, where a row-value IN made SQLite scan every node
-            # of the log (measured: 190 ms per append at 1M leaves).
-            rows = self.session.execute(
+            # One SELECT per level, joined with UNION ALL: each searches the whole primary
+            # key (log_id, level, idx). SQLite answers an OR of the same terms, or a
+            # row-value IN, by scanning every node of the log (measured at 1M leaves:
+            # 190-290 ms per lookup, inside the ingest transaction for appends).
+            per_level = [
                 select(TlogNode.level, TlogNode.index, TlogNode.hash).where(
                     TlogNode.log_id == log_id,
-                    or_(
-                        *(
-                            and_(TlogNode.level == level, TlogNode.index.in_(indexes))
-                            for level, indexes in by_level.items()
-                        )
-                    ),
+                    TlogNode.level == level,
+                    TlogNode.index.in_(indexes),
                 )
+                for level, indexes in by_level.items()
+            ]
+            rows = self.session.execute(
+                per_level[0] if len(per_level) == 1 else union_all(*per_level)
             )
             for level, index, digest in rows:
                 found[NodeId(level, index)] = bytes(digest)
