@@ -100,12 +100,35 @@ def test_a_cluster_does_not_start_beside_a_running_single_node(tmp_path: Path) -
     assert not config.home.exists()  # refused before installing anything
 
 
-def test_a_port_in_use_is_refused_before_installing(tmp_path: Path) -> None:
-    with socket.socket() as taken:
+def _taken_port_after_a_reserved_one() -> tuple[socket.socket, socket.socket]:
+    """A listening socket on port P and a bound, not listening, SO_REUSEADDR socket on P-1.
+
+    The reservation keeps P-1 from any other process (the first node's transport port in the
+    test below: CI once had it in use by a stranger) while the probe, which binds with
+    SO_REUSEADDR as Elasticsearch does, still finds it free: Linux lets two SO_REUSEADDR
+    sockets share a port while neither listens.
+    """
+    for _ in range(50):
+        taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        reserved = socket.socket()
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            reserved.bind(("127.0.0.1", int(taken.getsockname()[1]) - 1))
+        except OSError:
+            taken.close()
+            reserved.close()
+            continue
+        return taken, reserved
+    raise AssertionError("no free port below an ephemeral one in 50 tries")
+
+
+def test_a_port_in_use_is_refused_before_installing(tmp_path: Path) -> None:
+    taken, reserved = _taken_port_after_a_reserved_one()
+    with taken, reserved:
         port = int(taken.getsockname()[1])
-        # The taken port is the second node's transport port.
+        # The taken port is the second node's transport port; the first node's is free.
         config = es.ElasticsearchConfig(
             runtime_dir=tmp_path, port=29260, nodes=2, transport_port=port - 1
         )
