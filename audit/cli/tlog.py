@@ -47,9 +47,12 @@ def load_policy(
             raise UsageError("give --policy FILE, --log-key VKEY or --pubkey SERVICE_PUB")
         return parse_policy("".join(f"log {key.vkey()}\n" for key in logs) + "quorum none\n")
     try:
-        trusted = parse_policy(policy.read_text(encoding="utf-8"))
+        trusted = parse_policy(policy.read_bytes())
     except OSError as exc:
         raise UsageError(f"{policy}: {exc}") from None
+    except NoteError as exc:
+        # A policy that does not parse is a usage error (exit 2), never "not proven" (1).
+        raise UsageError(f"{policy}: not a C2SP tlog-policy: {exc.detail}") from None
     return replace(trusted, logs=(*trusted.logs, *logs)) if logs else trusted
 
 
