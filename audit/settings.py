@@ -67,6 +67,13 @@ class AuditSettings(BaseSettings):
     forward_frame_timeout_s: float = Field(
         default=30.0, gt=0, description="a frame, once begun, must be complete within this"
     )
+    forward_pipeline_depth: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="messages of one connection in the handler at once (1: one at a time); "
+        "held messages count against forward_max_buffered_bytes",
+    )
     forward_max_connections: int = Field(default=1024, ge=1)
     forward_max_connections_per_peer: int = Field(default=64, ge=1, description="per IP")
     forward_max_buffered_bytes: int = Field(
@@ -127,6 +134,13 @@ class AuditSettings(BaseSettings):
         default=86_400.0, gt=0, description="how often each stream is re-verified whole"
     )
     reverify_lease_s: float = Field(default=900.0, gt=0, description="the re-verifier's lease")
+    verify_jobs: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="worker processes that re-verify one large stored stream (POST /v1/verify, "
+        "the re-verifier); 0: the cores, at most 8; 1: in the service's own process",
+    )
     arbitration_max_records: int = Field(
         default=200_000,
         ge=1,

@@ -20,7 +20,7 @@ import os
 import socket
 import ssl
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
@@ -458,8 +458,16 @@ class _Connection:
     writer: asyncio.StreamWriter
     host: str = ""
     task: asyncio.Task[None] = field(init=False)
-    busy: bool = False  # inside the handler or sending its ack: stop() lets it finish
+    # Deliveries not finished (handler running, or its ack waiting for the one before),
+    # oldest first, with the frame bytes each holds: stop() lets them finish.
+    inflight: deque[tuple[asyncio.Task[None], int]] = field(default_factory=deque)
+    reading: bool = False  # waiting for bytes: stop() may cancel it once nothing is in flight
+    failure: BaseException | None = None  # the first failed delivery's: reading stops
     buffered: int = 0  # bytes of an incomplete frame held for this connection
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight)
 
 
 def _host(peername: object) -> str:
@@ -478,8 +486,14 @@ def _address(peername: object) -> str:
 class ForwardServer:
     """TCP (optionally TLS) Forward server plus the UDP heartbeat socket on the same port.
 
-    Each connection is served by one task: frames are handled in order and the handler is
-    awaited before the next frame is read, so calls for one connection never overlap.
+    Each connection is served by one reader task that hands each message to a delivery
+    task and reads on: up to `forward_pipeline_depth` messages of a connection are in the
+    handler at once, so a sender that keeps several chunks in flight (Fluentd and Fluent Bit
+    with acks do) has the next one verified while the last one is being stored. Handler
+    calls start in frame order; acks are written in frame order, each only after its own
+    handler returned and the previous message was acknowledged. After a failed delivery
+    nothing later is acknowledged and the connection is closed: the sender resends what
+    it holds unacknowledged, which ingest recognises as already stored.
     """
 
     def __init__(
@@ -626,6 +640,31 @@ class ForwardServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        try:
+            await self._read_frames(conn, peer, reader, writer)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if conn.failure is None or task is None or task.uncancel():
+                await self._drain(conn)
+                raise
+            # Cancelled by a failed delivery (_delivered) while waiting for bytes: the
+            # failure is reported below, before the connection closes.
+        except BaseException:
+            # Deliveries already handed over finish (and are acknowledged) whatever ended
+            # the reading: their records may be stored already.
+            await self._drain(conn)
+            raise
+        failure = await self._drain(conn)
+        if failure is not None:
+            raise failure
+
+    async def _read_frames(
+        self,
+        conn: _Connection,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         s = self._settings
         unpacker = _unpacker(s.forward_max_frame_bytes, s.forward_max_events_per_message)
         # The unpacker compacts its buffer while it parses, so its own max_buffer_size does
@@ -669,8 +708,8 @@ class ForwardServer:
                     msg = await asyncio.to_thread(_parse_message, frame, *limits)
                 else:
                     msg = _parse_message(frame, *limits)
-                if msg is not None:
-                    await self._deliver(conn, msg, peer, writer)
+                if msg is not None and not await self._dispatch(conn, msg, size, peer, writer):
+                    return
                 if self._stopping:
                     return
             buffered = fed - boundary
@@ -698,6 +737,7 @@ class ForwardServer:
             else:
                 frame_started, timeout = 0.0, s.forward_idle_timeout_s
             try:
+                conn.reading = True
                 async with asyncio.timeout(timeout):
                     data = await reader.read(want)
             except TimeoutError:
@@ -706,6 +746,8 @@ class ForwardServer:
                         "frame_timeout", f"frame not complete in time ({buffered} B)"
                     ) from None
                 raise
+            finally:
+                conn.reading = False
             if not data:
                 if buffered:
                     raise _FrameError("truncated_frame", f"closed with {buffered} bytes pending")
@@ -737,32 +779,89 @@ class ForwardServer:
         username = ping.username if producer is not None else None
         return Peer(peer.address, username, peer.tls, producer)
 
+    async def _dispatch(
+        self,
+        conn: _Connection,
+        msg: _Message,
+        size: int,
+        peer: Peer,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Start the message's delivery once the connection has room for it: fewer than
+        `forward_pipeline_depth` in flight, and its frame's bytes within the server's memory
+        budget (held messages count like incomplete frames; over it, the connection waits
+        for its own deliveries instead of reading on). False: a delivery failed, read no more."""
+        s = self._settings
+        while conn.inflight and (
+            len(conn.inflight) >= s.forward_pipeline_depth
+            or self._buffered + size > s.forward_max_buffered_bytes
+        ):
+            oldest = conn.inflight[0][0]
+            await asyncio.wait([oldest])  # not `await oldest`: cancelling us must not cancel it
+            if oldest.cancelled() or oldest.exception() is not None:
+                return False  # _serve's drain reports it
+        before = conn.inflight[-1][0] if conn.inflight else None
+        task = asyncio.create_task(self._deliver(conn, msg, peer, writer, before))
+        conn.inflight.append((task, size))
+        self._buffered += size
+        task.add_done_callback(lambda done: self._delivered(conn, done))
+        return True
+
+    def _delivered(self, conn: _Connection, task: asyncio.Task[None]) -> None:
+        for i, (held, size) in enumerate(conn.inflight):
+            if held is task:
+                del conn.inflight[i]
+                self._buffered -= size
+                break
+        failure = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if failure is not None:
+            # Stop reading: later frames would only wait behind a message never acknowledged.
+            if conn.failure is None:
+                conn.failure = failure
+                if conn.reading:
+                    conn.task.cancel()
+            elif isinstance(failure, _FrameError):
+                log.warning("forward %s: %s (%s)", conn.host, failure.reason, failure.detail)
+        elif self._stopping and not conn.inflight and conn.reading:
+            conn.task.cancel()
+
+    async def _drain(self, conn: _Connection) -> BaseException | None:
+        """Wait for every delivery in flight; the first failure, for _run to report."""
+        while conn.inflight:
+            await asyncio.wait([conn.inflight[0][0]])
+        return conn.failure
+
     async def _deliver(
-        self, conn: _Connection, msg: _Message, peer: Peer, writer: asyncio.StreamWriter
+        self,
+        conn: _Connection,
+        msg: _Message,
+        peer: Peer,
+        writer: asyncio.StreamWriter,
+        before: asyncio.Task[None] | None,
     ) -> None:
-        conn.busy = True
-        try:
-            if msg.entries:
-                try:
-                    await self._handler(msg.tag, msg.entries, peer)
-                except ForwardRejected as exc:
-                    raise _FrameError("handler_rejected", str(exc)) from None
-                except Exception as exc:
-                    self.stats.handler_failures += 1
-                    log.warning(
-                        "forward %s: handler failed (%s), %d entries not acked",
-                        peer.address,
-                        type(exc).__name__,
-                        len(msg.entries),
-                    )
-                    raise _Abort from None
-                self.stats.messages += 1
-                self.stats.entries += len(msg.entries)
-            if msg.chunk is not None:
-                await self._write(writer, msgpack.packb({"ack": msg.chunk}))
-                self.stats.acks += 1
-        finally:
-            conn.busy = False
+        if msg.entries:
+            try:
+                await self._handler(msg.tag, msg.entries, peer)
+            except ForwardRejected as exc:
+                raise _FrameError("handler_rejected", str(exc)) from None
+            except Exception as exc:
+                self.stats.handler_failures += 1
+                log.warning(
+                    "forward %s: handler failed (%s), %d entries not acked",
+                    peer.address,
+                    type(exc).__name__,
+                    len(msg.entries),
+                )
+                raise _Abort from None
+            self.stats.messages += 1
+            self.stats.entries += len(msg.entries)
+        if before is not None:
+            await asyncio.wait([before])
+            if before.cancelled() or before.exception() is not None:
+                raise _Abort  # acks go out in order: none after a message left unacknowledged
+        if msg.chunk is not None:
+            await self._write(writer, msgpack.packb({"ack": msg.chunk}))
+            self.stats.acks += 1
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)

@@ -38,6 +38,7 @@ from audit.errors import (
 )
 from audit.ingest.planner import Head, Incoming, Plan, PlannedVerdict, Planner, Result
 from audit.ingest.repository import IngestRepository
+from audit.ingest.turns import Turn, Turns
 from audit.integrity import record as f
 from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import record_hash
@@ -126,7 +127,7 @@ class IngestService:
         self.store = store
         self.metrics = metrics or Metrics()
         self._streams = StreamService(sessions)
-        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._turns = Turns()
         self._registrations: dict[tuple[str, str], tuple[str, Verifier]] = {}
         # Quarantined payloads are kept encrypted: they can hold raw PII (an unsealed event
         # sent by mistake carries e-mail addresses and paths in clear).
@@ -152,12 +153,21 @@ class IngestService:
         report = IngestReport()
         # Streams are named per tenant: records are grouped by the tenant they claim.
         by_stream: dict[tuple[str, str], list[Incoming]] = defaultdict(list)
+        malformed: list[tuple[int, object, str]] = []
         for index, obj in enumerate(records):
             checked = check_record(index, obj)
             if isinstance(checked, str):
+                malformed.append((index, obj, checked))
+            else:
+                by_stream[checked.record[f.TENANT], checked.record[f.STREAM]].append(checked)
+        # Each stream's place in line, taken before this call first awaits: calls enter a
+        # stream in the order they arrived however long each one's own awaits take.
+        turns = {key: self._turns.take(key) for key in by_stream}
+        try:
+            for index, obj, problem in malformed:
                 await self._quarantine(
                     [(index, obj)],
-                    checked,
+                    problem,
                     source,
                     peer,
                     stream=None,
@@ -166,15 +176,29 @@ class IngestService:
                     rule=RuleId.MALFORMED_RECORD,
                     producer=producer.name if producer is not None else None,
                 )
-                continue
-            by_stream[checked.record[f.TENANT], checked.record[f.STREAM]].append(checked)
-        await self._authorize(by_stream, source, peer, producer)
-        self.metrics.in_flight.inc()
-        try:
-            for (tenant, stream), items in by_stream.items():
-                await self._ingest_stream(tenant, stream, items, source, peer, producer, report)
+            await self._authorize(by_stream, source, peer, producer)
+            self.metrics.in_flight.inc()
+            try:
+                # Streams are independent: each progresses in its own turn. Every stream
+                # finishes (stored and committed, or failed) before the call reports.
+                outcomes = await asyncio.gather(
+                    *(
+                        self._ingest_stream(
+                            tenant, stream, items, source, peer, producer, report, turns
+                        )
+                        for (tenant, stream), items in by_stream.items()
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                self.metrics.in_flight.dec()
         finally:
-            self.metrics.in_flight.dec()
+            for turn in turns.values():
+                turn.release()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        report.results.sort(key=lambda r: r.index)
         for r in report.results:
             self.metrics.records.labels(r.outcome.value, source).inc()
             for kind in r.failures:
@@ -188,7 +212,8 @@ class IngestService:
         for tenant, stream in streams:
             registration = await self._registration(tenant, stream)
             if registration is not None:
-                await self._commit_stream(stream, registration, [])
+                async with self._turns.take((tenant, stream)):
+                    await self._commit_stream(stream, registration, [])
 
     # -- per stream -----------------------------------------------------------------------
 
@@ -274,6 +299,7 @@ class IngestService:
         peer: str | None,
         producer: ProducerIdentity | None,
         report: IngestReport,
+        turns: dict[tuple[str, str], Turn],
     ) -> None:
         registration = await self._registration(claimed, stream)
         if registration is None:
@@ -293,7 +319,8 @@ class IngestService:
             )
             return
         if items:
-            report.results += await self._commit_stream(stream, registration, items)
+            async with turns[claimed, stream]:
+                report.results += await self._commit_stream(stream, registration, items)
 
     async def _commit_stream(
         self, stream: str, registration: tuple[str, Verifier], items: list[Incoming]
@@ -308,59 +335,59 @@ class IngestService:
         # lost race may judge a record differently (evidence, then placed), but it keeps
         # the one copy under the name it already has.
         written: dict[int, str] = {}
-        async with self._locks[tenant, stream]:
-            for attempt in range(_COMMIT_ATTEMPTS):
-                if attempt:
-                    # Another replica holds this head: give it time to commit.
-                    jitter = random.uniform(0.002, 0.01)  # noqa: S311 (not for secrets)
-                    await asyncio.sleep(jitter * 2 ** min(attempt, 6))
-                for item in items:
-                    item.stored_as = written.get(item.index)
-                head, pending, checkpoints = await asyncio.to_thread(self._load, tenant, stream)
-                loaded = (head.sequence, head.hash)
-                stored = await self._stored_hashes(tenant, stream, head, items)
-                batch = [*adopted.values(), *items]
-                plan = self._plan(
-                    stream, tenant, verifier, replace(head), pending, checkpoints, stored, batch
-                )
-                if plan.needs_region:
-                    region = await self._region(tenant, stream, head)
-                    if region is not None:
-                        plan = self._plan(
-                            stream,
-                            tenant,
-                            verifier,
-                            head,
-                            pending,
-                            checkpoints,
-                            stored,
-                            batch,
-                            region=region,
-                        )
-                plan.loaded_sequence, plan.loaded_hash = loaded
-                if plan.writes:
-                    try:
-                        stored_ids = await self.store.write(plan.writes)
-                    except FFAuditError:
-                        self.metrics.backpressure.set(1)
-                        raise
-                    self.metrics.backpressure.set(0)
-                    clean, foreign = await self._reconcile(
-                        tenant, plan.writes, stored_ids.existing, plan
+        # The caller holds the stream's turn: one call per stream at a time, in order.
+        for attempt in range(_COMMIT_ATTEMPTS):
+            if attempt:
+                # Another replica holds this head: give it time to commit.
+                jitter = random.uniform(0.002, 0.01)  # noqa: S311 (not for secrets)
+                await asyncio.sleep(jitter * 2 ** min(attempt, 6))
+            for item in items:
+                item.stored_as = written.get(item.index)
+            head, pending, checkpoints = await asyncio.to_thread(self._load, tenant, stream)
+            loaded = (head.sequence, head.hash)
+            stored = await self._stored_hashes(tenant, stream, head, items)
+            batch = [*adopted.values(), *items]
+            plan = self._plan(
+                stream, tenant, verifier, replace(head), pending, checkpoints, stored, batch
+            )
+            if plan.needs_region:
+                region = await self._region(tenant, stream, head)
+                if region is not None:
+                    plan = self._plan(
+                        stream,
+                        tenant,
+                        verifier,
+                        head,
+                        pending,
+                        checkpoints,
+                        stored,
+                        batch,
+                        region=region,
                     )
-                    for index, doc in plan.names.items():
-                        if index >= 0 and doc not in foreign:
-                            written.setdefault(index, doc)
-                    if not clean:
-                        adopted.update(foreign)
-                        continue
-                if plan.verdicts:
-                    await self.store.update_verdicts(tenant, [v.update() for v in plan.verdicts])
-                committed = await asyncio.to_thread(self._commit, stream, tenant, plan)
-                if committed:
-                    return [r for r in plan.results if r.index >= 0]
-                log.debug("stream %s: head moved under us (attempt %d)", stream, attempt)
-            raise BusyError(f"stream {stream!r}: the chain head kept moving; retry later")
+            plan.loaded_sequence, plan.loaded_hash = loaded
+            if plan.writes:
+                try:
+                    stored_ids = await self.store.write(plan.writes)
+                except FFAuditError:
+                    self.metrics.backpressure.set(1)
+                    raise
+                self.metrics.backpressure.set(0)
+                clean, foreign = await self._reconcile(
+                    tenant, plan.writes, stored_ids.existing, plan
+                )
+                for index, doc in plan.names.items():
+                    if index >= 0 and doc not in foreign:
+                        written.setdefault(index, doc)
+                if not clean:
+                    adopted.update(foreign)
+                    continue
+            if plan.verdicts:
+                await self.store.update_verdicts(tenant, [v.update() for v in plan.verdicts])
+            committed = await asyncio.to_thread(self._commit, stream, tenant, plan)
+            if committed:
+                return [r for r in plan.results if r.index >= 0]
+            log.debug("stream %s: head moved under us (attempt %d)", stream, attempt)
+        raise BusyError(f"stream {stream!r}: the chain head kept moving; retry later")
 
     def _plan(
         self,

@@ -328,10 +328,12 @@ async def test_handler_rejection_closes_with_logged_reason(
     assert server.stats.acks == 0
 
 
-async def test_calls_are_sequential_per_connection_concurrent_across(
+async def test_calls_overlap_per_connection_and_acks_keep_frame_order(
     make_server: MakeServer,
     connect: Connect,
 ) -> None:
+    """A pipelining sender: its next message is handled while a slow one is still in the
+    handler, but acknowledged only after it; another connection is never held up."""
     release = asyncio.Event()
     order: list[str] = []
 
@@ -347,13 +349,73 @@ async def test_calls_are_sequential_per_connection_concurrent_across(
     b = await connect(server.port)
     await a.send_message("slow", T, rec(0), chunk="a0")
     await a.send_message("after-slow", T, rec(1), chunk="a1")
-    await asyncio.sleep(0.1)
     await b.send_message("other", T, rec(2), chunk="b0")
     assert await b.read_ack() == "b0"  # B is not held up by A's slow handler
-    assert "start after-slow" not in order
+    for _ in range(100):
+        if "end after-slow" in order:
+            break
+        await asyncio.sleep(0.01)
+    assert order.index("start slow") < order.index("end after-slow")
+    assert "end slow" not in order
+    with pytest.raises(TimeoutError):
+        await a.receive(timeout=0.2)  # a1 is handled, but its ack waits for a0's
     release.set()
     assert [await a.read_ack(), await a.read_ack()] == ["a0", "a1"]
-    assert order.index("end slow") < order.index("start after-slow")
+
+
+async def test_pipeline_depth_one_handles_a_connection_one_message_at_a_time(
+    make_server: MakeServer,
+    connect: Connect,
+) -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def gate(tag: str) -> None:
+        order.append(f"start {tag}")
+        if tag == "slow":
+            await release.wait()
+        order.append(f"end {tag}")
+
+    server = await make_server(Sink(gate=gate), forward_pipeline_depth=1)
+    a = await connect(server.port)
+    await a.send_message("slow", T, rec(0), chunk="a0")
+    await a.send_message("after-slow", T, rec(1), chunk="a1")
+    await asyncio.sleep(0.1)
+    assert order == ["start slow"]
+    release.set()
+    assert [await a.read_ack(), await a.read_ack()] == ["a0", "a1"]
+    assert order == ["start slow", "end slow", "start after-slow", "end after-slow"]
+
+
+async def test_a_failed_delivery_leaves_later_messages_unacknowledged(
+    make_server: MakeServer,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sender resends from its oldest unacknowledged chunk: no ack may follow a gap."""
+    release = asyncio.Event()
+
+    async def gate(tag: str) -> None:
+        if tag == "fails":
+            await release.wait()
+            raise RuntimeError("store down")
+
+    sink = Sink(gate=gate)
+    server = await make_server(sink)
+    a = await connect(server.port)
+    await a.send_message("ok", T, rec(0), chunk="a0")
+    assert await a.read_ack() == "a0"
+    await a.send_message("fails", T, rec(1), chunk="a1")
+    await a.send_message("later", T, rec(2), chunk="a2")  # handled, stored by the sink
+    for _ in range(100):
+        if len(sink.entries) == 2:
+            break
+        await asyncio.sleep(0.01)
+    release.set()
+    with pytest.raises(EOFError):
+        await a.receive()  # closed: neither a1 nor a2 acknowledged
+    assert server.stats.acks == 1
+    assert "handler failed (RuntimeError)" in caplog.text
 
 
 # -- handshake --------------------------------------------------------------------------
