@@ -285,7 +285,9 @@ def _build_services(
     servicelog = ServiceLog(settings, sessions, ingest)
     keyrings = TenantKeyrings(settings.keyrings_dir, vault=vault)
     retention = RetentionService(settings, sessions, store, servicelog, keyrings)
-    queries = QueryService(store, keyrings, streams, purged=retention.purged)
+    queries = QueryService(
+        store, keyrings, streams, purged=retention.purged, verify_jobs=settings.verify_jobs
+    )
     secrets = SecretBox.load(settings.service_keys_dir)
     producers = ProducerService(sessions, secrets)
     tlog = TlogService(settings, sessions, servicelog.keys.signer.key)

@@ -7,7 +7,7 @@ so that every worker numbers its lines, and the line numbers inside failure deta
 the sequential pass would. Workers open the file and seek: no record crosses a process
 boundary, only what the join needs.
 
-Per slice. A worker feeds its lines to `_SliceVerifier`, the sequential verifier with the
+Per slice. A worker feeds its lines to `SliceVerifier`, the sequential verifier with the
 same checks; content failures (steps 1-2 of docs/record-spec.md §7) depend on the line
 alone and are final. Placement (steps 3-5) depends on each stream's state when the slice
 starts, which the worker does not know: it guesses that the stream continues cleanly into
@@ -50,6 +50,10 @@ are verified again), until one of the worker's later sync points (one per `strid
 records) matches, or to the end of the slice. That is the honest fallback: exact, serial,
 about a quarter of a full verification per record it covers; a stream that never
 matches (a closed stream that goes on) costs the parent its whole slice.
+
+Stores. audit.query.parallel_verify verifies a stored stream the same way: a worker feeds
+`SliceVerifier.feed_stored` the records of a sequence range, the parent calls `join` with
+each result in order, and the fallback's re-read places records with `RecordLocator`.
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -75,6 +81,7 @@ from audit.integrity.verify import (
     FailureKind,
     StreamReport,
     _Entry,
+    _placement,
     locate,
 )
 
@@ -162,13 +169,13 @@ class _StreamSummary:
 
 
 @dataclass(slots=True)
-class _SliceResult:
+class SliceResult:
     lines: int
     content: list[tuple[int, list[Failure]]]
     streams: dict[_Key, _StreamSummary]
 
 
-class _SliceVerifier(ChainVerifier):
+class SliceVerifier(ChainVerifier):
     """The sequential verifier on one slice, from a guessed state per stream, keeping what
     the join needs. Only the three decisions that read state from before the slice, and
     that the join cannot replay, are deferred to it as markers."""
@@ -182,15 +189,28 @@ class _SliceVerifier(ChainVerifier):
         self._track = _Track()
         self._split = -1  # index in _out where the current line's placement failures start
         self._marks: list[tuple[int, _Lookup | _Flush]] = []  # (index in _out, marker)
+        self._content: list[tuple[int, list[Failure]]] = []
 
-    def run(self, lines: Iterable[tuple[int, bytes]]) -> _SliceResult:
-        content: list[tuple[int, list[Failure]]] = []
+    def run(self, lines: Iterable[tuple[int, bytes]]) -> SliceResult:
+        content = self._content
         feed = self.feed
         for number, line in lines:
             self._split = -1
             found = feed(number, line)
             if found or self._marks:
                 self._collect(number, found, content)
+        return self.result()
+
+    def feed_stored(self, number: int, record: dict[str, Any]) -> None:
+        """Line `number` of the slice is a store's record (`ChainVerifier.feed_record`)."""
+        self._split = -1
+        found = self.feed_record(number, record)
+        if found or self._marks:
+            self._collect(number, found, self._content)
+
+    def result(self) -> SliceResult:
+        """What the join needs, once every line of the slice was fed."""
+        content = self._content
         streams: dict[_Key, _StreamSummary] = {}
         for key, state in self.streams.items():
             track = self._tracks[id(state)]
@@ -199,7 +219,7 @@ class _SliceVerifier(ChainVerifier):
             streams[key] = _StreamSummary(
                 track.head, len(track.head) == state.records, track.syncs, track.items, state, ring
             )
-        return _SliceResult(self.lines, content, streams)
+        return SliceResult(self.lines, content, streams)
 
     def _collect(
         self, number: int, found: list[Failure], content: list[tuple[int, list[Failure]]]
@@ -319,7 +339,7 @@ class ParallelVerifier(ChainVerifier):
         if jobs <= 1 or purged or (executor is None and len(cuts) <= 1):
             yield from self._sequential(names, progress)
             return
-        pool = executor or ProcessPoolExecutor(max_workers=jobs, mp_context=_context())
+        pool = executor or ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context())
         try:
             counts = pool.map(_count_lines, *zip(*cuts, strict=True)) if cuts else []
             slices, first = [], 1
@@ -334,9 +354,7 @@ class ParallelVerifier(ChainVerifier):
             ]
             for piece, future in zip(slices, futures, strict=True):
                 result = future.result()
-                began = time.perf_counter()
-                found = self._join_slice(piece, result)
-                self.join_seconds += time.perf_counter() - began
+                found = [f for _, f in self.join(result, partial(_located, piece))]
                 if progress is not None:
                     progress(piece.end - piece.start)
                 if found:
@@ -366,7 +384,22 @@ class ParallelVerifier(ChainVerifier):
 
     # -- joining ------------------------------------------------------------------------
 
-    def _join_slice(self, piece: _Slice, result: _SliceResult) -> list[Failure]:
+    def join(
+        self, result: SliceResult, reread: Callable[[int], Iterable[tuple[_Key, _Entry]]]
+    ) -> list[tuple[int, Failure]]:
+        """Join the next slice's `result` onto the true state: its failures in the sequential
+        order, each with the line whose feeding made it certain in the sequential pass.
+        `reread(after)`: the slice's records after line `after` as `locate` places them,
+        for the fallback (one stream at least behind at that line)."""
+        began = time.perf_counter()
+        try:
+            return self._join_slice(result, reread)
+        finally:
+            self.join_seconds += time.perf_counter() - began
+
+    def _join_slice(
+        self, result: SliceResult, reread: Callable[[int], Iterable[tuple[_Key, _Entry]]]
+    ) -> list[tuple[int, Failure]]:
         # (line, 0 content / 1 placement, order within the line, failure)
         tagged: list[tuple[int, int, int, Failure]] = []
         for number, found in result.content:
@@ -392,9 +425,9 @@ class ParallelVerifier(ChainVerifier):
                 else:
                     behind[key] = join
         if behind:
-            self._catch_up(piece, behind, tagged)
+            self._catch_up(reread(min(join.after for join in behind.values())), behind, tagged)
         tagged.sort(key=lambda t: (t[0], t[1], t[2]))
-        return [t[3] for t in tagged]
+        return [(t[0], t[3]) for t in tagged]
 
     def _replay(
         self, join: _Join, entry: _Entry, tagged: list[tuple[int, int, int, Failure]]
@@ -472,23 +505,20 @@ class ParallelVerifier(ChainVerifier):
             state.last_checkpoint = final.last_checkpoint
 
     def _catch_up(
-        self, piece: _Slice, behind: dict[_Key, _Join], tagged: list[tuple[int, int, int, Failure]]
+        self,
+        located: Iterable[tuple[_Key, _Entry]],
+        behind: dict[_Key, _Join],
+        tagged: list[tuple[int, int, int, Failure]],
     ) -> None:
-        """The fallback: re-sequence the streams no head sync point matched, from the file,
-        until a later sync point matches or the slice ends."""
-        skip = min(join.after for join in behind.values())
-        for number, line in _read(piece):
-            if number <= skip:
-                continue
-            located = locate(number, line)
-            if located is None:
-                continue
-            join = behind.get(located[0])
-            if join is None or number <= join.after:
+        """The fallback: re-sequence the streams no head sync point matched, from the slice
+        read again, until a later sync point matches or the slice ends."""
+        for key, entry in located:
+            join = behind.get(key)
+            if join is None or entry.line <= join.after:
                 continue
             self.joined["reparsed"] += 1
-            if self._replay(join, located[1], tagged):
-                del behind[located[0]]
+            if self._replay(join, entry, tagged):
+                del behind[key]
                 if not behind:
                     return
         self.joined["unsynced"] += len(behind)
@@ -499,16 +529,51 @@ class ParallelVerifier(ChainVerifier):
 _KEYS: dict[bytes, Verifier] = {}
 
 
-def _verify_slice(
-    piece: _Slice, pem: bytes, strict: bool, window: int, tuning: Tuning
-) -> _SliceResult:
+def verifier_from_pem(pem: bytes) -> Verifier:
+    """The stream key in a worker (a key object does not pickle; its PEM does), parsed
+    once per worker process."""
     key = _KEYS.get(pem)
     if key is None:
         public = serialization.load_pem_public_key(pem)
         assert isinstance(public, Ed25519PublicKey)
         key = _KEYS[pem] = Verifier.from_key(public)
-    verifier = _SliceVerifier(key, strict=strict, window=window, tuning=tuning)
+    return key
+
+
+def _verify_slice(
+    piece: _Slice, pem: bytes, strict: bool, window: int, tuning: Tuning
+) -> SliceResult:
+    verifier = SliceVerifier(verifier_from_pem(pem), strict=strict, window=window, tuning=tuning)
     return verifier.run(_read(piece))
+
+
+def _located(piece: _Slice, after: int) -> Iterator[tuple[_Key, _Entry]]:
+    for number, line in _read(piece):
+        if number > after and (found := locate(number, line)) is not None:
+            yield found
+
+
+class RecordLocator(ChainVerifier):
+    """`locate` for records read from a store: where `feed_record` would place each,
+    checking nothing (its routing, values a canonical round trip changes going through
+    the canonical line, is the verifier's own)."""
+
+    def __init__(self) -> None:
+        # No key: placing a record reads none, and no checkpoint is verified here.
+        super().__init__(cast(Verifier, None))
+        self._found: tuple[_Key, _Entry] | None = None
+
+    def locate(self, number: int, record: dict[str, Any]) -> tuple[_Key, _Entry] | None:
+        self._found = None
+        self.feed_record(number, record)
+        return self._found
+
+    def _check(self, line_no: int, rec: Any, line: bytes | str | None) -> list[Failure]:
+        placed = _placement(rec)
+        if placed is not None:
+            key, seq, stored, prev, cp = placed
+            self._found = key, _Entry(line_no, seq, stored, prev, cp)
+        return []
 
 
 def _read(piece: _Slice) -> Iterator[tuple[int, bytes]]:
@@ -555,7 +620,9 @@ def _plan(names: list[str], size: int) -> list[tuple[str, int, int]]:
     return cuts
 
 
-def _context() -> BaseContext:
+def worker_context(preload: Sequence[str] = ()) -> BaseContext:
+    """How worker processes start; `preload`: modules of the workers' function beside this
+    one, imported once by a forkserver."""
     methods = get_all_start_methods()
     # fork starts workers in milliseconds and does not re-import the caller's main module,
     # but is only safe while this process runs no other thread: a lock another thread holds
@@ -565,6 +632,6 @@ def _context() -> BaseContext:
         return get_context("fork")
     if "forkserver" in methods:
         ctx = get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([__name__, *preload])
         return ctx
     return get_context("spawn")

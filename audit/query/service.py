@@ -10,17 +10,27 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from audit.errors import CanonicalizationError, NotFoundError
 from audit.integrity.canonical import MAX_DEPTH, too_deep
 from audit.integrity.chain import record_hash
+from audit.integrity.keys import Verifier
 from audit.integrity.pseudonym import PiiKind
 from audit.integrity.record import EVENT_HASH, ZERO_HASH
-from audit.integrity.verify import ChainVerifier, Failure, FailureKind, PurgedRange
+from audit.integrity.verify import ChainVerifier, Failure, PurgedRange
 from audit.query.keyrings import TenantKeyrings
+from audit.query.parallel_verify import (
+    PARALLEL_MIN_RECORDS,
+    ChainRun,
+    Names,
+    continue_from,
+    kept_aside,
+    resolve_jobs,
+    verify_parallel,
+)
 from audit.store.protocol import EventStore, StoredEvent, Verdict
 from audit.store.query import EventPage, EventQuery
 from audit.streams.service import StreamService
@@ -90,11 +100,18 @@ class QueryService:
         streams: StreamService,
         *,
         purged: PurgedRanges | None = None,
+        verify_jobs: int = 0,
+        verify_parallel_from: int = PARALLEL_MIN_RECORDS,
     ) -> None:
         self.store = store
         self.keyrings = keyrings
         self.streams = streams
         self.purged = purged
+        # Worker processes that re-verify one large stream (0: the cores, capped).
+        self.verify_jobs = verify_jobs
+        # Streams with fewer chained records are verified in this process.
+        self.verify_parallel_from = verify_parallel_from
+        self._pool_busy = False
 
     def build(self, tenant: str, own_only: str | None, filters: Filters) -> EventQuery:
         """The store query; `own_only`, a subject id, narrows it to that actor's records."""
@@ -200,86 +217,88 @@ class QueryService:
         on_progress: Progress | None = None,
         after: tuple[int, str] | None = None,
         through_head: bool = False,
+        jobs: int | None = None,
     ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
         edits or deletions made inside the store after ingest show up here. `on_progress`
-        gets the records checked so far every PROGRESS_EVERY records (long chains).
+        gets the records checked so far every PROGRESS_EVERY records (long chains; with
+        workers, as each range of the stream is joined).
 
         `after` = (sequence, hash) that an earlier pass verified: only the records after it
         are read, the chain continuing from that hash (incremental re-verification). With
         `through_head`, records after the head as read are left out: those ingest is placing
-        meanwhile, or still holds as pending, are not the accepted chain yet."""
+        meanwhile, or still holds as pending, are not the accepted chain yet. `jobs`:
+        worker processes for a large stream (None: `verify_jobs`); the result is the same
+        (audit.query.parallel_verify)."""
         read = self.streams.read(stream, tenant_id=tenant)
-        verifier = ChainVerifier(self.streams.verifier(tenant, stream), strict=False)
+        key = self.streams.verifier(tenant, stream)
         failures: list[Failure] = []
         ranges: list[PurgedRange] = []
         if self.purged is not None:
             # Retention removed these on purpose; their signed checkpoints stand in for them.
             ranges, failures = await asyncio.to_thread(self.purged.ranges, tenant, stream)
         start = 1
+        seed: tuple[int, str] | None = None
         if after is not None and after[0] > 0:
             if any(r.first <= after[0] < r.last for r in ranges):
                 after = None  # the verified point was purged since: verify it all
             else:
-                # The verified prefix stands in for itself, as a purged range would.
+                # The verified prefix stands in for itself, as a purged range would: the
+                # chain continues from its hash (what jumping that range would leave).
                 ranges = [r for r in ranges if r.first > after[0]]
-                ranges.append(PurgedRange(1, after[0], ZERO_HASH, after[1]))
                 failures = [f for f in failures if (f.sequence or 0) > after[0]]
                 start = after[0] + 1
-        if ranges:
-            verifier.skip_purged(tenant, stream, ranges)
-        count, last_seq, last_hash = 0, 0, None
-        line = 0
-        evidence: list[Failure] = []
-        # The doc id and verdict of each recent line: failures name the record they blame
-        # (a verdict of the chain refers back at most the verifier's window).
-        ids: OrderedDict[int, str] = OrderedDict()
-        verdicts: OrderedDict[str, str] = OrderedDict()
+                if ranges:
+                    ranges.append(PurgedRange(1, after[0], ZERO_HASH, after[1]))
+                else:
+                    seed = after
         end = read.head_sequence if through_head else None
-        async for event in self.store.scan(tenant, stream, start=start, end=end):
-            if event.verdict == Verdict.REJECTED:
-                # Kept aside at ingest, never part of the chain: reported, not fed.
-                evidence.append(
-                    Failure(
-                        FailureKind.INSERTED,
-                        stream,
-                        None,
-                        event.sequence,
-                        f"kept aside at ingest ({event.failure}): not part of the chain",
-                        event.doc_id,
-                    )
+        workers = jobs if jobs is not None else resolve_jobs(self.verify_jobs)
+        run = None
+        # The accepted head tells the size without asking the store: an incremental pass
+        # (the re-verifier's usual one) stays here without a snapshot being taken.
+        if (
+            workers > 1
+            and not ranges
+            and read.head_sequence - start + 1 >= self.verify_parallel_from
+            # One pool per replica at a time: concurrent verifications (a caller repeating
+            # POST /v1/verify) run in this process rather than fan out `workers` each.
+            and not self._pool_busy
+        ):
+            self._pool_busy = True
+            try:
+                run = await verify_parallel(
+                    self.store,
+                    key,
+                    tenant,
+                    stream,
+                    start=start,
+                    end=end,
+                    seed=seed,
+                    jobs=workers,
+                    min_records=self.verify_parallel_from,
+                    on_progress=on_progress,
                 )
-                continue
-            line += 1
-            count += 1
-            ids[line] = event.doc_id
-            verdicts[event.doc_id] = event.verdict
-            if len(verdicts) > 2 * verifier.window:
-                verdicts.popitem(last=False)
-            if len(ids) > 2 * verifier.window:
-                ids.popitem(last=False)
-            # The verifier hashes the record as it is: no canonical line is made to be parsed.
-            failures += _named(verifier.feed_record(line, event.record), ids)
-            last_seq, last_hash = event.sequence, event.event_hash
-            if on_progress is not None and count % PROGRESS_EVERY == 0:
-                await on_progress(count)
-        failures += _named(verifier.finish(), ids)
-        blamed = {
-            f.record_id: verdicts[f.record_id]
-            for f in failures
-            if f.record_id is not None and f.record_id in verdicts
-        }
-        failures += evidence
-        report = verifier.streams.get((tenant, stream))
-        if ranges and report is not None and report.expected - 1 > last_seq:
-            # The stream's tail was purged: the chain ends with its last purged range.
+            finally:
+                self._pool_busy = False
+        if run is None:
+            run = await self._verify_sequential(
+                key, tenant, stream, start, end, ranges, seed, on_progress
+            )
+        failures += run.failures
+        failures += run.evidence
+        last_seq, last_hash = run.last_sequence, run.last_hash
+        report = run.report
+        if (ranges or seed) and report is not None and report.expected - 1 > last_seq:
+            # The stream's tail was purged (or nothing follows the verified prefix): the
+            # chain ends with its last purged range.
             last_seq, last_hash = report.expected - 1, report.head_hash
         matches = last_seq == read.head_sequence and (
             last_hash == read.head_hash or read.head_sequence == 0
         )
         return StreamVerification(
             stream=stream,
-            records=count,
+            records=run.records,
             failures=failures,
             head_sequence=read.head_sequence,
             head_hash=read.head_hash,
@@ -287,9 +306,57 @@ class QueryService:
             stored_last_hash=last_hash,
             signed_through=report.signed_through if report else 0,
             matches_head=matches,
-            evidence=evidence,
-            verdicts={**blamed, **{f.record_id: "rejected" for f in evidence if f.record_id}},
+            evidence=run.evidence,
+            verdicts={
+                **run.blamed,
+                **{f.record_id: "rejected" for f in run.evidence if f.record_id},
+            },
         )
+
+    async def _verify_sequential(
+        self,
+        key: Verifier,
+        tenant: str,
+        stream: str,
+        start: int,
+        end: int | None,
+        ranges: list[PurgedRange],
+        seed: tuple[int, str] | None,
+        on_progress: Progress | None,
+    ) -> ChainRun:
+        """`verify_stream` in this process: every record fed as the scan reads it."""
+        verifier = ChainVerifier(key, strict=False)
+        if seed is not None:
+            continue_from(verifier, tenant, stream, seed)
+        if ranges:
+            verifier.skip_purged(tenant, stream, ranges)
+        run = ChainRun()
+        names = Names(verifier.window)
+        # (doc id, verdict) of each recent line: what a failure may name (Names.reach).
+        recent: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        record = recent.__getitem__
+        line = 0
+        async for event in self.store.scan(tenant, stream, start=start, end=end):
+            if event.verdict == Verdict.REJECTED:
+                # Kept aside at ingest, never part of the chain: reported, not fed.
+                run.evidence.append(kept_aside(stream, event))
+                continue
+            line += 1
+            recent[line] = (event.doc_id, event.verdict)
+            if len(recent) > names.reach:
+                recent.popitem(last=False)
+            # The verifier hashes the record as it is: no canonical line is made to be parsed.
+            found = verifier.feed_record(line, event.record)
+            if found:
+                run.failures += names.name(line, found, record)
+            run.last_sequence, run.last_hash = event.sequence, event.event_hash
+            if on_progress is not None and line % PROGRESS_EVERY == 0:
+                await on_progress(line)
+        run.failures += names.name(line, verifier.finish(), record)
+        run.records = line
+        run.blamed = names.blamed
+        run.report = verifier.streams.get((tenant, stream))
+        return run
 
 
 def _both(candidates: tuple[str, ...] | None, pseudonym: str | None) -> tuple[str, ...]:
@@ -299,13 +366,6 @@ def _both(candidates: tuple[str, ...] | None, pseudonym: str | None) -> tuple[st
     if candidates is None:
         return (pseudonym,)
     return tuple(c for c in candidates if c == pseudonym) or ("-",)
-
-
-def _named(failures: list[Failure], ids: OrderedDict[int, str]) -> list[Failure]:
-    return [
-        replace(f, record_id=ids.get(f.line)) if f.line is not None and f.line in ids else f
-        for f in failures
-    ]
 
 
 UNRENDERABLE = "ffaudit.unrenderable"

@@ -40,6 +40,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -69,11 +70,15 @@ from audit.store.fields import (
 )
 from audit.store.fields import INGEST as INGEST  # re-exported: the annotations' prefix
 from audit.store.protocol import (
+    SequenceRange,
     StoredEvent,
+    StreamSnapshot,
+    Verdict,
     VerdictUpdate,
     WriteResult,
     check_interval,
     day_bounds,
+    split_sequences,
 )
 from audit.store.query import (
     ErrorTypeGroup,
@@ -138,6 +143,8 @@ _FILTERS = {name: field.key for name, field in VALUE_FILTERS.items()}
 # StatsBy -> the indexed field `stats` groups on; a date groups by UTC day.
 _STATS_FIELDS = {name: f.key for name, f in BY_STATS.items() if f.kind is not Kind.DATE}
 _STATS_PAGE = 1000
+# A point in time lives this long after the last request that named it (each page renews it).
+_PIT_KEEP_ALIVE = "2m"
 # GroupField -> the indexed field `count_by` groups on.
 _GROUP_FIELDS = {name: f.key for name, f in BY_GROUP.items()}
 
@@ -249,6 +256,8 @@ class ElasticEventStore:
         )
         self.prefix = prefix
         self.page_size = page_size
+        self._url = url
+        self._request_timeout_s = request_timeout_s
         self.replicas = replicas
         self.retry_budget_s = retry_budget_s
         self.bulk_chunk = bulk_chunk
@@ -529,18 +538,7 @@ class ElasticEventStore:
         if not _TENANT_RE.fullmatch(tenant):
             return
         await self._visible(tenant)
-        bounds: dict[str, int] = {"gte": start}
-        if end is not None:
-            bounds["lte"] = end
-        query = {
-            "bool": {
-                "filter": [
-                    _term(_TENANT, tenant),
-                    _term(_STREAM, stream),
-                    {"range": {_SEQUENCE: bounds}},
-                ]
-            }
-        }
+        query = _stream_scope(tenant, stream, start, end)
         sort = [{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}]
 
         def fetch(after: list[Any] | None) -> asyncio.Task[list[dict[str, Any]]]:
@@ -557,6 +555,129 @@ class ElasticEventStore:
                 hits = await page
                 # The next page is fetched while this one is read: Elasticsearch works on it
                 # while the caller verifies these records.
+                page = fetch(hits[-1]["sort"]) if len(hits) >= self.page_size else None
+                for hit in hits:
+                    index = hit["_index"]
+                    own = owned.get(index)
+                    if own is None:
+                        own = owned[index] = self._owns(tenant, index)
+                    if own:
+                        yield _event(hit["_source"])
+        finally:
+            if page is not None:
+                _discard(page)
+
+    async def snapshot(
+        self, tenant: str, stream: str, start: int = 1, end: int | None = None, *, parts: int
+    ) -> StreamSnapshot:
+        # A point in time, not sliced scroll: a slice of a scroll is a hash of doc ids,
+        # records from anywhere in the chain, where verification needs contiguous runs of
+        # sequences. Every worker pages its own sequence range with search_after in the one
+        # point in time, so all of them, and the counts below, read the same documents.
+        if not _TENANT_RE.fullmatch(tenant):
+            return StreamSnapshot((), None)
+        await self._visible(tenant)
+        opened = await self._retrying(
+            "open point in time",
+            partial(
+                self.client.open_point_in_time,
+                index=self._pattern(tenant),
+                keep_alive=_PIT_KEEP_ALIVE,
+                ignore_unavailable=True,
+            ),
+        )
+        pit: str = opened["id"]
+        snapshot = StreamSnapshot((), None, pit)
+        try:
+            ranges = await self._pit_ranges(pit, tenant, stream, start, end, parts)
+        except BaseException:
+            await self.release(snapshot)
+            raise
+        reader = ElasticSnapshotReader(
+            self._url, self.prefix, self.page_size, self._request_timeout_s, pit, tenant, stream
+        )
+        return StreamSnapshot(tuple(ranges), reader, pit)
+
+    async def _pit_ranges(
+        self, pit: str, tenant: str, stream: str, start: int, end: int | None, parts: int
+    ) -> list[SequenceRange]:
+        scope = _stream_scope(tenant, stream, start, end)
+        span = await self._pit_search(
+            "snapshot span",
+            pit,
+            query=scope,
+            size=0,
+            aggs={"low": {"min": {"field": _SEQUENCE}}, "high": {"max": {"field": _SEQUENCE}}},
+        )
+        # No index of the tenant yet: a point in time over nothing, without aggregations.
+        aggs = span.get("aggregations", {})
+        low, high = (aggs.get(name, {}).get("value") for name in ("low", "high"))
+        if low is None or high is None:
+            return []
+        # Sequences stay below 2**53: exact as the double the aggregation answers.
+        cuts = split_sequences(int(low), int(high), parts)
+        chained = {"bool": {**scope["bool"], "must_not": [_term(_VERDICT, Verdict.REJECTED)]}}
+        counted = await self._pit_search(
+            "snapshot counts",
+            pit,
+            query=chained,
+            size=0,
+            aggs={
+                "parts": {
+                    "range": {
+                        "field": _SEQUENCE,
+                        "ranges": [{"from": first, "to": last + 1} for first, last in cuts],
+                    }
+                }
+            },
+        )
+        buckets = counted["aggregations"]["parts"]["buckets"]
+        return [
+            SequenceRange(first, last, int(bucket["doc_count"]))
+            for (first, last), bucket in zip(cuts, buckets, strict=True)
+        ]
+
+    async def release(self, snapshot: StreamSnapshot) -> None:
+        if snapshot.handle is None:
+            return
+        # An expired or unknown point in time answers 404: nothing left to free.
+        with contextlib.suppress(ApiError, *_TRANSIENT):
+            await self.client.options(ignore_status=404).close_point_in_time(id=snapshot.handle)
+
+    async def _pit_search(self, what: str, pit: str, **body: Any) -> dict[str, Any]:
+        response = await self._retrying(
+            what,
+            lambda: self.client.search(
+                pit={"id": pit, "keep_alive": _PIT_KEEP_ALIVE},
+                track_total_hits=False,
+                allow_partial_search_results=False,
+                **body,
+            ),
+        )
+        _whole(response, what)
+        found: dict[str, Any] = response.body
+        return found
+
+    async def scan_snapshot(
+        self, pit: str, tenant: str, stream: str, first: int, last: int
+    ) -> AsyncIterator[StoredEvent]:
+        """`scan` of `first`..`last` in the point in time `pit` (ElasticSnapshotReader)."""
+        query = _stream_scope(tenant, stream, first, last)
+        sort = [{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}]
+
+        def fetch(after: list[Any] | None) -> asyncio.Task[dict[str, Any]]:
+            extra: dict[str, Any] = {} if after is None else {"search_after": after}
+            return asyncio.ensure_future(
+                self._pit_search(
+                    "snapshot scan", pit, query=query, sort=sort, size=self.page_size, **extra
+                )
+            )
+
+        owned: dict[str, bool] = {}
+        page: asyncio.Task[dict[str, Any]] | None = fetch(None)
+        try:
+            while page is not None:
+                hits: list[dict[str, Any]] = (await page)["hits"]["hits"]
                 page = fetch(hits[-1]["sort"]) if len(hits) >= self.page_size else None
                 for hit in hits:
                     index = hit["_index"]
@@ -1045,6 +1166,48 @@ class ElasticEventStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _stream_scope(tenant: str, stream: str, start: int, end: int | None) -> dict[str, Any]:
+    bounds: dict[str, int] = {"gte": start}
+    if end is not None:
+        bounds["lte"] = end
+    return {
+        "bool": {
+            "filter": [
+                _term(_TENANT, tenant),
+                _term(_STREAM, stream),
+                {"range": {_SEQUENCE: bounds}},
+            ]
+        }
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticSnapshotReader:
+    """`SnapshotReader` of the Elasticsearch store: a point in time, read with a client of
+    the reading process's own."""
+
+    url: str
+    prefix: str
+    page_size: int
+    request_timeout_s: float
+    pit: str
+    tenant: str
+    stream: str
+
+    async def scan(self, first: int, last: int) -> AsyncIterator[StoredEvent]:
+        store = ElasticEventStore(
+            self.url,
+            prefix=self.prefix,
+            page_size=self.page_size,
+            request_timeout_s=self.request_timeout_s,
+        )
+        try:
+            async for event in store.scan_snapshot(self.pit, self.tenant, self.stream, first, last):
+                yield event
+        finally:
+            await store.close()
 
 
 def _whole(response: Any, what: str) -> None:

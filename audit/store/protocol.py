@@ -45,6 +45,13 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def split_sequences(low: int, high: int, parts: int) -> list[tuple[int, int]]:
+    """`low`..`high` as at most `parts` contiguous ranges of about equal width: sequences
+    are dense, so equal widths are about equal numbers of records."""
+    width = max(1, -(-(high - low + 1) // max(1, parts)))
+    return [(first, min(high, first + width - 1)) for first in range(low, high + 1, width)]
+
+
 # The widest histogram bucket: a year; a finer one than a second is not asked for.
 MAX_INTERVAL_S = 366 * 86400
 
@@ -89,6 +96,37 @@ class WriteResult:
     existing: tuple[str, ...]  # doc ids that were already stored (left untouched)
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceRange:
+    """Sequences `first`..`last` of one stream, and how many of its records there are in
+    the chain (any verdict but rejected) in the snapshot that counted them."""
+
+    first: int
+    last: int
+    chained: int
+
+
+class SnapshotReader(Protocol):
+    """A handle on one stream's snapshot that pickles: a worker process opens its own
+    client with it and reads ranges of the same snapshot the parent counted."""
+
+    def scan(self, first: int, last: int) -> AsyncIterator[StoredEvent]:
+        """As `EventStore.scan(tenant, stream, first, last)`, in the snapshot."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """`EventStore.snapshot`: contiguous sequence ranges covering the stream's records,
+    ascending; `reader` None where another process cannot read this store (an in-memory
+    database)."""
+
+    ranges: tuple[SequenceRange, ...]
+    reader: SnapshotReader | None
+    # The backend's own handle (an Elasticsearch point in time), for `release`.
+    handle: str | None = None
+
+
 class EventStore(Protocol):
     async def write(self, events: Sequence[StoredEvent]) -> WriteResult:
         """Durable when it returns. Never overwrites: an existing doc_id is left as it is and
@@ -122,6 +160,21 @@ class EventStore(Protocol):
         ...
 
     async def count(self, tenant: str, stream: str | None = None) -> int: ...
+
+    async def snapshot(
+        self, tenant: str, stream: str, start: int = 1, end: int | None = None, *, parts: int
+    ) -> StreamSnapshot:
+        """The records `scan(tenant, stream, start, end)` would read, fixed as they are now
+        where the backend can (Elasticsearch: a point in time; SQL reads committed rows),
+        split into at most `parts` contiguous sequence ranges of about equal width, each
+        with its count of chained records: what parallel verification reads, a range per
+        worker. No ranges when the stream holds none. `release` it when done."""
+        ...
+
+    async def release(self, snapshot: StreamSnapshot) -> None:
+        """Free what `snapshot` holds in the backend (idempotent, never raises for a
+        snapshot that expired)."""
+        ...
 
     async def search(
         self, query: EventQuery, *, limit: int, cursor: str | None = None

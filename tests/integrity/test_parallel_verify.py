@@ -31,7 +31,7 @@ from audit.integrity.canonical import canonicalize
 from audit.integrity.chain import ChainWriter, CheckpointPolicy
 from audit.integrity.contexts import checkpoint_message
 from audit.integrity.keys import Keyring, Signer, Verifier
-from audit.integrity.parallel import ParallelVerifier, Tuning, _context
+from audit.integrity.parallel import ParallelVerifier, Tuning, worker_context
 from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import Sealer
 from audit.integrity.verify import ChainVerifier, Failure, FailureKind, PurgedRange
@@ -64,7 +64,7 @@ BASE = [seal_stream(*spec) for spec in STREAMS]
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Executor]:
-    with ProcessPoolExecutor(max_workers=2, mp_context=_context()) as executor:
+    with ProcessPoolExecutor(max_workers=2, mp_context=worker_context()) as executor:
         yield executor
 
 
