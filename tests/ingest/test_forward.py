@@ -387,6 +387,52 @@ async def test_pipeline_depth_one_handles_a_connection_one_message_at_a_time(
     assert order == ["start slow", "end slow", "start after-slow", "end after-slow"]
 
 
+@pytest.mark.parametrize(
+    ("budget", "padding", "most"),
+    [
+        pytest.param(64 * 1024 * 1024, 0, 4, id="depth"),
+        # Each frame holds ~300 KiB: with the bytes of frames read but not yet whole, at
+        # most three fit in the 1 MiB budget; the depth alone would allow four.
+        pytest.param(1024 * 1024, 300 * 1024, 3, id="memory-budget"),
+    ],
+)
+async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget_allow(
+    make_server: MakeServer, connect: Connect, budget: int, padding: int, most: int
+) -> None:
+    """A sender that never waits for acks cannot make the server hold more of its messages
+    than the pipeline depth, nor more bytes than the server's memory budget."""
+    release = asyncio.Event()
+    inside = 0
+    peak = 0
+
+    async def gate(tag: str) -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await release.wait()
+        inside -= 1
+
+    server = await make_server(
+        Sink(gate=gate),
+        forward_pipeline_depth=4,
+        forward_max_buffered_bytes=budget,
+        forward_max_frame_bytes=512 * 1024,
+    )
+    client = await connect(server.port)
+    try:
+        for i in range(10):
+            await client.send_message("t", T, rec(i, pad="x" * padding), chunk=f"c{i}")
+        await asyncio.sleep(0.3)
+        assert 1 <= peak <= most
+        if padding == 0:
+            assert peak == most  # the depth is what held the rest back
+        assert server._buffered <= budget
+    finally:
+        release.set()
+    assert [await client.read_ack() for _ in range(10)] == [f"c{i}" for i in range(10)]
+    assert peak <= most
+
+
 async def test_a_failed_delivery_leaves_later_messages_unacknowledged(
     make_server: MakeServer,
     connect: Connect,
