@@ -32,7 +32,11 @@ from audit.streams.service import StreamService
 OPEN_MODE_ACTOR = "open-mode"
 
 
-def _replica() -> str:
+def _replica(settings: AuditSettings) -> str:
+    """The replica's own part of its stream names: each replica seals its own chain, so two
+    that shared a name would both extend one stream from their own heads and fork it."""
+    if settings.replica_name is not None:
+        return settings.replica_name
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "replica"
 
 
@@ -57,7 +61,7 @@ class ServiceLog:
         self.keys = KeySet.load(directory)
         self._sealers: dict[str, Sealer] = {}
         self._lock = asyncio.Lock()
-        self._replica = _replica()
+        self._replica = _replica(settings)
 
     def stream_for(self, tenant: str) -> str:
         return f"{self._settings.service_stream}.{tenant}.{self._replica}"

@@ -109,6 +109,12 @@ class AuditSettings(BaseSettings):
         default=Path("var/service-keys"), description="the service's Ed25519 + pseudonym keys"
     )
     service_stream: str = Field(default="ffaudit-service")
+    replica_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9-]{1,40}$",
+        description="this replica's part of its log-of-the-logs stream names (default: the "
+        "host name); replicas that share one would write one chain and fork it",
+    )
     keyrings_dir: Path = Field(
         default=Path("var/keyrings"),
         description="tenants' pseudonym keyrings (queries by raw id; the subject role)",
