@@ -19,7 +19,9 @@ class AuditSettings(BaseSettings):
         default="sqlite:///var/ffaudit.db", description="control database (SQLAlchemy URL)"
     )
     elasticsearch_url: str | None = Field(
-        default=None, description="event store; unset: the embedded SQL store"
+        default=None,
+        description="event store: a URL, or several separated by commas (nodes of one "
+        "cluster: a node that cannot be reached is skipped); unset: the embedded SQL store",
     )
     elasticsearch_index_prefix: str = Field(default="ffaudit-events")
     store_database_url: str | None = Field(

@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
@@ -227,6 +227,17 @@ def index_settings(replicas: int) -> dict[str, Any]:
     }
 
 
+def elasticsearch_hosts(url: str) -> list[str]:
+    """`url`, or several separated by commas (nodes of one cluster), as the client's hosts."""
+    hosts = [part.strip() for part in url.split(",") if part.strip()]
+    if not hosts or not all(h.startswith(("http://", "https://")) for h in hosts):
+        raise UsageError(
+            "elasticsearch_url: one http(s) URL, or several separated by commas "
+            "(nodes of one cluster)"
+        )
+    return hosts
+
+
 class ElasticEventStore:
     """`EventStore` on Elasticsearch 8 (official async client)."""
 
@@ -243,14 +254,19 @@ class ElasticEventStore:
     ) -> None:
         if page_size < 1 or bulk_chunk < 1:
             raise UsageError("page_size and bulk_chunk must be at least 1")
-        # Retries are ours (bounded by retry_budget_s), not the client's.
+        hosts = elasticsearch_hosts(url)
+        # Retries are ours (bounded by retry_budget_s), not the client's, but for one kind:
+        # given several nodes, a request whose node cannot be reached goes to the next one
+        # at once (the client marks the node dead for a while), so losing the node a
+        # replica happened to talk to refuses nothing. Statuses are never retried there.
         # orjson for responses; bulk bodies are serialised by write() itself. The stdlib
         # json serializer cost as much CPU as the rest of ingest together.
         fast = OrjsonSerializer()
         self.client = AsyncElasticsearch(
-            url,
+            hosts,
             request_timeout=request_timeout_s,
-            max_retries=0,
+            max_retries=len(hosts) - 1,
+            retry_on_status=(),
             retry_on_timeout=False,
             serializers={"application/json": fast, "application/vnd.elasticsearch+json": fast},
         )
@@ -547,14 +563,22 @@ class ElasticEventStore:
                 self._search("scan", tenant, query=query, sort=sort, size=self.page_size, **extra)
             )
 
-        # Daily indices: `_owns` once per index name, not per hit.
+        # aclosing: a caller that stops early cancels the prefetch now, not when collected.
+        async with contextlib.aclosing(self._prefetched(tenant, fetch)) as events:
+            async for event in events:
+                yield event
+
+    async def _prefetched(
+        self, tenant: str, fetch: Callable[[list[Any] | None], asyncio.Task[list[dict[str, Any]]]]
+    ) -> AsyncGenerator[StoredEvent, None]:
+        """The tenant's events of search_after pages from `fetch(after)`, each next page
+        fetched while this one is read: Elasticsearch works on it while the caller verifies
+        these records. Daily indices: `_owns` once per index name, not per hit."""
         owned: dict[str, bool] = {}
         page: asyncio.Task[list[dict[str, Any]]] | None = fetch(None)
         try:
             while page is not None:
                 hits = await page
-                # The next page is fetched while this one is read: Elasticsearch works on it
-                # while the caller verifies these records.
                 page = fetch(hits[-1]["sort"]) if len(hits) >= self.page_size else None
                 for hit in hits:
                     index = hit["_index"]
@@ -665,30 +689,20 @@ class ElasticEventStore:
         query = _stream_scope(tenant, stream, first, last)
         sort = [{_SEQUENCE: "asc"}, {_DOC_ID: "asc"}]
 
-        def fetch(after: list[Any] | None) -> asyncio.Task[dict[str, Any]]:
+        async def page(after: list[Any] | None) -> list[dict[str, Any]]:
             extra: dict[str, Any] = {} if after is None else {"search_after": after}
-            return asyncio.ensure_future(
-                self._pit_search(
-                    "snapshot scan", pit, query=query, sort=sort, size=self.page_size, **extra
-                )
+            response = await self._pit_search(
+                "snapshot scan", pit, query=query, sort=sort, size=self.page_size, **extra
             )
+            hits: list[dict[str, Any]] = response["hits"]["hits"]
+            return hits
 
-        owned: dict[str, bool] = {}
-        page: asyncio.Task[dict[str, Any]] | None = fetch(None)
-        try:
-            while page is not None:
-                hits: list[dict[str, Any]] = (await page)["hits"]["hits"]
-                page = fetch(hits[-1]["sort"]) if len(hits) >= self.page_size else None
-                for hit in hits:
-                    index = hit["_index"]
-                    own = owned.get(index)
-                    if own is None:
-                        own = owned[index] = self._owns(tenant, index)
-                    if own:
-                        yield _event(hit["_source"])
-        finally:
-            if page is not None:
-                _discard(page)
+        def fetch(after: list[Any] | None) -> asyncio.Task[list[dict[str, Any]]]:
+            return asyncio.ensure_future(page(after))
+
+        async with contextlib.aclosing(self._prefetched(tenant, fetch)) as events:
+            async for event in events:
+                yield event
 
     async def count(self, tenant: str, stream: str | None = None) -> int:
         if not _TENANT_RE.fullmatch(tenant):

@@ -225,7 +225,8 @@ async def ingest_env(
     prefix: str,
     **store: Any,
 ) -> AsyncIterator[Env]:
-    """The real IngestService on PostgreSQL and the cluster, talking to the node at `url`."""
+    """The real IngestService on PostgreSQL and the cluster, talking to the nodes at `url`
+    (comma-separated, as FFAUDIT_ELASTICSEARCH_URL takes them)."""
     settings = AuditSettings(database_url=database_url, forward_enabled=False)
     engine = make_engine(database_url)
     sessions = session_factory(engine)
@@ -361,6 +362,13 @@ async def one_node_crash(env: Env, victim: int, stream: str) -> None:
     assert all(ready for _, _, ready in health.changes), health.summary()
 
 
+def victim_first(cluster: es.ElasticsearchConfig, victim: int) -> str:
+    """Every node's URL for the store, the one about to be killed first: the store is the
+    client of the node it was talking to when that node dies."""
+    victim_url = cluster.node(victim).url
+    return ",".join([victim_url, *(u for u in cluster.urls if u != victim_url)])
+
+
 def new_prefix() -> str:
     return f"ffaudit-cluster-{uuid.uuid4().hex[:8]}"
 
@@ -372,10 +380,9 @@ async def test_killing_the_node_with_the_primary_loses_no_acknowledged_record(
     async with ingest_env(cluster, fresh_postgres_url, tmp_path, cluster.url, prefix) as probe:
         placed = await prepare_index(probe)
     victim = number(next(name for name, kind in placed.items() if kind == "p"))
-    # The service talks to a node that stays (the store takes one URL: a load balancer's
-    # job in production).
-    survivor = cluster.node(victim % 3 + 1).url
-    async with ingest_env(cluster, fresh_postgres_url, tmp_path, survivor, prefix) as env:
+    async with ingest_env(
+        cluster, fresh_postgres_url, tmp_path, victim_first(cluster, victim), prefix
+    ) as env:
         await one_node_crash(env, victim, "cam-primary")
         # The replica was promoted and a replica is back (on the restarted node, unless it
         # took longer than the delayed allocation's minute: then on the third).
@@ -389,8 +396,9 @@ async def test_killing_the_elected_master_loses_no_acknowledged_record(
     async with ingest_env(cluster, fresh_postgres_url, tmp_path, cluster.url, prefix) as probe:
         await prepare_index(probe)
         victim = await master(probe)
-    survivor = cluster.node(victim % 3 + 1).url
-    async with ingest_env(cluster, fresh_postgres_url, tmp_path, survivor, prefix) as env:
+    async with ingest_env(
+        cluster, fresh_postgres_url, tmp_path, victim_first(cluster, victim), prefix
+    ) as env:
         await one_node_crash(env, victim, "cam-master")
         # Another node was elected; the old master came back as a follower.
         assert await master(env) != victim
