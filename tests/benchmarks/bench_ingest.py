@@ -45,17 +45,22 @@ from tests.ingest.forward_client import ForwardClient, event_time
 TARGET_RATIO = 0.8
 
 
-def elasticsearch_url() -> str:
-    url = os.environ.get("FFAUDIT_TEST_ELASTICSEARCH_URL")
+def dev_server_url(kind: str) -> str:
+    """FFAUDIT_TEST_<KIND>_URL as the tests take it, else `ffaudit dev <kind> up`."""
+    url = os.environ.get(f"FFAUDIT_TEST_{kind.upper()}_URL")
     if url:
         return url
     out = subprocess.run(
-        [sys.executable, "-m", "audit", "dev", "elasticsearch", "up"],
+        [sys.executable, "-m", "audit", "dev", kind, "up"],
         capture_output=True,
         text=True,
         check=True,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def elasticsearch_url() -> str:
+    return dev_server_url("elasticsearch")
 
 
 async def through_service(

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +43,7 @@ from audit.integrity.pseudonym import Pseudonymizer
 from audit.integrity.seal import Sealer
 from tests.apptools import AUD, ISS, SECRET, bearer
 from tests.benchmarks.bench_forward_flood import ffaudit_command, free_port, proc_status
-from tests.benchmarks.bench_ingest import elasticsearch_url
+from tests.benchmarks.bench_ingest import dev_server_url, elasticsearch_url
 from tests.conftest import drop_prefix, postgres_database
 from tests.ingest.forward_client import (
     Credentials,
@@ -76,16 +75,7 @@ class Bearer(httpx.Auth):
 
 
 def postgres_server_url() -> str:
-    url = os.environ.get("FFAUDIT_TEST_POSTGRES_URL")
-    if url:
-        return url
-    out = subprocess.run(
-        [sys.executable, "-m", "audit", "dev", "postgres", "up"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    return dev_server_url("postgres")
 
 
 def _own_host_names() -> bool:

@@ -328,6 +328,26 @@ async def test_handler_rejection_closes_with_logged_reason(
     assert server.stats.acks == 0
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for `condition` (what the server does first), so that a negative check after it
+    cannot pass or fail on a slow machine just because nothing had happened yet."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def slow_gate(order: list[str], release: asyncio.Event) -> Callable[[str], Awaitable[None]]:
+    """A Sink gate noting when each call starts and ends; the "slow" tag waits for `release`."""
+
+    async def gate(tag: str) -> None:
+        order.append(f"start {tag}")
+        if tag == "slow":
+            await release.wait()
+        order.append(f"end {tag}")
+
+    return gate
+
+
 async def test_calls_overlap_per_connection_and_acks_keep_frame_order(
     make_server: MakeServer,
     connect: Connect,
@@ -336,13 +356,7 @@ async def test_calls_overlap_per_connection_and_acks_keep_frame_order(
     handler, but acknowledged only after it; another connection is never held up."""
     release = asyncio.Event()
     order: list[str] = []
-
-    async def gate(tag: str) -> None:
-        order.append(f"start {tag}")
-        if tag == "slow":
-            await release.wait()
-        order.append(f"end {tag}")
-
+    gate = slow_gate(order, release)
     sink = Sink(gate=gate)
     server = await make_server(sink)
     a = await connect(server.port)
@@ -351,10 +365,7 @@ async def test_calls_overlap_per_connection_and_acks_keep_frame_order(
     await a.send_message("after-slow", T, rec(1), chunk="a1")
     await b.send_message("other", T, rec(2), chunk="b0")
     assert await b.read_ack() == "b0"  # B is not held up by A's slow handler
-    for _ in range(100):
-        if "end after-slow" in order:
-            break
-        await asyncio.sleep(0.01)
+    await sink.wait_entries(2)  # b0's and a1's: a1 went through while a0 is still held
     assert order.index("start slow") < order.index("end after-slow")
     assert "end slow" not in order
     with pytest.raises(TimeoutError):
@@ -369,18 +380,13 @@ async def test_pipeline_depth_one_handles_a_connection_one_message_at_a_time(
 ) -> None:
     release = asyncio.Event()
     order: list[str] = []
-
-    async def gate(tag: str) -> None:
-        order.append(f"start {tag}")
-        if tag == "slow":
-            await release.wait()
-        order.append(f"end {tag}")
-
+    gate = slow_gate(order, release)
     server = await make_server(Sink(gate=gate), forward_pipeline_depth=1)
     a = await connect(server.port)
     await a.send_message("slow", T, rec(0), chunk="a0")
     await a.send_message("after-slow", T, rec(1), chunk="a1")
-    await asyncio.sleep(0.1)
+    await until(lambda: bool(order))
+    await asyncio.sleep(0.1)  # time for a second call to start, were it allowed to
     assert order == ["start slow"]
     release.set()
     assert [await a.read_ack(), await a.read_ack()] == ["a0", "a1"]
@@ -422,7 +428,8 @@ async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget
     try:
         for i in range(10):
             await client.send_message("t", T, rec(i, pad="x" * padding), chunk=f"c{i}")
-        await asyncio.sleep(0.3)
+        await until(lambda: peak >= (most if padding == 0 else 1))
+        await asyncio.sleep(0.3)  # time for more calls to start, were they allowed to
         assert 1 <= peak <= most
         if padding == 0:
             assert peak == most  # the depth is what held the rest back
