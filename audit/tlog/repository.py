@@ -6,7 +6,18 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ScalarSelect, Table, and_, func, insert, select, text, union_all, update
+from sqlalchemy import (
+    LargeBinary,
+    ScalarSelect,
+    Table,
+    and_,
+    func,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from audit.db.base import utcnow
@@ -15,6 +26,8 @@ from audit.models.tlog import TlogCheckpoint, TlogLeaf, TlogLog, TlogNode
 
 # Node lookups per statement: a proof needs at most two per tree level (under 130).
 _NODE_CHUNK = 400
+# Bound values per SQLite statement: well under SQLITE_MAX_VARIABLE_NUMBER (32766 since 3.32).
+_SQLITE_VARIABLES = 5000
 
 
 class TlogRepository:
@@ -117,13 +130,51 @@ class TlogRepository:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        if self.session.get_bind().dialect.name == "postgresql":
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
             self._insert_unnest(log.id, leaf_rows, node_rows)
+        elif dialect == "sqlite":
+            self._insert_values(TlogLeaf, leaf_rows)
+            self._insert_values(TlogNode, node_rows)
         else:
-            # SQLite's executemany is a C loop over one prepared statement: the fastest form.
             self.session.execute(insert(cast(Table, TlogLeaf.__table__)), leaf_rows)
             self.session.execute(insert(cast(Table, TlogNode.__table__)), node_rows)
         return True
+
+    def _insert_values(
+        self, model: type[TlogLeaf | TlogNode], rows: list[dict[str, object]]
+    ) -> None:
+        """SQLite: rows as multi-row INSERT ... VALUES statements. An executemany binds each
+        row through SQLAlchemy's type processing and steps once per row, giving up the GIL
+        each time: with ingest's event loop busy beside it, a 500-record commit took 20-27
+        ms of CPU; this form ~3x less (measured)."""
+        if not rows:
+            return
+        table = cast(Table, model.__table__)
+        dialect = self.session.get_bind().dialect
+        columns = list(rows[0])
+        # Values in the column's stored form (UTC datetimes as SQLite text), as SQLAlchemy
+        # would bind them.
+        processors = [table.c[name].type.bind_processor(dialect) for name in columns]
+        per_statement = _SQLITE_VARIABLES // len(columns)
+        # Names from the model and this module's own row keys, never from input.
+        head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "  # noqa: S608
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            # Column by column, each distinct value bound once (a batch's leaves share
+            # their added_at); bytes go to sqlite3 as they are.
+            bound = []
+            for name, processor in zip(columns, processors, strict=True):
+                column = [row[name] for row in chunk]
+                if processor is not None and not isinstance(table.c[name].type, LargeBinary):
+                    done = {value: processor(value) for value in set(column)}
+                    column = [done[value] for value in column]
+                bound.append(column)
+            values = [value for row in zip(*bound, strict=True) for value in row]
+            self.session.connection().exec_driver_sql(
+                head + ", ".join([one] * len(chunk)), tuple(values)
+            )
 
     def _insert_unnest(
         self,
