@@ -29,7 +29,11 @@ from audit.integrity.keys import Signer
 def record_hash(record: Mapping[str, Any]) -> str:
     """event.hash of `record`, whether or not it already carries one."""
     if f.EVENT_HASH in record or f.SIGNATURE in record:
-        record = {k: v for k, v in record.items() if k not in f.UNHASHED}
+        # A C-level copy and two deletions: faster than filtering every key in Python.
+        body = dict(record)
+        for name in f.UNHASHED:
+            body.pop(name, None)
+        record = body
     return sha256_hex(record_body(record))
 
 
