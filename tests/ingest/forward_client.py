@@ -41,6 +41,26 @@ def pack_entries(entries: list[Entry]) -> bytes:
     return b"".join(msgpack.packb([t, r]) for t, r in entries)
 
 
+def packed_forward(
+    tag: str,
+    entries: list[Entry],
+    *,
+    chunk: str | None = None,
+    gzip_parts: int = 0,
+    as_str32: bool = False,
+) -> bytes:
+    """A PackedForward message, or CompressedPackedForward when gzip_parts > 0."""
+    payload = pack_entries(entries)
+    option: dict[str, Any] = {"size": len(entries), "compressed": "text"}
+    if gzip_parts:
+        payload = gzip_members(payload, gzip_parts)
+        option["compressed"] = "gzip"
+    if chunk is not None:
+        option["chunk"] = chunk
+    body = str32(payload) if as_str32 else msgpack.packb(payload)
+    return b"\x93" + msgpack.packb(tag) + body + msgpack.packb(option)
+
+
 def gzip_members(data: bytes, members: int) -> bytes:
     """`data` split into `members` concatenated gzip members, as Fluentd's buffers store it."""
     step = max(1, -(-len(data) // members))
@@ -179,15 +199,9 @@ class ForwardClient:
         as_str32: bool = False,
     ) -> None:
         """PackedForward, or CompressedPackedForward when gzip_parts > 0."""
-        payload = pack_entries(entries)
-        option: dict[str, Any] = {"size": len(entries), "compressed": "text"}
-        if gzip_parts:
-            payload = gzip_members(payload, gzip_parts)
-            option["compressed"] = "gzip"
-        if chunk is not None:
-            option["chunk"] = chunk
-        body = str32(payload) if as_str32 else msgpack.packb(payload)
-        await self.send_raw(b"\x93" + msgpack.packb(tag) + body + msgpack.packb(option))
+        await self.send_raw(
+            packed_forward(tag, entries, chunk=chunk, gzip_parts=gzip_parts, as_str32=as_str32)
+        )
 
     async def read_ack(self, timeout: float = 5.0) -> str:
         reply = await self.receive(timeout)
