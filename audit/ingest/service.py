@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -65,6 +65,24 @@ class _LostRace(Exception):
 
 
 @dataclass(slots=True)
+class _StreamTurn:
+    """A call's place in a stream's two lines, both taken when the call arrived."""
+
+    plan: Turn
+    commit: Turn
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """What a call in its commit turn leaves for the next one to plan on: its planned head
+    when that is the stream's whole state after the commit, else None (wait for the
+    commit). `committed` is True once the commit succeeded as planned."""
+
+    committed: asyncio.Future[bool]
+    head: Head | None = None
+
+
+@dataclass(slots=True)
 class IngestReport:
     results: list[Result] = field(default_factory=list)
     quarantined: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
@@ -85,11 +103,14 @@ def check_record(index: int, obj: object) -> Incoming | str:
     problem = f.shape_error(obj) or f.schema_error(obj)
     if problem is not None:
         return problem
-    if not all(isinstance(k, str) for k in obj):
-        return "object keys must be strings"
     # One C-level search instead of a startswith per key: "\0" cannot occur in a JSON key
-    # that reached us as text, so "\0ffaudit.ingest." matches only at a key's start.
-    if ("\0" + "\0".join(obj)).find("\0" + _RESERVED_PREFIX) >= 0:
+    # that reached us as text, so "\0ffaudit.ingest." matches only at a key's start. The
+    # join also refuses a key that is not a string.
+    try:
+        keys = "\0" + "\0".join(obj)
+    except TypeError:
+        return "object keys must be strings"
+    if keys.find("\0" + _RESERVED_PREFIX) >= 0:
         return f"fields under {_RESERVED_PREFIX}* are reserved for the service"
     try:
         computed = record_hash(obj)
@@ -127,7 +148,11 @@ class IngestService:
         self.store = store
         self.metrics = metrics or Metrics()
         self._streams = StreamService(sessions)
-        self._turns = Turns()
+        # Two turns per stream: planning + writing, then committing. A call plans on the
+        # head its predecessor planned while that one commits (see _Speculation).
+        self._plans = Turns()
+        self._commits = Turns()
+        self._speculation: dict[tuple[str, str], _Speculation] = {}
         self._registrations: dict[tuple[str, str], tuple[str, Verifier]] = {}
         # Quarantined payloads are kept encrypted: they can hold raw PII (an unsealed event
         # sent by mistake carries e-mail addresses and paths in clear).
@@ -162,7 +187,9 @@ class IngestService:
                 by_stream[checked.record[f.TENANT], checked.record[f.STREAM]].append(checked)
         # Each stream's place in line, taken before this call first awaits: calls enter a
         # stream in the order they arrived however long each one's own awaits take.
-        turns = {key: self._turns.take(key) for key in by_stream}
+        turns = {
+            key: _StreamTurn(self._plans.take(key), self._commits.take(key)) for key in by_stream
+        }
         try:
             for index, obj, problem in malformed:
                 await self._quarantine(
@@ -194,15 +221,19 @@ class IngestService:
                 self.metrics.in_flight.dec()
         finally:
             for turn in turns.values():
-                turn.release()
+                turn.plan.release()
+                turn.commit.release()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         report.results.sort(key=lambda r: r.index)
-        for r in report.results:
-            self.metrics.records.labels(r.outcome.value, source).inc()
-            for kind in r.failures:
-                self.metrics.integrity_failures.labels(kind.value).inc()
+        # Counted per outcome, then added: a label lookup per record is measurable here.
+        tally = Counter(r.outcome.value for r in report.results)
+        failures = Counter(kind.value for r in report.results for kind in r.failures)
+        for value, count in tally.items():
+            self.metrics.records.labels(value, source).inc(count)
+        for kind, count in failures.items():
+            self.metrics.integrity_failures.labels(kind).inc(count)
         self.metrics.ack_latency.labels(source).observe(time.perf_counter() - started)
         return report
 
@@ -212,7 +243,8 @@ class IngestService:
         for tenant, stream in streams:
             registration = await self._registration(tenant, stream)
             if registration is not None:
-                async with self._turns.take((tenant, stream)):
+                key = (tenant, stream)
+                async with self._plans.take(key), self._commits.take(key):
                     await self._commit_stream(stream, registration, [])
 
     # -- per stream -----------------------------------------------------------------------
@@ -299,7 +331,7 @@ class IngestService:
         peer: str | None,
         producer: ProducerIdentity | None,
         report: IngestReport,
-        turns: dict[tuple[str, str], Turn],
+        turns: dict[tuple[str, str], _StreamTurn],
     ) -> None:
         registration = await self._registration(claimed, stream)
         if registration is None:
@@ -319,75 +351,183 @@ class IngestService:
             )
             return
         if items:
-            async with turns[claimed, stream]:
-                report.results += await self._commit_stream(stream, registration, items)
+            report.results += await self._pipelined(
+                stream, registration, items, turns[claimed, stream]
+            )
+
+    async def _pipelined(
+        self,
+        stream: str,
+        registration: tuple[str, Verifier],
+        items: list[Incoming],
+        turn: _StreamTurn,
+    ) -> list[Result]:
+        """Plan in the stream's plan turn, write with no turn held, commit in its commit
+        turn: the next call of the stream plans and writes while this one writes and commits.
+
+        The next call plans on this call's planned head only when that head is all the state
+        this commit leaves (no pending records: then no checkpoints are loaded either) and
+        its records all come after it, and commits only once this commit succeeded as
+        planned; else it plans again from the database in its commit turn, keeping the names
+        its records were already written under (as after a race lost to another replica)."""
+        tenant, verifier = registration
+        key = (tenant, stream)
+        adopted: dict[str, Incoming] = {}
+        written: dict[int, str] = {}
+        mine = _Speculation(asyncio.get_running_loop().create_future())
+        try:
+            async with turn.plan:
+                base = self._speculation.get(key)
+                if base is not None and (base.head is None or base.committed.done()):
+                    await asyncio.shield(base.committed)
+                    base = None
+                planned = await self._plan_on(
+                    stream, tenant, verifier, items, adopted, written, base
+                )
+                if planned is None and base is not None:
+                    # The plan needs what the call before is still writing: wait for it.
+                    await asyncio.shield(base.committed)
+                    base = None
+                    planned = await self._plan_on(
+                        stream, tenant, verifier, items, adopted, written, base
+                    )
+                assert planned is not None  # without a base a plan is always made
+                plan, head_only = planned
+                mine.head = replace(plan.head) if head_only else None
+                self._speculation[key] = mine
+            clean = await self._write_planned(tenant, plan, adopted, written)
+            if not clean:
+                mine.head = None
+            async with turn.commit:
+                if (
+                    clean
+                    and (base is None or await asyncio.shield(base.committed))
+                    and await asyncio.to_thread(self._commit, stream, tenant, plan)
+                ):
+                    mine.committed.set_result(True)
+                    return [r for r in plan.results if r.index >= 0]
+                # Not as planned: whoever planned on this head plans again; whoever comes
+                # next waits for what this call does commit.
+                mine.head = None
+                return await self._commit_stream(
+                    stream, registration, items, adopted=adopted, written=written
+                )
+        finally:
+            if not mine.committed.done():
+                mine.committed.set_result(False)
+            if self._speculation.get(key) is mine:
+                del self._speculation[key]
 
     async def _commit_stream(
-        self, stream: str, registration: tuple[str, Verifier], items: list[Incoming]
+        self,
+        stream: str,
+        registration: tuple[str, Verifier],
+        items: list[Incoming],
+        *,
+        adopted: dict[str, Incoming] | None = None,
+        written: dict[int, str] | None = None,
     ) -> list[Result]:
+        """Load, plan, write and commit until the compare-and-set holds. The caller holds
+        both of the stream's turns, or the commit turn after the plan turn."""
         tenant, verifier = registration
         # Records another writer stored under an id we wanted but has not committed (it
         # lost a race or crashed). The store's first writer owns an id, so they are planned
         # as if they had arrived with this batch; otherwise two replicas' leftovers can
         # block each other for ever.
-        adopted: dict[str, Incoming] = {}
+        adopted = {} if adopted is None else adopted
         # Where an earlier attempt of this call stored each record: a plan made after a
         # lost race may judge a record differently (evidence, then placed), but it keeps
         # the one copy under the name it already has.
-        written: dict[int, str] = {}
-        # The caller holds the stream's turn: one call per stream at a time, in order.
+        written = {} if written is None else written
         for attempt in range(_COMMIT_ATTEMPTS):
             if attempt:
                 # Another replica holds this head: give it time to commit.
                 jitter = random.uniform(0.002, 0.01)  # noqa: S311 (not for secrets)
                 await asyncio.sleep(jitter * 2 ** min(attempt, 6))
-            for item in items:
-                item.stored_as = written.get(item.index)
-            head, pending, checkpoints = await asyncio.to_thread(self._load, tenant, stream)
-            loaded = (head.sequence, head.hash)
-            stored = await self._stored_hashes(tenant, stream, head, items)
-            batch = [*adopted.values(), *items]
-            plan = self._plan(
-                stream, tenant, verifier, replace(head), pending, checkpoints, stored, batch
-            )
-            if plan.needs_region:
-                region = await self._region(tenant, stream, head)
-                if region is not None:
-                    plan = self._plan(
-                        stream,
-                        tenant,
-                        verifier,
-                        head,
-                        pending,
-                        checkpoints,
-                        stored,
-                        batch,
-                        region=region,
-                    )
-            plan.loaded_sequence, plan.loaded_hash = loaded
-            if plan.writes:
-                try:
-                    stored_ids = await self.store.write(plan.writes)
-                except FFAuditError:
-                    self.metrics.backpressure.set(1)
-                    raise
-                self.metrics.backpressure.set(0)
-                clean, foreign = await self._reconcile(
-                    tenant, plan.writes, stored_ids.existing, plan
-                )
-                for index, doc in plan.names.items():
-                    if index >= 0 and doc not in foreign:
-                        written.setdefault(index, doc)
-                if not clean:
-                    adopted.update(foreign)
-                    continue
-            if plan.verdicts:
-                await self.store.update_verdicts(tenant, [v.update() for v in plan.verdicts])
-            committed = await asyncio.to_thread(self._commit, stream, tenant, plan)
-            if committed:
+            planned = await self._plan_on(stream, tenant, verifier, items, adopted, written)
+            assert planned is not None  # without a base a plan is always made
+            plan = planned[0]
+            if not await self._write_planned(tenant, plan, adopted, written):
+                continue
+            if await asyncio.to_thread(self._commit, stream, tenant, plan):
                 return [r for r in plan.results if r.index >= 0]
             log.debug("stream %s: head moved under us (attempt %d)", stream, attempt)
         raise BusyError(f"stream {stream!r}: the chain head kept moving; retry later")
+
+    async def _plan_on(
+        self,
+        stream: str,
+        tenant: str,
+        verifier: Verifier,
+        items: list[Incoming],
+        adopted: dict[str, Incoming],
+        written: dict[int, str],
+        base: _Speculation | None = None,
+    ) -> tuple[Plan, bool] | None:
+        """Plan against the database's head, or `base`'s planned one: the plan, and whether
+        its head is all the state its commit leaves. None: the plan would need records the
+        call that made `base` may not have stored yet (a repeat of its sequences, a
+        checkpoint walked back through the store): plan without a base."""
+        for item in items:
+            item.stored_as = written.get(item.index)
+        if base is not None and base.head is not None:
+            head = replace(base.head)
+            if any(item.sequence <= head.sequence for item in items):
+                return None
+            pending: list[PendingRecord] = []
+            checkpoints: dict[int, Checkpoint] = {}
+        else:
+            base = None
+            head, pending, checkpoints = await asyncio.to_thread(self._load, tenant, stream)
+        loaded = (head.sequence, head.hash)
+        stored = await self._stored_hashes(tenant, stream, head, items)
+        batch = [*adopted.values(), *items]
+        plan = self._plan(
+            stream, tenant, verifier, replace(head), pending, checkpoints, stored, batch
+        )
+        if plan.needs_region:
+            if base is not None:
+                return None
+            region = await self._region(tenant, stream, head)
+            if region is not None:
+                plan = self._plan(
+                    stream,
+                    tenant,
+                    verifier,
+                    head,
+                    pending,
+                    checkpoints,
+                    stored,
+                    batch,
+                    region=region,
+                )
+        plan.loaded_sequence, plan.loaded_hash = loaded
+        removed = set(plan.pending_remove)
+        head_only = not plan.pending_add and all(p.id in removed for p in pending)
+        return plan, head_only
+
+    async def _write_planned(
+        self, tenant: str, plan: Plan, adopted: dict[str, Incoming], written: dict[int, str]
+    ) -> bool:
+        """Store the plan's records and verdict changes. False: some ids were held by other
+        records (now in `adopted`): plan again."""
+        if plan.writes:
+            try:
+                stored_ids = await self.store.write(plan.writes)
+            except FFAuditError:
+                self.metrics.backpressure.set(1)
+                raise
+            self.metrics.backpressure.set(0)
+            clean, foreign = await self._reconcile(tenant, plan.writes, stored_ids.existing, plan)
+            for index, doc in plan.names.items():
+                if index >= 0 and doc not in foreign:
+                    written.setdefault(index, doc)
+            if not clean:
+                adopted.update(foreign)
+                return False
+        if plan.verdicts:
+            await self.store.update_verdicts(tenant, [v.update() for v in plan.verdicts])
+        return True
 
     def _plan(
         self,
