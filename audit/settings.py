@@ -42,7 +42,13 @@ class AuditSettings(BaseSettings):
     http_max_connections: int = Field(
         default=1000, ge=1, description="concurrent HTTP connections (more are answered 503)"
     )
-    http_keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive timeout")
+    # Longer than the clients and proxies in front hold an idle connection (httpx 5 s, AWS
+    # ALB and nginx upstreams 60 s): when both sides give up at the same moment, a client
+    # sends into a connection the server is closing and gets no answer (4 of 120 requests at
+    # equal 1 s timeouts). Idle connections still count against http_max_connections.
+    http_keep_alive_s: float = Field(
+        default=75.0, ge=1, description="idle keep-alive timeout (longer than any proxy's)"
+    )
 
     # -- Fluentd forward protocol ingest ---------------------------------------------------
     forward_enabled: bool = True

@@ -18,6 +18,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from audit.app import create_app
+from audit.cli.service import uvicorn_options
 from audit.db.session import upgrade
 from audit.settings import AuditSettings
 
@@ -96,7 +97,7 @@ def running(app: ASGIApp, *, port: int | None = None, **config: Any) -> Iterator
 def serving(settings: AuditSettings, *, log_level: str = "warning") -> Iterator[str]:
     """The real app on a free loopback port (for the CLI and other HTTP clients); yields
     its base URL and stops it on exit."""
-    with running(create_app(settings), log_level=log_level) as url:
+    with running(create_app(settings), log_level=log_level, **uvicorn_options(settings)) as url:
         yield url
 
 

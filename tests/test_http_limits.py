@@ -117,3 +117,20 @@ def test_files_the_service_creates_are_private_whatever_the_umask(tmp_path: Path
             assert mode & 0o022 == 0, (path, oct(mode))  # a public key may be read, not written
         else:
             assert mode & 0o077 == 0, (path, oct(mode))
+
+
+def test_an_idle_connection_outlives_a_clients_keep_alive(tmp_path: Path) -> None:
+    """A client reusing a keep-alive connection just before its own expiry (httpx: 5 s) must
+    find the server still holding it. When both sides expire at the same moment, the client
+    can send into a connection the server is closing and get no answer (the soak's dropped
+    query, "Server disconnected without sending a response")."""
+    with serving(app_settings(tmp_path)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(httpx.Limits().keepalive_expiry or 5.0)  # what httpx's pool would do
+            time.sleep(0.5)  # and the time between its check and the request arriving
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")

@@ -47,6 +47,7 @@ class ServiceThread:
         import uvicorn
 
         from audit.app import create_app
+        from audit.cli.service import uvicorn_options
         from audit.db.session import upgrade
         from audit.settings import AuditSettings
 
@@ -64,7 +65,11 @@ class ServiceThread:
             exports_dir=workdir / "exports",
         )
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.http_port, log_level="warning"
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.http_port,
+            log_level="warning",
+            **uvicorn_options(settings),
         )
         self.settings = settings
         self.server = uvicorn.Server(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,6 +22,16 @@ def _settings_help() -> str:
         about = f" - {field.description}" if field.description else ""
         lines.append(f"  FFAUDIT_{name.upper()} [{default}]{about}")
     return "\n".join(lines)
+
+
+def uvicorn_options(settings: AuditSettings) -> dict[str, Any]:
+    """What `ffaudit serve` hands uvicorn besides the app and its address (tests serve the
+    app with the same options)."""
+    return {
+        "access_log": False,
+        "limit_concurrency": settings.http_max_connections,
+        "timeout_keep_alive": int(settings.http_keep_alive_s),
+    }
 
 
 @click.command(epilog=_settings_help())
@@ -70,9 +81,7 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
         host=bind,
         port=port if port is not None else settings.http_port,
         log_level="info",
-        access_log=False,
-        limit_concurrency=settings.http_max_connections,
-        timeout_keep_alive=int(settings.http_keep_alive_s),
+        **uvicorn_options(settings),
     )
 
 
