@@ -9,6 +9,13 @@ Ordering is what makes acknowledgements honest. For each stream batch:
    alerts. A lost race (another replica moved the head) re-plans from step 1.
 Only after step 4 does the caller acknowledge. A store that refuses writes raises
 StoreUnavailableError: nothing is acknowledged and the producer keeps its records.
+
+Calls of one stream overlap without changing that order: steps 1-2 run in the stream's plan
+turn, step 3 with no turn held, step 4 in its commit turn (both turns taken in arrival order
+before the call's first await). The next call plans on its predecessor's planned head while
+that one writes, so consecutive writes overlap; it commits only after the predecessor
+committed as planned and its own write was clean, and otherwise plans again from the
+database in its commit turn, as after a lost race.
 """
 
 from __future__ import annotations
