@@ -420,6 +420,15 @@ async def soak(args: argparse.Namespace, dep: Deployment, hook: HookReceiver, ho
             (s["rss_mib"] for s in run.samples if s["t"] >= warmup_s), None
         ),
         "rss_last_mib": run.samples[-1]["rss_mib"] if run.samples else None,
+        # RSS keeps the high-water mark of what was in flight (CPython and malloc hand freed
+        # memory back to the system only in part): read a rise together with the backlog.
+        "rss_peak_mib": [
+            max((x["rss_mib"][i] for x in run.samples), default=0.0)
+            for i in range(len(dep.replicas))
+        ],
+        "backlog_max_after_warmup": max(
+            (x["backlog"] for x in run.samples if x["t"] >= warmup_s), default=0
+        ),
         "children_rss_max_mib": [
             max((x["children_rss_mib"][i] for x in run.samples), default=0.0)
             for i in range(len(dep.replicas))
@@ -463,9 +472,10 @@ def _print_summary(r: dict[str, Any]) -> None:
     slopes = ", ".join(f"{s:+.2f}" for s in r["rss_slope_mib_per_min"]) or "too few samples"
     print(
         f"RSS after the {r['warmup_s']:.0f} s warm-up {r['rss_first_after_warmup_mib']} MiB, at "
-        f"the end {r['rss_last_mib']} MiB; slope {slopes} MiB/min "
+        f"the end {r['rss_last_mib']} MiB, peak {r['rss_peak_mib']} MiB; slope {slopes} MiB/min "
         f"(limit {r['max_slope_mib_per_min']}); worker processes' RSS at most "
-        f"{r['children_rss_max_mib']} MiB"
+        f"{r['children_rss_max_mib']} MiB; backlog after the warm-up at most "
+        f"{r['backlog_max_after_warmup']:,} records"
     )
     print("result: " + ("; ".join(r["failures"]) if r["failures"] else "passed"))
 
