@@ -90,6 +90,9 @@ class StreamVerification:
     evidence: list[Failure] = field(default_factory=list)
     # The stored verdict of every record a failure names (what ingest already knew of it).
     verdicts: dict[str, str] = field(default_factory=dict)
+    # Worker processes that read and verified it (0: this process): how, not what, so
+    # two verifications of one stream compare equal either way.
+    workers: int = field(default=0, compare=False)
 
 
 class QueryService:
@@ -218,6 +221,7 @@ class QueryService:
         after: tuple[int, str] | None = None,
         through_head: bool = False,
         jobs: int | None = None,
+        parallel_from: int | None = None,
     ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
         edits or deletions made inside the store after ingest show up here. `on_progress`
@@ -229,7 +233,8 @@ class QueryService:
         `through_head`, records after the head as read are left out: those ingest is placing
         meanwhile, or still holds as pending, are not the accepted chain yet. `jobs`:
         worker processes for a large stream (None: `verify_jobs`); the result is the same
-        (audit.query.parallel_verify)."""
+        (audit.query.parallel_verify). `parallel_from`: records from which a stream counts
+        as large (None: `verify_parallel_from`)."""
         read = self.streams.read(stream, tenant_id=tenant)
         key = self.streams.verifier(tenant, stream)
         failures: list[Failure] = []
@@ -254,13 +259,14 @@ class QueryService:
                     seed = after
         end = read.head_sequence if through_head else None
         workers = jobs if jobs is not None else resolve_jobs(self.verify_jobs)
+        large = self.verify_parallel_from if parallel_from is None else parallel_from
         run = None
         # The accepted head tells the size without asking the store: an incremental pass
         # (the re-verifier's usual one) stays here without a snapshot being taken.
         if (
             workers > 1
             and not ranges
-            and read.head_sequence - start + 1 >= self.verify_parallel_from
+            and read.head_sequence - start + 1 >= large
             # One pool per replica at a time: concurrent verifications (a caller repeating
             # POST /v1/verify) run in this process rather than fan out `workers` each.
             and not self._pool_busy
@@ -276,11 +282,12 @@ class QueryService:
                     end=end,
                     seed=seed,
                     jobs=workers,
-                    min_records=self.verify_parallel_from,
+                    min_records=large,
                     on_progress=on_progress,
                 )
             finally:
                 self._pool_busy = False
+        used = workers if run is not None else 0
         if run is None:
             run = await self._verify_sequential(
                 key, tenant, stream, start, end, ranges, seed, on_progress
@@ -311,6 +318,7 @@ class QueryService:
                 **run.blamed,
                 **{f.record_id: "rejected" for f in run.evidence if f.record_id},
             },
+            workers=used,
         )
 
     async def _verify_sequential(

@@ -49,6 +49,13 @@ from audit.settings import AuditSettings
 log = logging.getLogger("audit.reverify")
 LEASE = "reverify"
 _NAMED = 20  # failures an alert lists
+# Records after a stream's mark from which worker processes read and verify them. This job
+# runs on a replica that is also ingesting: in its own process the verification ran on
+# the event loop that ingest needs, and a full pass (the soak: 50 streams of ~16k records)
+# held ingest back until producers' backlog grew and the replica's memory with it. A
+# process start per stream costs nothing that background work has to answer for; small
+# increments stay here, where a page of them is a few milliseconds of the loop.
+OFFLOAD_FROM = 2_000
 
 
 @dataclass(slots=True)
@@ -59,6 +66,7 @@ class ReverifyReport:
     records: int = 0
     tampered: list[str] = field(default_factory=list)  # "tenant/stream"
     failed: int = 0  # streams that could not be read (retried next tick)
+    offloaded: int = 0  # streams verified by worker processes
 
 
 class Reverifier:
@@ -70,8 +78,10 @@ class Reverifier:
         *,
         holder: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        offload_from: int = OFFLOAD_FROM,
     ) -> None:
         self._settings = settings
+        self._offload_from = offload_from
         self._sessions = sessions
         self._queries = queries
         self._clock = clock
@@ -103,7 +113,7 @@ class Reverifier:
             after = None if whole or mark is None else (mark.sequence, mark.hash)
             try:
                 result = await self._queries.verify_stream(
-                    tenant, stream, after=after, through_head=True
+                    tenant, stream, after=after, through_head=True, parallel_from=self._offload_from
                 )
             except FFAuditError as exc:
                 report.failed += 1
@@ -112,6 +122,7 @@ class Reverifier:
             report.streams += 1
             report.full += whole
             report.records += result.records
+            report.offloaded += result.workers > 0
             tampered = await asyncio.to_thread(
                 self._record, tenant, stream, result, whole=whole, now=now
             )

@@ -18,9 +18,9 @@ from audit.store.elastic import ElasticEventStore
 from .conftest import Env, Factory, make_records
 
 
-def reverifier(env: Env, tmp_path: Path) -> Reverifier:
-    queries = QueryService(env.store, TenantKeyrings(tmp_path / "kr"), env.streams)
-    return Reverifier(env.settings, env.service._sessions, queries)
+def reverifier(env: Env, tmp_path: Path, **options: Any) -> Reverifier:
+    queries = QueryService(env.store, TenantKeyrings(tmp_path / "kr"), env.streams, verify_jobs=2)
+    return Reverifier(env.settings, env.service._sessions, queries, **options)
 
 
 def alerts(env: Env) -> list[tuple[str, dict[str, Any]]]:
@@ -63,6 +63,7 @@ async def test_an_edit_inside_the_store_opens_a_critical_alert(
     job = reverifier(env, tmp_path)
     first = await job.tick()
     assert (first.streams, first.full, first.tampered) == (1, 1, [])
+    assert first.offloaded == 0  # 8 records: verified in this process
     [mark] = job.marks("acme")
     assert (mark.verified_through, mark.ok) == (8, True)
     # New records: the next pass reads only those (incremental).
@@ -123,3 +124,34 @@ async def test_records_not_yet_placed_are_not_store_damage(
     await env.service.ingest(records[3:], source="test")
     assert (await job.tick()).tampered == []
     assert job.marks("acme")[0].verified_through == len(records)
+
+
+async def test_a_pass_over_many_records_runs_in_worker_processes_and_finds_the_same_edit(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    # The re-verifier shares its process with ingest: a stream with many records after its
+    # mark is read and verified by worker processes, not on the event loop ingest needs.
+    env = env_factory()
+    env.register()
+    records = make_records(env.signer, 30, close=False)  # checkpoints among them
+    await env.service.ingest(records[:20], source="test")
+    job = reverifier(env, tmp_path, offload_from=10)
+    first = await job.tick()
+    assert (first.full, first.records, first.offloaded, first.tampered) == (1, 20, 1, [])
+    assert job.marks("acme")[0].verified_through == records[19]["event.sequence"]
+    await env.service.ingest(records[20:], source="test")
+    second = await job.tick()  # only those after the mark, still more than 10
+    assert (second.full, second.offloaded, second.tampered) == (0, 1, [])
+    assert second.records == len(records) - 20
+    assert job.marks("acme")[0].verified_through == records[-1]["event.sequence"]
+    edited = f"cam-1:{records[5]['event.sequence']}"
+    await tamper(env, edited, {"event.outcome": "failure"})
+    found = await job.tick(full=True)
+    assert (found.offloaded, found.tampered) == (1, ["acme/cam-1"])
+    [detail] = [d for rule, d in alerts(env) if rule == "store_tampered"]
+    assert (detail["failures"][0]["record_id"], detail["failures"][0]["kind"]) == (
+        edited,
+        "modified",
+    )
+    [mark] = job.marks("acme")
+    assert (mark.ok, mark.verified_through) == (False, records[-1]["event.sequence"])
