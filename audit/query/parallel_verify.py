@@ -44,6 +44,7 @@ bounded there by the cluster's own read rate.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -180,10 +181,12 @@ async def verify_parallel(
     jobs: int,
     min_records: int = PARALLEL_MIN_RECORDS,
     on_progress: Progress | None = None,
+    nice: int = 0,
 ) -> ChainRun | None:
     """The stream verified by `jobs` workers, or None where the sequential pass must run
     (too small, a store no other process opens, a count that changed while read).
-    `seed`: (sequence, hash) the chain continues from (`continue_from`)."""
+    `seed`: (sequence, hash) the chain continues from (`continue_from`). `nice`: added to
+    the workers' scheduling niceness (background work yields the cores to ingest)."""
     snapshot = await store.snapshot(tenant, stream, start, end, parts=jobs * RANGES_PER_JOB)
     try:
         total = sum(r.chained for r in snapshot.ranges)
@@ -193,9 +196,15 @@ async def verify_parallel(
         for r in snapshot.ranges:
             ranges.append(_Range(snapshot.reader, stream, r.first, r.last, line, r.chained))
             line += r.chained
-        return await _run(ranges, key, tenant, stream, seed, jobs, on_progress)
+        return await _run(ranges, key, tenant, stream, seed, jobs, on_progress, nice)
     finally:
         await store.release(snapshot)
+
+
+def _lower_priority(nice: int) -> None:
+    """A worker's initializer: `nice` added to its niceness (0: left as it is)."""
+    if nice > 0:
+        os.nice(nice)
 
 
 async def _run(
@@ -206,6 +215,7 @@ async def _run(
     seed: tuple[int, str] | None,
     jobs: int,
     on_progress: Progress | None,
+    nice: int = 0,
 ) -> ChainRun | None:
     joiner = ParallelVerifier(key, strict=False)
     if seed is not None:
@@ -220,7 +230,12 @@ async def _run(
                 return result.doc_ids[line - first], result.verdicts[line - first]
         raise AssertionError(f"line {line} is out of reach")
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context([__name__]))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=worker_context([__name__]),
+        initializer=_lower_priority,
+        initargs=(nice,),
+    )
     loop = asyncio.get_running_loop()
     pem = key.pem()
     futures = [

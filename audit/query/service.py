@@ -222,6 +222,7 @@ class QueryService:
         through_head: bool = False,
         jobs: int | None = None,
         parallel_from: int | None = None,
+        worker_nice: int = 0,
     ) -> StreamVerification:
         """Re-verify what the store holds against the key and the head the service accepted:
         edits or deletions made inside the store after ingest show up here. `on_progress`
@@ -234,7 +235,8 @@ class QueryService:
         meanwhile, or still holds as pending, are not the accepted chain yet. `jobs`:
         worker processes for a large stream (None: `verify_jobs`); the result is the same
         (audit.query.parallel_verify). `parallel_from`: records from which a stream counts
-        as large (None: `verify_parallel_from`)."""
+        as large (None: `verify_parallel_from`); `worker_nice`: the workers' added
+        niceness."""
         read = self.streams.read(stream, tenant_id=tenant)
         key = self.streams.verifier(tenant, stream)
         failures: list[Failure] = []
@@ -284,6 +286,7 @@ class QueryService:
                     jobs=workers,
                     min_records=large,
                     on_progress=on_progress,
+                    nice=worker_nice,
                 )
             finally:
                 self._pool_busy = False
