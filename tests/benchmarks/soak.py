@@ -91,9 +91,12 @@ class HookReceiver:
 
     def __init__(self) -> None:
         self.secret = ""
+        self.rule = ""  # the soak's own alert rule (set_up_alerting)
         self.events: set[str] = set()
         self.requests = 0
         self.bad_signatures = 0
+        self.rules: Counter[str] = Counter()  # alerts delivered, by rule
+        self.others: list[str] = []  # titles of alerts the soak's own rule did not open
         self._lock = threading.Lock()  # uvicorn answers in its own thread
         self.app = Starlette(routes=[Route("/hook", self._receive, methods=["POST"])])
 
@@ -108,6 +111,10 @@ class HookReceiver:
             self.requests += 1
             if good:
                 self.events.add(request.headers.get("x-ffaudit-event-id", ""))
+                alert = orjson.loads(body).get("alert") or {}
+                self.rules[str(alert.get("rule"))] += 1
+                if alert.get("rule") != self.rule:
+                    self.others.append(f"{alert.get('rule')}: {alert.get('title')}")
             else:
                 self.bad_signatures += 1
         return Response(status_code=204)
@@ -227,6 +234,7 @@ def set_up_alerting(dep: Deployment, hook: HookReceiver, hook_url: str) -> str:
         )
         made.raise_for_status()
         rule = str(made.json()["rule"])
+        hook.rule = rule
         webhook = http.post(
             f"{dep.api(1)}/v1/webhooks",
             json={"url": f"{hook_url}/hook", "min_severity": "low", "description": "soak"},
@@ -378,6 +386,9 @@ async def soak(args: argparse.Namespace, dep: Deployment, hook: HookReceiver, ho
         failures.append(f"errors: {errors}")
     if hook.bad_signatures:
         failures.append(f"{hook.bad_signatures} webhook deliveries with a bad signature")
+    if hook.others:
+        # Nothing else should fire: nobody tampers, no record is late or out of order.
+        failures.append(f"alerts the soak did not cause: {hook.others[:5]}")
     if delivered < opened or (opened == 0 and args.duration >= 2 * RULE_WINDOW_S + 30):
         failures.append(f"{opened} alerts opened, {delivered} delivered")
     if steady_rate < KEEP_UP * rate:
@@ -413,6 +424,8 @@ async def soak(args: argparse.Namespace, dep: Deployment, hook: HookReceiver, ho
         "webhook_deliveries": delivered,
         "webhook_requests": hook.requests,
         "webhook_bad_signatures": hook.bad_signatures,
+        "webhook_rules": dict(hook.rules),
+        "other_alerts": hook.others,
         "warmup_s": warmup_s,
         "rss_slope_mib_per_min": slopes,
         "max_slope_mib_per_min": args.max_slope,

@@ -12,7 +12,7 @@ import pytest
 
 from audit.errors import StoreUnavailableError
 from audit.ingest.planner import Plan
-from audit.ingest.service import IngestService
+from audit.ingest.service import IngestReport, IngestService
 from audit.store.protocol import StoredEvent, WriteResult
 
 from .conftest import Env, Factory, make_records
@@ -51,6 +51,20 @@ def watch_writes(env: Env, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     return writes
 
 
+async def two_calls_written(
+    env: Env, records: list[dict[str, Any]], writes: list[list[int]]
+) -> tuple[asyncio.Task[IngestReport], asyncio.Task[IngestReport]]:
+    """Two calls of 20 records each under way, back from once both writes finished (or
+    GATE_S passed: the caller's assertions then say what is missing)."""
+    first = asyncio.create_task(env.service.ingest(records[:20], source="test"))
+    second = asyncio.create_task(env.service.ingest(records[20:], source="test"))
+    for _ in range(int(GATE_S / 0.01)):
+        if len(writes) == 2:
+            break
+        await asyncio.sleep(0.01)
+    return first, second
+
+
 async def test_the_next_call_writes_while_the_one_before_commits(
     env_factory: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,13 +73,8 @@ async def test_the_next_call_writes_while_the_one_before_commits(
     records = make_records(env.signer, 40, every=1000, close=False)
     opened = gate_first_commit(env, monkeypatch)
     writes = watch_writes(env, monkeypatch)
-    first = asyncio.create_task(env.service.ingest(records[:20], source="test"))
-    second = asyncio.create_task(env.service.ingest(records[20:], source="test"))
     # The first commit is held: the second call's records get written all the same.
-    for _ in range(int(GATE_S / 0.01)):
-        if len(writes) == 2:
-            break
-        await asyncio.sleep(0.01)
+    first, second = await two_calls_written(env, records, writes)
     assert sorted(w[0] for w in writes) == [1, 21]
     assert not first.done()  # neither acknowledged yet
     assert not second.done()
@@ -91,12 +100,7 @@ async def test_a_commit_lost_to_another_replica_makes_the_next_call_plan_again(
     records = make_records(a.signer, 40, every=1000, close=False)
     opened = gate_first_commit(a, monkeypatch)
     writes = watch_writes(a, monkeypatch)
-    first = asyncio.create_task(a.service.ingest(records[:20], source="test"))
-    second = asyncio.create_task(a.service.ingest(records[20:], source="test"))
-    for _ in range(int(GATE_S / 0.01)):
-        if len(writes) == 2:
-            break
-        await asyncio.sleep(0.01)
+    first, second = await two_calls_written(a, records, writes)
     assert len(writes) == 2
     other = await b.service.ingest(records[:20], source="test")
     assert set(other.counts()) == {"ok"} or set(other.counts()) == {"duplicate"}
