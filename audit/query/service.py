@@ -238,6 +238,10 @@ class QueryService:
         as large (None: `verify_parallel_from`); `worker_nice`: the workers' added
         niceness."""
         read = self.streams.read(stream, tenant_id=tenant)
+        # The head may cover records another replica wrote a moment ago, which this store
+        # has no reason to have made searchable: without this, a chain read too early
+        # ends before the head, and re-verification raised a false store_tampered (soak).
+        await self.store.refresh(tenant)
         key = self.streams.verifier(tenant, stream)
         failures: list[Failure] = []
         ranges: list[PurgedRange] = []

@@ -1161,7 +1161,11 @@ class ElasticEventStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
+    async def refresh(self, tenant: str | None = None) -> None:
+        if tenant is not None:
+            if _TENANT_RE.fullmatch(tenant):
+                await self._visible(tenant, force=True)
+            return
         dirty, self._dirty = self._dirty, set()
         try:
             await self._refresh(f"{self.prefix}-*")

@@ -254,8 +254,11 @@ class EventStore(Protocol):
         them (audit.store.archive)."""
         ...
 
-    async def refresh(self) -> None:
-        """Make writes visible to search now (Elasticsearch refresh; SQL: nothing to do)."""
+    async def refresh(self, tenant: str | None = None) -> None:
+        """Make writes visible to search now (Elasticsearch refresh; SQL: nothing to do):
+        every tenant's, or `tenant`'s only. Reads see this store's own writes without it;
+        a reader comparing against what other replicas acknowledged (a chain head) needs
+        it."""
         ...
 
     async def ping(self) -> bool: ...

@@ -594,7 +594,7 @@ class SqlEventStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
+    async def refresh(self, tenant: str | None = None) -> None:
         """Nothing to do: a committed row is visible to every later read."""
 
     async def ping(self) -> bool:

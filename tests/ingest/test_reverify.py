@@ -155,3 +155,25 @@ async def test_a_pass_over_many_records_runs_in_worker_processes_and_finds_the_s
     )
     [mark] = job.marks("acme")
     assert (mark.ok, mark.verified_through) == (False, records[-1]["event.sequence"])
+
+
+async def test_a_stream_another_replica_just_wrote_is_not_store_damage(
+    env_factory: Factory, tmp_path: Path
+) -> None:
+    # Replica A writes and commits the head; replica B, which never wrote to this tenant,
+    # re-verifies at once. B's store had nothing of its own to make visible, yet the head it
+    # reads covers A's writes: if B read the store without making them visible (an
+    # Elasticsearch refresh), the chain would end before the head and B would cry tampering.
+    a = env_factory()
+    b = env_factory()
+    a.register()
+    records = make_records(a.signer, 20, close=False)
+    first, rest = records[:12], records[12:]
+    await a.service.ingest(first, source="test")
+    result = await QueryService(b.store, TenantKeyrings(tmp_path / "kr"), b.streams).verify_stream(
+        "acme", "cam-1", through_head=True
+    )
+    assert (result.records, result.matches_head, result.failures) == (len(first), True, [])
+    await a.service.ingest(rest, source="test")
+    assert (await reverifier(b, tmp_path, offload_from=1).tick()).tampered == []
+    assert [r for r, _ in alerts(b) if r == "store_tampered"] == []
