@@ -80,14 +80,16 @@ class AuditSettings(BaseSettings):
         ge=1,
         le=64,
         description="messages of one connection in the handler at once (1: one at a time); "
-        "held messages count against forward_max_buffered_bytes",
+        "messages held count against forward_max_buffered_bytes",
     )
     forward_max_connections: int = Field(default=1024, ge=1)
     forward_max_connections_per_peer: int = Field(default=64, ge=1, description="per IP")
     forward_max_buffered_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=1024 * 1024,
-        description="memory for incomplete frames over all connections",
+        description="memory for frames over all connections: incomplete frames' bytes, and "
+        "decoded messages until acknowledged (charged 4 x frame bytes + 512 B per record); "
+        "past it no connection decodes another frame until memory is released",
     )
 
     # -- quarantine: input that cannot be chained (kept encrypted, as evidence) -------------

@@ -26,6 +26,7 @@ from audit.ingest.forward import (
     ForwardRejected,
     ForwardServer,
     Peer,
+    _charge,
     build_ssl_context,
 )
 from audit.settings import AuditSettings
@@ -397,9 +398,10 @@ async def test_pipeline_depth_one_handles_a_connection_one_message_at_a_time(
     ("budget", "padding", "most"),
     [
         pytest.param(64 * 1024 * 1024, 0, 4, id="depth"),
-        # Each frame holds ~300 KiB: with the bytes of frames read but not yet whole, at
-        # most three fit in the 1 MiB budget; the depth alone would allow four.
-        pytest.param(1024 * 1024, 300 * 1024, 3, id="memory-budget"),
+        # Each frame holds ~300 KiB, charged 1.2 MB decoded (and reserved for before its
+        # decoding, as a frame that large is decoded in a thread): at most three fit in
+        # the 4 MiB budget; the depth alone would allow four.
+        pytest.param(4 * 1024 * 1024, 300 * 1024, 3, id="memory-budget"),
     ],
 )
 async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget_allow(
@@ -433,11 +435,53 @@ async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget
         assert 1 <= peak <= most
         if padding == 0:
             assert peak == most  # the depth is what held the rest back
-        assert server._buffered <= budget
+        assert server._held <= budget
     finally:
         release.set()
     assert [await client.read_ack() for _ in range(10)] == [f"c{i}" for i in range(10)]
     assert peak <= most
+
+
+async def test_many_connections_of_empty_records_hold_no_more_than_the_memory_budget(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """An attacker's many connections each pipeline messages of empty records (7 bytes on
+    the wire, about 190 decoded): however many connections, the records the server holds
+    decoded stay within its memory budget, and once memory is released every message is
+    delivered and acknowledged, none lost."""
+    budget, clients_n, messages = 1024 * 1024, 30, 6
+    release = asyncio.Event()
+    inside = peak = 0
+
+    async def handler(tag: str, entries: list[ForwardEntry], peer: Peer) -> None:
+        nonlocal inside, peak
+        inside += len(entries)
+        peak = max(peak, inside)
+        await release.wait()
+        inside -= len(entries)
+
+    server = await make_server(handler, forward_pipeline_depth=4, forward_max_buffered_bytes=budget)
+    clients = [await connect(server.port) for _ in range(clients_n)]
+    empty: list[tuple[int, dict[str, Any]]] = [(T, {}) for _ in range(MAX_EVENTS)]
+    for n, client in enumerate(clients):
+        for i in range(messages):
+            await client.send_forward("t", empty, chunk=f"c{n}-{i}")
+    charge = _charge(len(msgpack.packb(["t", [[T, {}]] * MAX_EVENTS, {"chunk": "c0-0"}])), 100)
+    try:
+        await until(lambda: server._held + charge > budget)  # the budget is taken
+        await asyncio.sleep(0.3)  # time for more deliveries to start, were they allowed to
+        # Charged by frame bytes these messages were 1/70 of their memory: the depth
+        # alone let 30 x 4 x 100 = 12,000 records into the handler.
+        # Messages decoded and waiting for their connection's depth are charged too.
+        assert MAX_EVENTS <= peak <= (budget // charge + 1) * MAX_EVENTS
+        assert server._held <= budget + charge
+    finally:
+        release.set()
+    for n, client in enumerate(clients):
+        acks = [await client.read_ack() for _ in range(messages)]
+        assert acks == [f"c{n}-{i}" for i in range(messages)]
+    assert server.stats.entries == clients_n * messages * MAX_EVENTS
+    assert server._held == 0
 
 
 async def test_a_failed_delivery_leaves_later_messages_unacknowledged(
@@ -871,7 +915,7 @@ async def test_incomplete_frames_share_one_memory_budget(
     assert any(closed)
     assert not all(closed)
     assert server.stats.rejected_frames["memory_budget"] >= 1
-    assert server._buffered <= budget + 256 * 1024  # one read's worth of slack
+    assert server._held <= budget + 256 * 1024  # one read's worth of slack
 
 
 async def test_before_the_handshake_a_peer_holds_no_more_than_a_ping(
@@ -887,7 +931,7 @@ async def test_before_the_handshake_a_peer_holds_no_more_than_a_ping(
         await stranger.send_raw(head + b"x" * (64 * 1024))
     assert await stranger.closed_by_server()
     assert server.stats.rejected_frames["frame_too_large"] == 1
-    assert server._buffered == 0
+    assert server._held == 0
     # A producer still logs in and delivers.
     client = await connect(server.port, credentials=Credentials(KEY), server_name="ffaudit-test")
     await client.send_message("t", T, rec(0), chunk="c0")
