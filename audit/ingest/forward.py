@@ -857,13 +857,18 @@ class ForwardServer:
         before decoding, in _room). False: a delivery failed, read no more."""
         charge = _charge(size, len(msg.entries))
         self._held += charge
-        while len(conn.inflight) >= self._settings.forward_pipeline_depth:
-            oldest = conn.inflight[0][0]
-            await asyncio.wait([oldest])  # not `await oldest`: cancelling us must not cancel it
-            if oldest.cancelled() or oldest.exception() is not None:
-                self._held -= charge
-                self._release()
-                return False  # _serve's drain reports it
+        try:
+            while len(conn.inflight) >= self._settings.forward_pipeline_depth:
+                oldest = conn.inflight[0][0]
+                await asyncio.wait([oldest])  # not `await oldest`: cancelling us must not
+                if oldest.cancelled() or oldest.exception() is not None:  # cancel it
+                    raise _Abort  # _serve's drain reports the failure
+        except BaseException as exc:
+            self._held -= charge  # never delivered: a charge kept would shrink the budget
+            self._release()
+            if isinstance(exc, _Abort):
+                return False
+            raise
         before = conn.inflight[-1][0] if conn.inflight else None
         task = asyncio.create_task(self._deliver(conn, msg, peer, writer, before))
         conn.inflight.append((task, charge))
