@@ -539,6 +539,7 @@ class ForwardServer:
         # decoded messages until their delivery ends (forward_max_buffered_bytes bounds it).
         self._held = 0
         self._delivering = 0  # deliveries not finished, over all connections
+        self._decoding = 0  # frames being decoded in worker threads, over all connections
         self._released = asyncio.Event()  # set (and replaced) whenever memory is released
         self._stopping = False
         self._port = 0
@@ -720,6 +721,7 @@ class ForwardServer:
                     if not await self._room(conn, reserved):
                         return
                 self._held += reserved
+                self._decoding += bool(reserved)
                 try:
                     try:
                         if reserved:
@@ -747,7 +749,10 @@ class ForwardServer:
                         msg = _parse_message(frame, *limits)
                     del frame
                 finally:
-                    self._held -= reserved
+                    if reserved:  # the message, if any, is charged by _dispatch instead
+                        self._held -= reserved
+                        self._decoding -= 1
+                        self._release()
                 if msg is not None and not await self._dispatch(conn, msg, size, peer, writer):
                     return
                 if self._stopping:
@@ -806,17 +811,17 @@ class ForwardServer:
 
     async def _room(self, conn: _Connection, wanted: int) -> bool:
         """Wait until `wanted` more bytes fit the memory budget: for this connection's own
-        oldest delivery while it has one, else for anyone's to end. With no delivery under
-        way anywhere nothing would free memory sooner, so it goes on (incomplete frames
-        have their own limit). False: stop reading (a delivery failed, or the server stops)."""
+        oldest delivery while it has one, else for anyone's delivery or threaded decode to
+        end (a decode becomes a delivery, which releases its memory in turn). With neither
+        under way anywhere nothing would free memory sooner, so it goes on (incomplete
+        frames have their own limit). False: stop reading (a delivery failed, or the server
+        stops)."""
         budget = self._settings.forward_max_buffered_bytes
         while self._held + wanted > budget:
             if conn.inflight:
-                oldest = conn.inflight[0][0]
-                await asyncio.wait([oldest])  # not `await oldest`: see _dispatch
-                if oldest.cancelled() or oldest.exception() is not None:
+                if not await _oldest_delivered(conn):
                     return False  # _serve's drain reports it
-            elif self._delivering:
+            elif self._delivering or self._decoding:
                 await self._released.wait()
             else:
                 break
@@ -857,24 +862,22 @@ class ForwardServer:
         before decoding, in _room). False: a delivery failed, read no more."""
         charge = _charge(size, len(msg.entries))
         self._held += charge
+        started = False
         try:
             while len(conn.inflight) >= self._settings.forward_pipeline_depth:
-                oldest = conn.inflight[0][0]
-                await asyncio.wait([oldest])  # not `await oldest`: cancelling us must not
-                if oldest.cancelled() or oldest.exception() is not None:  # cancel it
-                    raise _Abort  # _serve's drain reports the failure
-        except BaseException as exc:
-            self._held -= charge  # never delivered: a charge kept would shrink the budget
-            self._release()
-            if isinstance(exc, _Abort):
-                return False
-            raise
-        before = conn.inflight[-1][0] if conn.inflight else None
-        task = asyncio.create_task(self._deliver(conn, msg, peer, writer, before))
-        conn.inflight.append((task, charge))
-        self._delivering += 1
-        task.add_done_callback(lambda done: self._delivered(conn, done))
-        return True
+                if not await _oldest_delivered(conn):
+                    return False  # _serve's drain reports the failure
+            before = conn.inflight[-1][0] if conn.inflight else None
+            task = asyncio.create_task(self._deliver(conn, msg, peer, writer, before))
+            conn.inflight.append((task, charge))
+            self._delivering += 1
+            task.add_done_callback(lambda done: self._delivered(conn, done))
+            started = True
+            return True
+        finally:
+            if not started:  # failed or cancelled: a charge kept would shrink the budget
+                self._held -= charge
+                self._release()
 
     def _delivered(self, conn: _Connection, task: asyncio.Task[None]) -> None:
         for i, (held, charge) in enumerate(conn.inflight):
@@ -899,7 +902,7 @@ class ForwardServer:
     async def _drain(self, conn: _Connection) -> BaseException | None:
         """Wait for every delivery in flight; the first failure, for _run to report."""
         while conn.inflight:
-            await asyncio.wait([conn.inflight[0][0]])
+            await _oldest_delivered(conn)
         return conn.failure
 
     async def _deliver(
@@ -942,6 +945,15 @@ class ForwardServer:
 
 class _Abort(Exception):
     """Close quietly: the reason was logged already."""
+
+
+async def _oldest_delivered(conn: _Connection) -> bool:
+    """Wait for the connection's oldest delivery to end. False: it failed or was cancelled.
+
+    `asyncio.wait`, not `await`: cancelling the waiter must not cancel the delivery."""
+    oldest = conn.inflight[0][0]
+    await asyncio.wait([oldest])
+    return not oldest.cancelled() and oldest.exception() is None
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -484,6 +484,71 @@ async def test_many_connections_of_empty_records_hold_no_more_than_the_memory_bu
     assert server._held == 0
 
 
+async def test_large_frames_decoded_in_threads_at_once_stay_within_the_memory_budget(
+    make_server: MakeServer, connect: Connect
+) -> None:
+    """Frames large enough to be decoded in worker threads, arriving on many connections at
+    once: each reserves its worst case before its thread starts, so the threads together
+    cannot decode more than the budget holds, however many start in the same instant.
+    A connection closed for want of memory resends on a new one, as a client does; every
+    message ends acknowledged."""
+    budget, clients_n, padding = 6 * 1024 * 1024, 8, 300 * 1024
+    release = asyncio.Event()
+    inside = peak = held = 0
+
+    async def gate(tag: str) -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await release.wait()
+        inside -= 1
+
+    server = await make_server(
+        Sink(gate=gate),
+        forward_pipeline_depth=4,
+        forward_max_buffered_bytes=budget,
+        forward_max_frame_bytes=512 * 1024,
+    )
+
+    async def watch() -> None:
+        nonlocal held
+        while True:
+            held = max(held, server._held)
+            await asyncio.sleep(0)
+
+    async def deliver(n: int) -> None:
+        while True:  # until acknowledged, resending on a fresh connection if closed
+            client = await connect(server.port)
+            with contextlib.suppress(ConnectionError):
+                await client.send_message("t", T, rec(n, pad="x" * padding), chunk=f"c{n}")
+            with contextlib.suppress(EOFError, ConnectionError):
+                assert await client.read_ack() == f"c{n}"
+                return
+
+    frame = len(msgpack.packb(["t", T, rec(0, pad="x" * padding), {"chunk": "c0"}]))
+    fits = budget // _charge(frame, 1)  # decoded messages the budget holds
+    watcher = asyncio.create_task(watch())
+    senders = [asyncio.create_task(deliver(n)) for n in range(clients_n)]
+    try:
+        await until(lambda: peak >= 1)
+        await asyncio.sleep(0.5)  # time for more threads to start, were they allowed to
+        assert 1 <= peak <= fits
+        # Besides decoded messages, each connection may hold one read of a frame it has
+        # begun: the budget bounds the rest.
+        assert held <= budget + clients_n * 256 * 1024
+    except BaseException:
+        for task in (*senders, watcher):
+            task.cancel()
+        raise
+    finally:
+        release.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*senders)
+    watcher.cancel()
+    assert peak <= fits
+    await until(lambda: server._held == 0)
+
+
 async def test_a_failed_delivery_leaves_later_messages_unacknowledged(
     make_server: MakeServer,
     connect: Connect,
