@@ -23,6 +23,7 @@ from audit.alerts.routes import router as alerts_router
 from audit.alerts.scheduler import AlertScheduler
 from audit.alerts.service import AlertService
 from audit.auth.tokens import Principal, TokenVerifier
+from audit.common.memory import malloc_trim, trim_periodically
 from audit.common.web import allowed_methods
 from audit.db.session import make_engine, session_factory
 from audit.deps import AppServices
@@ -165,6 +166,11 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
                 loops.append(asyncio.create_task(services.reverifier.run()))
             if services.checkpointer is not None:
                 loops.append(asyncio.create_task(services.checkpointer.run()))
+            trim = malloc_trim() if settings.memory_trim_interval_s > 0 else None
+            if trim is not None:
+                loops.append(
+                    asyncio.create_task(trim_periodically(settings.memory_trim_interval_s, trim))
+                )
             sealed = await asyncio.to_thread(services.webhooks.seal_legacy_secrets)
             if sealed:
                 log.warning("encrypted %d webhook secret(s) that were stored in clear", sealed)

@@ -287,6 +287,14 @@ class AuditSettings(BaseSettings):
         default=60.0, gt=0, description="a claimed attempt's lease (at least the timeout + 5 s)"
     )
 
+    # -- the process ---------------------------------------------------------------------------
+    memory_trim_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="hand memory freed after a burst back to the system (glibc malloc_trim) "
+        "this often; 0: off",
+    )
+
     @property
     def event_store_database_url(self) -> str:
         return self.store_database_url or self.database_url
