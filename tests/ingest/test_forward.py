@@ -70,6 +70,21 @@ class Sink:
                 await asyncio.sleep(0.01)
 
 
+@dataclass
+class HeldGate:
+    """A Sink gate that holds every call until released, counting the most held at once."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    inside: int = 0
+    peak: int = 0
+
+    async def __call__(self, tag: str) -> None:
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+        await self.release.wait()
+        self.inside -= 1
+
+
 MakeServer = Callable[..., Awaitable[ForwardServer]]
 Connect = Callable[..., Awaitable[ForwardClient]]
 
@@ -409,17 +424,7 @@ async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget
 ) -> None:
     """A sender that never waits for acks cannot make the server hold more of its messages
     than the pipeline depth, nor more bytes than the server's memory budget."""
-    release = asyncio.Event()
-    inside = 0
-    peak = 0
-
-    async def gate(tag: str) -> None:
-        nonlocal inside, peak
-        inside += 1
-        peak = max(peak, inside)
-        await release.wait()
-        inside -= 1
-
+    gate = HeldGate()
     server = await make_server(
         Sink(gate=gate),
         forward_pipeline_depth=4,
@@ -430,16 +435,16 @@ async def test_a_connection_holds_no_more_messages_than_its_depth_and_the_budget
     try:
         for i in range(10):
             await client.send_message("t", T, rec(i, pad="x" * padding), chunk=f"c{i}")
-        await until(lambda: peak >= (most if padding == 0 else 1))
+        await until(lambda: gate.peak >= (most if padding == 0 else 1))
         await asyncio.sleep(0.3)  # time for more calls to start, were they allowed to
-        assert 1 <= peak <= most
+        assert 1 <= gate.peak <= most
         if padding == 0:
-            assert peak == most  # the depth is what held the rest back
+            assert gate.peak == most  # the depth is what held the rest back
         assert server._held <= budget
     finally:
-        release.set()
+        gate.release.set()
     assert [await client.read_ack() for _ in range(10)] == [f"c{i}" for i in range(10)]
-    assert peak <= most
+    assert gate.peak <= most
 
 
 async def test_many_connections_of_empty_records_hold_no_more_than_the_memory_budget(
@@ -493,16 +498,7 @@ async def test_large_frames_decoded_in_threads_at_once_stay_within_the_memory_bu
     A connection closed for want of memory resends on a new one, as a client does; every
     message ends acknowledged."""
     budget, clients_n, padding = 6 * 1024 * 1024, 8, 300 * 1024
-    release = asyncio.Event()
-    inside = peak = held = 0
-
-    async def gate(tag: str) -> None:
-        nonlocal inside, peak
-        inside += 1
-        peak = max(peak, inside)
-        await release.wait()
-        inside -= 1
-
+    gate, held = HeldGate(), 0
     server = await make_server(
         Sink(gate=gate),
         forward_pipeline_depth=4,
@@ -530,9 +526,9 @@ async def test_large_frames_decoded_in_threads_at_once_stay_within_the_memory_bu
     watcher = asyncio.create_task(watch())
     senders = [asyncio.create_task(deliver(n)) for n in range(clients_n)]
     try:
-        await until(lambda: peak >= 1)
+        await until(lambda: gate.peak >= 1)
         await asyncio.sleep(0.5)  # time for more threads to start, were they allowed to
-        assert 1 <= peak <= fits
+        assert 1 <= gate.peak <= fits
         # Besides decoded messages, each connection may hold one read of a frame it has
         # begun: the budget bounds the rest.
         assert held <= budget + clients_n * 256 * 1024
@@ -541,11 +537,11 @@ async def test_large_frames_decoded_in_threads_at_once_stay_within_the_memory_bu
             task.cancel()
         raise
     finally:
-        release.set()
+        gate.release.set()
     async with asyncio.timeout(10):
         await asyncio.gather(*senders)
     watcher.cancel()
-    assert peak <= fits
+    assert gate.peak <= fits
     await until(lambda: server._held == 0)
 
 
