@@ -6,10 +6,15 @@ import asyncio
 import os
 import platform
 import threading
+import time
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from audit.app import create_app
 from audit.common.memory import malloc_trim, trim_periodically
+from tests.apptools import app_settings
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 MIB = 1024 * 1024
@@ -56,3 +61,28 @@ async def test_the_trim_loop_runs_off_the_event_loop_and_outlives_a_failure() ->
     finally:
         task.cancel()
     assert threading.get_ident() not in calls  # a worker thread: the loop went on meanwhile
+
+
+def test_the_service_trims_while_it_runs_unless_switched_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[float] = []
+
+    def counting() -> bool:
+        calls.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr("audit.app.malloc_trim", lambda: counting)
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    with TestClient(create_app(app_settings(tmp_path / "on", memory_trim_interval_s=0.05))):
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(calls) >= 2
+    stopped = len(calls)
+    time.sleep(0.2)
+    assert len(calls) == stopped  # the loop ends with the service
+    with TestClient(create_app(app_settings(tmp_path / "off", memory_trim_interval_s=0))):
+        time.sleep(0.2)
+    assert len(calls) == stopped

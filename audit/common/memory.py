@@ -29,7 +29,7 @@ def malloc_trim() -> Trim | None:
     has none (musl, macOS): there is nothing to call, and nothing retained the same way."""
     try:
         trim = ctypes.CDLL(None).malloc_trim  # the symbols the process already has
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
