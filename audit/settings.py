@@ -294,6 +294,12 @@ class AuditSettings(BaseSettings):
         description="hand memory freed after a burst back to the system (glibc malloc_trim) "
         "this often; 0: off",
     )
+    gc_gen0_threshold: int = Field(
+        default=10_000,
+        ge=0,
+        description="allocations between young-generation collections; objects alive at "
+        "startup are frozen out of collections (audit.common.memory); 0: Python's defaults",
+    )
 
     @property
     def event_store_database_url(self) -> str:

@@ -1,19 +1,25 @@
-"""audit.common.memory: freed heap memory goes back to the system."""
+"""audit.common.memory: freed heap memory goes back to the system; the collector stays cheap."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import platform
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from audit.app import create_app
-from audit.common.memory import malloc_trim, trim_periodically
+from audit.cli import service as service_cli
+from audit.common.memory import malloc_trim, trim_periodically, tune_collector
 from tests.apptools import app_settings
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -86,3 +92,53 @@ def test_the_service_trims_while_it_runs_unless_switched_off(
     with TestClient(create_app(app_settings(tmp_path / "off", memory_trim_interval_s=0))):
         time.sleep(0.2)
     assert len(calls) == stopped
+
+
+class _Node:
+    """A container the cyclic collector tracks, which a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The test changes process-wide collector state: put it back."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+    gc.collect()
+
+
+@pytest.mark.usefixtures("collector")
+def test_tuning_collects_garbage_then_freezes_the_live_objects() -> None:
+    garbage, live = _Node(), _Node()
+    gone, kept = weakref.ref(garbage), weakref.ref(live)
+    del garbage  # an unreachable cycle: only the collector frees it
+    tune_collector(12_345)
+    assert gone() is None  # collected before the freeze, not frozen for good
+    assert gc.get_threshold()[0] == 12_345
+    assert gc.get_freeze_count() > 0
+    del live
+    gc.collect()
+    assert kept() is not None  # frozen: full collections no longer walk it
+    gc.unfreeze()
+    gc.collect()
+    assert kept() is None
+
+
+@pytest.mark.parametrize(("threshold", "tuned"), [("10000", [10_000]), ("0", [])])
+def test_serve_tunes_the_collector_once_the_app_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: str, tuned: list[int]
+) -> None:
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(service_cli, "tune_collector", lambda n: calls.append(("tune", n)))
+    monkeypatch.setattr("uvicorn.run", lambda app, **_: calls.append(("run", app)))
+    monkeypatch.setenv("FFAUDIT_DATABASE_URL", f"sqlite:///{tmp_path}/audit.db")
+    monkeypatch.setenv("FFAUDIT_FORWARD_ENABLED", "false")
+    monkeypatch.setenv("FFAUDIT_GC_GEN0_THRESHOLD", threshold)
+    result = CliRunner().invoke(service_cli.serve, ["--no-migrate"])
+    assert result.exit_code == 0, result.output
+    assert [n for what, n in calls if what == "tune"] == tuned
+    assert calls[-1][0] == "run"  # tuned before serving, with the app already built

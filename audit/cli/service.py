@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from audit.cli.client import echo_json
+from audit.common.memory import tune_collector
 from audit.db.session import make_engine, session_factory, upgrade
 from audit.errors import UsageError
 from audit.settings import AuditSettings
@@ -76,8 +77,11 @@ def serve(host: str | None, port: int | None, migrate: bool) -> None:
         upgrade(settings.database_url)
         if settings.elasticsearch_url is None and settings.store_database_url:
             upgrade(settings.store_database_url)
+    app = create_app(settings)
+    if settings.gc_gen0_threshold > 0:
+        tune_collector(settings.gc_gen0_threshold)  # after the imports and the app exist
     uvicorn.run(
-        create_app(settings),
+        app,
         host=bind,
         port=port if port is not None else settings.http_port,
         log_level="info",

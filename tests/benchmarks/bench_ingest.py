@@ -10,6 +10,11 @@ second baseline keeps as many bulks in flight as the sender keeps chunks unackno
 which is what the pipelined service gets from Elasticsearch at best. Also measured:
 send-to-searchable latency (the ack comes after the durable write; search visibility
 follows within the 1 s refresh interval).
+
+The service's collector is tuned as `ffaudit serve` tunes it (audit.common.memory:
+objects alive at startup frozen, a larger first generation), after the producer's records
+are built: in production those live in the producer's process, not in the service's heap.
+`--python-gc` keeps CPython's default collector instead, for comparison.
 Elasticsearch comes from FFAUDIT_TEST_ELASTICSEARCH_URL or `ffaudit dev elasticsearch up`.
 """
 
@@ -33,6 +38,7 @@ import orjson
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
+from audit.common.memory import tune_collector
 from audit.db.session import make_engine, session_factory, upgrade
 from audit.ingest.forward import ForwardServer
 from audit.ingest.service import IngestService
@@ -216,11 +222,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main_async(n: int, batch: int, window: int, as_json: bool) -> None:
+async def main_async(n: int, batch: int, window: int, as_json: bool, python_gc: bool) -> None:
     es_url = elasticsearch_url()
     run = uuid.uuid4().hex[:8]
     signer = Signer.generate()
     records = make_records(signer, n, stream="bench", tenant="bench", every=1000)
+    gc_threshold = AuditSettings.model_fields["gc_gen0_threshold"].default
+    if not python_gc:
+        tune_collector(gc_threshold)
     prefixes: list[str] = []
 
     def fresh() -> str:
@@ -257,6 +266,7 @@ async def main_async(n: int, batch: int, window: int, as_json: bool) -> None:
         "records": len(records),
         "batch": batch,
         "window": window,
+        "collector": "python default" if python_gc else f"serve's (gen0 {gc_threshold}, frozen)",
         "e2e_records_per_s": len(records) / e2e_pipelined,
         "e2e_one_chunk_at_a_time_records_per_s": len(records) / e2e_one,
         "raw_bulk_records_per_s": len(records) / raw,
@@ -271,7 +281,10 @@ async def main_async(n: int, batch: int, window: int, as_json: bool) -> None:
     if as_json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
-    print(f"CPython {result['python']}, {len(records)} records in batches of {batch}")
+    print(
+        f"CPython {result['python']}, {len(records)} records in batches of {batch}, "
+        f"collector: {result['collector']}"
+    )
     print(
         f"end-to-end, {window} chunks in flight (forward+ack -> verify -> ES) "
         f"{result['e2e_records_per_s']:>9,.0f} rec/s"
@@ -310,8 +323,11 @@ def main() -> None:
         "--window", type=int, default=4, help="chunks a sender keeps unacknowledged"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--python-gc", action="store_true", help="CPython's default collector, not serve's"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.records, args.batch, args.window, args.json))
+    asyncio.run(main_async(args.records, args.batch, args.window, args.json, args.python_gc))
 
 
 if __name__ == "__main__":
