@@ -11,14 +11,15 @@ Measured in the soak (12-05, 2 replicas, 2,684 records/s): a trim every 15 s ret
 10-20 MiB at steady load and 20-60 MiB after a backlog, in 1-60 ms a call; after the run
 each replica's RSS was back below its level at the end of the warm-up.
 
-The cyclic garbage collector is the other cost. A full collection walks every tracked
-object, and after imports the service holds ~160k of them (FastAPI, SQLAlchemy, the
-Elasticsearch client) that never become garbage; ingest allocates a dict per record and
-field group, so with CPython's default threshold (700) the walks came every few hundred
-records. Profiled on bench_ingest (12-05), the collector took ~20% of the ingest process's
-CPU. `tune_collector` freezes what exists once the service is built (`gc.freeze`: moved
-out of every later collection, as long-lived servers do before serving) and raises the
-first generation's threshold: the same records then cost ~18% less CPU.
+The cyclic garbage collector is the other cost. After its imports the service holds ~160k
+tracked objects (FastAPI, SQLAlchemy, the Elasticsearch client) that never become garbage,
+and ingest allocates containers for every record: with CPython's default thresholds
+(a young collection every 700 allocations) 20k records made ~510 young collections, ~46
+middle ones and ~5 full ones, each full one walking those 160k objects and every record in
+flight. Profiled with perf on bench_ingest (12-05), the collector took ~20% of the ingest
+process's CPU. `tune_collector` freezes what exists once the service is built (`gc.freeze`
+moves it out of every later collection, as long-lived servers do before serving) and makes
+the young generation larger: the same records then cost ~18% less CPU.
 """
 
 from __future__ import annotations
