@@ -297,6 +297,7 @@ class AuditSettings(BaseSettings):
     gc_gen0_threshold: int = Field(
         default=10_000,
         ge=0,
+        le=10_000_000,  # gc.set_threshold takes a C int; past this a young generation is huge
         description="allocations between young-generation collections; objects alive at "
         "startup are frozen out of collections (audit.common.memory); 0: Python's defaults",
     )

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from audit.app import create_app
 from audit.cli import service as service_cli
 from audit.common.memory import malloc_trim, trim_periodically, tune_collector
+from audit.settings import AuditSettings
 from tests.apptools import app_settings
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -142,3 +144,12 @@ def test_serve_tunes_the_collector_once_the_app_is_built(
     assert result.exit_code == 0, result.output
     assert [n for what, n in calls if what == "tune"] == tuned
     assert calls[-1][0] == "run"  # tuned before serving, with the app already built
+
+
+@pytest.mark.parametrize("threshold", ["-1", "10000001", "99999999999999999999", "lots"])
+def test_a_collector_threshold_out_of_range_is_refused_with_its_name(
+    monkeypatch: pytest.MonkeyPatch, threshold: str
+) -> None:
+    monkeypatch.setenv("FFAUDIT_GC_GEN0_THRESHOLD", threshold)
+    with pytest.raises(ValidationError, match="gc_gen0_threshold"):
+        AuditSettings()
